@@ -17,7 +17,7 @@ $(CURDIR)/.tools/bin/uv:
 sync: .venv/.synced
 
 demo: sync
-	$(UV) run --frozen python -m pipeline_common.demo
+	$(UV) run --frozen python scripts/demo.py
 
 test: sync
 	$(UV) run --frozen ruff check .
