@@ -1,0 +1,80 @@
+"""When to try a failed delivery again, or when to give it up.
+
+Pure: the dispatcher stores the answer (`next_attempt_at` or the dead state), so retries survive restarts
+and a delivery is retried for hours (the horizon), not the seconds an in-memory retry loop could afford.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from alerting_service.notify.base import DeliveryError, Reason
+
+
+class Jitter(StrEnum):
+    FULL = "full"  # uniform in [0, backoff]: spreads retries the most
+    EQUAL = "equal"  # half the backoff plus uniform in [0, half]: never retries sooner than half the backoff
+
+
+@dataclass(frozen=True, slots=True)
+class RetryDecision:
+    retry_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Dead:
+    reason: Reason
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    initial_backoff: timedelta = timedelta(seconds=5)
+    max_backoff: timedelta = timedelta(hours=2)
+    multiplier: float = 2.0
+    jitter: Jitter = Jitter.EQUAL
+    horizon: timedelta = timedelta(hours=24)
+    rng: random.Random = field(default_factory=random.SystemRandom, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.initial_backoff < timedelta(0) or self.max_backoff < self.initial_backoff:
+            raise ValueError("need 0 <= initial_backoff <= max_backoff")
+        if self.multiplier < 1:
+            raise ValueError("multiplier must be at least 1")
+        if self.horizon <= timedelta(0):
+            raise ValueError("horizon must be positive")
+
+    def decide(
+        self,
+        error: DeliveryError,
+        *,
+        attempts: int,
+        created_at: datetime,
+        now: datetime,
+    ) -> RetryDecision | Dead:
+        """`attempts` counts the attempt that just failed. No retry is scheduled past created_at + horizon."""
+        if not error.retryable:
+            return Dead(error.reason)
+        deadline = created_at + self.horizon
+        if now >= deadline:
+            return Dead(Reason.HORIZON_EXCEEDED)
+        if error.retry_after is not None:
+            delay = timedelta(seconds=error.retry_after)  # the destination's own request beats our schedule
+        else:
+            delay = self._jittered(self.backoff(attempts))
+        return RetryDecision(retry_at=min(now + delay, deadline))
+
+    def backoff(self, attempts: int) -> timedelta:
+        """Exponential backoff before jitter: initial * multiplier^(attempts-1), at most max_backoff."""
+        try:
+            seconds = self.initial_backoff.total_seconds() * self.multiplier ** max(attempts - 1, 0)
+        except OverflowError:
+            return self.max_backoff
+        return min(timedelta(seconds=seconds), self.max_backoff)
+
+    def _jittered(self, backoff: timedelta) -> timedelta:
+        if self.jitter is Jitter.FULL:
+            return backoff * self.rng.random()
+        return backoff / 2 + backoff / 2 * self.rng.random()

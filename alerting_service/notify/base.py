@@ -1,0 +1,176 @@
+"""What one delivery sends, the narrow contract every integration satisfies, and how a reply is judged.
+
+An integration decides at the point of failure whether retrying can help (like Alertmanager's notifiers); the
+dispatcher owns backoff, state and metrics. Failures travel as `DeliveryError`, whose `reason` is the `reason`
+label of `alerting_notifications_failed_total` and the `reason` column of a dead delivery.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from alerting_service.config import EmailReceiverConfig, WebhookReceiverConfig
+
+
+class Reason(StrEnum):
+    """Why a delivery failed or was given up."""
+
+    CLIENT_ERROR = "client_error"
+    SERVER_ERROR = "server_error"
+    RATE_LIMITED = "rate_limited"
+    TIMEOUT = "timeout"
+    CONNECTION = "connection"
+    AUTH = "auth"
+    REDIRECT = "redirect"
+    INVALID_RECIPIENT = "invalid_recipient"
+    FORBIDDEN_DESTINATION = "forbidden_destination"
+    DESTINATION_DISABLED = "destination_disabled"
+    UNKNOWN_RECEIVER = "unknown_receiver"
+    HORIZON_EXCEEDED = "horizon_exceeded"
+
+
+class Kind(StrEnum):
+    FIRING = "firing"
+    RESOLVED = "resolved"
+
+
+class DeliveryError(Exception):
+    """A failed send. `retry_after` (seconds) is the destination's own request, e.g. a 429's Retry-After."""
+
+    def __init__(
+        self, reason: Reason, *, retryable: bool, message: str, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.retryable = retryable
+        self.retry_after = retry_after
+        self.message = message
+
+    @property
+    def disables_receiver(self) -> bool:
+        return self.reason is Reason.DESTINATION_DISABLED
+
+
+@dataclass(frozen=True, slots=True)
+class AlertEvent:
+    """The event fields a notification shows; a plain snapshot so notifiers never touch the database."""
+
+    id: str
+    type: str
+    dag_id: str
+    received_at: datetime
+    severity: str | None = None
+    task_id: str | None = None
+    run_id: str | None = None
+    map_index: int | None = None
+    try_number: int | None = None
+    max_tries: int | None = None
+    logical_date: datetime | None = None
+    occurred_at: datetime | None = None
+    exception: str | None = None
+    log_url: str | None = None
+    next_retry_at: datetime | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        """The event as JSON-ready values (datetimes in ISO 8601 UTC)."""
+        return {
+            "id": self.id,
+            "type": self.type,
+            "severity": self.severity,
+            "dag_id": self.dag_id,
+            "task_id": self.task_id,
+            "run_id": self.run_id,
+            "map_index": self.map_index,
+            "try_number": self.try_number,
+            "max_tries": self.max_tries,
+            "logical_date": _iso(self.logical_date),
+            "occurred_at": _iso(self.occurred_at),
+            "received_at": _iso(self.received_at),
+            "exception": self.exception,
+            "log_url": self.log_url,
+            "next_retry_at": _iso(self.next_retry_at),
+            "labels": dict(self.labels),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    """One delivery: which event, firing or resolved, to which receiver, under which stable message id."""
+
+    delivery_id: str
+    webhook_id: str
+    kind: Kind
+    event: AlertEvent
+    receiver: EmailReceiverConfig | WebhookReceiverConfig
+
+
+class Notifier(Protocol):
+    async def send(self, notification: Notification) -> None:
+        """Deliver the notification, or raise `DeliveryError`."""
+        ...
+
+
+def classify_http_status(
+    status: int, headers: Mapping[str, str], now: datetime | None = None
+) -> DeliveryError | None:
+    """None for a 2xx; otherwise the error, retryable or not, this reply means (Alertmanager/Svix rules)."""
+    if 200 <= status < 300:
+        return None
+    if 300 <= status < 400:
+        return DeliveryError(
+            Reason.REDIRECT, retryable=False, message=f"HTTP {status}: redirects are not followed"
+        )
+    if status == 410:
+        return DeliveryError(
+            Reason.DESTINATION_DISABLED, retryable=False, message="HTTP 410: destination is gone"
+        )
+    if status in (429, 503):
+        reason = Reason.RATE_LIMITED if status == 429 else Reason.SERVER_ERROR
+        retry_after = parse_retry_after(headers.get("retry-after"), now or datetime.now(UTC))
+        return DeliveryError(reason, retryable=True, message=f"HTTP {status}", retry_after=retry_after)
+    if status == 408:
+        return DeliveryError(Reason.TIMEOUT, retryable=True, message="HTTP 408")
+    if status >= 500:
+        return DeliveryError(Reason.SERVER_ERROR, retryable=True, message=f"HTTP {status}")
+    if status in (401, 403):
+        return DeliveryError(Reason.AUTH, retryable=False, message=f"HTTP {status}")
+    return DeliveryError(Reason.CLIENT_ERROR, retryable=False, message=f"HTTP {status}")
+
+
+def parse_retry_after(value: str | None, now: datetime) -> float | None:
+    """Seconds to wait from a Retry-After header (delay-seconds or HTTP-date); None if absent or invalid."""
+    if value is None or not value.strip():
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # RFC 9110 dates are GMT; obsolete forms may parse as naive
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - now).total_seconds())
+
+
+def redact_url(url: str) -> str:
+    """Scheme and host only: webhook URLs often carry tokens in the path or query."""
+    parts = urlsplit(url)
+    host = parts.hostname or "?"
+    return f"{parts.scheme}://{host}" if parts.scheme else host
+
+
+def _iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:  # SQLite hands back naive datetimes; the store writes UTC
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
