@@ -1,0 +1,75 @@
+"""Daily batch transaction pipeline: wiring only; the logic lives in the tested `pipeline_common` package."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from airflow.sdk import Param, dag
+
+from pipeline_common.batch_job_operators import run_batch_processing
+from pipeline_common.defaults import default_args
+from pipeline_common.environment import prepare_environment
+from pipeline_common.run_date import RUN_DATE_PARAM
+from pipeline_common.settings import load_settings
+
+DAG_ID = "batch_pipeline_dag"
+SCHEDULE = "0 2 * * *"  # 02:00 UTC daily; each run processes the previous UTC day
+START_DATE = datetime(2026, 1, 1, tzinfo=UTC)
+TAGS = ["batch", "transactions", "fraud-scoring", "data-engineering"]
+SETTINGS = load_settings()
+
+DOC_MD = """
+### Daily batch transaction pipeline
+
+**What it does.** At 02:00 UTC it processes the previous UTC day's transactions: it reads the day's CSV
+objects, validates them (bad rows go to `rejected_transactions` with their reasons), scores them with the ML
+API and loads them into `scored_transactions`. A re-run of a date replaces that date's rows, never duplicates
+them.
+
+**Tasks.** `prepare_environment` works out the date and checks the connections; `run_batch_processing` runs
+the batch job: a Docker container when `BATCH_PIPELINE_DOCKER_URL` is set, else a local `python -m batch_job`.
+
+**Connections.** `minio_default` (landing bucket, or extra `path` for a local directory), `postgres_default`
+(results database, or conn_type `sqlite`), `ml_api_default` (ML API URL, API key as password). A missing
+connection or field fails the run at once, naming it: fix the connection, then clear the task.
+
+**Re-run a date.** Trigger with the `run_date` param (YYYY-MM-DD): UI *Trigger DAG* and fill `run_date`, or
+`airflow dags trigger batch_pipeline_dag --conf '{"run_date": "2026-01-14"}'`. Without it, a manual run
+processes the day before it was triggered.
+
+**Failures.**
+* Exit 65: the day's input data is invalid as a whole (unreadable CSV, missing columns). Not retried: ask the
+  data provider for a corrected file, then re-run the date.
+* Exit 78: the job's configuration is wrong (connection fields, credentials refused). Not retried.
+* Anything else (ML API or database unreachable) is retried 3 times with exponential backoff.
+
+**Output.** Rows in `scored_transactions`/`rejected_transactions` of `postgres_default`; an asset event on
+`scored_transactions` with extras `run_date`, `counts`, `table`, `source`, which triggers `fraud_report_dag`.
+See docs/dags.md.
+"""
+
+
+@dag(
+    dag_id=DAG_ID,
+    schedule=SCHEDULE,
+    start_date=START_DATE,
+    catchup=False,
+    max_active_runs=1,
+    default_args=default_args(SETTINGS),
+    params={
+        RUN_DATE_PARAM: Param(
+            None,
+            type=["null", "string"],
+            pattern=r"^\d{4}-\d{2}-\d{2}$",
+            description="Business date to process (YYYY-MM-DD); empty: the day before the run",
+        )
+    },
+    tags=TAGS,
+    doc_md=DOC_MD,
+)
+def batch_pipeline_dag() -> None:
+    # Passing the XCom makes the dependency: prepare_environment >> run_batch_processing.
+    run_batch_processing(SETTINGS, environment=prepare_environment())
+
+
+batch_pipeline_dag()

@@ -1,0 +1,188 @@
+"""The `run_batch_processing` task: run the batch job once for a date, as a container or a local process.
+
+Both runners keep the same contract (docs/architecture.md): the non-secret `BATCH_*` variables arrive as the
+templated `environment` (the XCom of `prepare_environment`), the secret ones are read from the connections
+inside `execute()` and go straight into the job's environment, never into a templated field, XCom or a log.
+Exit 65/78 raise a `RetryCannotHelp` error (the retry policy fails the task at once), any other non-zero exit
+a retryable `BatchJobFailed`. On success the last stdout line, the job's JSON summary, becomes the extras of
+the `scored_transactions` asset event and the task's (non-secret) return value.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess  # ruff: ignore[suspicious-subprocess-import]  # runs the batch job: a fixed argv, no shell
+import sys
+import threading
+from collections.abc import Mapping
+from typing import IO, Any
+
+from airflow.providers.docker.exceptions import DockerContainerFailedException
+from airflow.providers.docker.operators.docker import DockerOperator
+from airflow.sdk import BaseOperator, Context
+
+from pipeline_common.assets import INCOMING_TRANSACTIONS, SCORED_EVENT_COUNT_KEYS, SCORED_TRANSACTIONS
+from pipeline_common.connections import read_pipeline_connections, secret_job_environment
+from pipeline_common.errors import BatchJobSummaryError, batch_job_failure
+from pipeline_common.settings import PipelineSettings, Runner
+
+TASK_ID = "run_batch_processing"
+# Variables a local job process inherits from the worker; everything else (notably AIRFLOW_CONN_*) stays out.
+INHERITED_VARIABLES = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "PYTHONPATH", "SSL_CERT_FILE")
+# Provider 4.6.1 reports a container's exit only as the repr of Docker's wait() result in the message.
+_DOCKER_STATUS_CODE = re.compile(r"'StatusCode': (\d+)")
+
+
+def run_batch_processing(settings: PipelineSettings, environment: Any, **kwargs: Any) -> BaseOperator:
+    """The task for the configured runner: Docker when `BATCH_PIPELINE_DOCKER_URL` is set, else local."""
+    operator_class = DockerBatchJobOperator if settings.runner is Runner.DOCKER else LocalBatchJobOperator
+    return operator_class(settings=settings, environment=environment, task_id=TASK_ID, **kwargs)
+
+
+def summary_from_output(last_stdout_line: str | None, expected_run_date: str) -> dict[str, Any]:
+    """The job's JSON summary, checked against the contract; a malformed one is a contract violation."""
+    try:
+        summary = json.loads(last_stdout_line or "")
+    except json.JSONDecodeError:
+        raise BatchJobSummaryError(
+            "the batch job exited 0 but its last stdout line is not its JSON summary: "
+            f"{last_stdout_line!r:.200}"
+        ) from None
+    counts = summary.get("counts") if isinstance(summary, dict) else None
+    if not isinstance(counts, dict) or not all(
+        isinstance(counts.get(key), int) for key in SCORED_EVENT_COUNT_KEYS
+    ):
+        raise BatchJobSummaryError(
+            f"the batch job summary lacks integer counts {', '.join(SCORED_EVENT_COUNT_KEYS)}: "
+            f"{summary!r:.300}"
+        )
+    missing = [key for key in ("run_date", "table", "source") if not isinstance(summary.get(key), str)]
+    if missing:
+        raise BatchJobSummaryError(f"the batch job summary lacks {', '.join(missing)}: {summary!r:.300}")
+    if summary["run_date"] != expected_run_date:
+        raise BatchJobSummaryError(
+            f"the batch job processed {summary['run_date']} but was asked for {expected_run_date}"
+        )
+    return summary
+
+
+def scored_event_extra(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """The asset event extras: an allow-list of summary fields, so nothing else can slip into the event."""
+    return {
+        "run_date": summary["run_date"],
+        "counts": {key: summary["counts"][key] for key in SCORED_EVENT_COUNT_KEYS},
+        "table": summary["table"],
+        "source": summary["source"],
+    }
+
+
+def _record_success(context: Context, environment: Mapping[str, str], last_stdout_line: str | None) -> dict:
+    extra = scored_event_extra(summary_from_output(last_stdout_line, environment["BATCH_RUN_DATE"]))
+    context["outlet_events"][SCORED_TRANSACTIONS].extra = extra
+    return extra
+
+
+class DockerBatchJobOperator(DockerOperator):
+    """The batch job as a container of the pinned image; secrets via `private_environment` at execute time."""
+
+    def __init__(self, *, settings: PipelineSettings, environment: Any, **kwargs: Any) -> None:
+        super().__init__(
+            image=settings.image,
+            docker_url=settings.docker_url,
+            network_mode=settings.docker_network,
+            mem_limit=settings.mem_limit,
+            auto_remove=settings.auto_remove,
+            # The engine may be remote: a host temp dir would not exist there, and the job needs none.
+            mount_tmp_dir=False,
+            environment=environment,
+            inlets=[INCOMING_TRANSACTIONS],
+            outlets=[SCORED_TRANSACTIONS],
+            **kwargs,
+        )
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        self._private_environment = secret_job_environment(read_pipeline_connections())
+        try:
+            last_line = super().execute(context)
+        except DockerContainerFailedException as exc:
+            raise batch_job_failure(docker_exit_code(exc)) from None
+        finally:
+            self._private_environment = {}
+        return _record_success(context, self.environment, last_line)
+
+
+def docker_exit_code(exc: DockerContainerFailedException) -> int:
+    match = _DOCKER_STATUS_CODE.search(str(exc))
+    # Without a status code the container failed in a way the job never saw (e.g. killed): retryable.
+    return int(match.group(1)) if match else 1
+
+
+class LocalBatchJobOperator(BaseOperator):
+    """The batch job as `python -m batch_job` on the worker (the embedded default, no Docker needed)."""
+
+    template_fields = ("environment",)
+
+    def __init__(self, *, settings: PipelineSettings, environment: Any, **kwargs: Any) -> None:
+        super().__init__(inlets=[INCOMING_TRANSACTIONS], outlets=[SCORED_TRANSACTIONS], **kwargs)
+        self.environment = environment
+        self._process: subprocess.Popen[str] | None = None
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        process_env = {
+            **{name: os.environ[name] for name in INHERITED_VARIABLES if name in os.environ},
+            **self.environment,
+            **secret_job_environment(read_pipeline_connections()),
+        }
+        self.log.info("Running %s -m batch_job for %s", sys.executable, self.environment["BATCH_RUN_DATE"])
+        exit_code, last_line = self._run(process_env)
+        if exit_code != 0:
+            raise batch_job_failure(exit_code)
+        return _record_success(context, self.environment, last_line)
+
+    def _run(self, process_env: dict[str, str]) -> tuple[int, str | None]:
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "batch_job"],
+            env=process_env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+        )
+        try:
+            # Drain stderr (the job's log) and stdout (its summary) concurrently so neither pipe fills up.
+            stderr_thread = threading.Thread(
+                target=self._stream_to_log, args=(self._process.stderr,), daemon=True
+            )
+            stderr_thread.start()
+            last_line = self._stream_to_log(self._process.stdout)
+            exit_code = self._process.wait()
+            stderr_thread.join()
+            return exit_code, last_line
+        finally:
+            self._stop_process()
+
+    def _stream_to_log(self, stream: IO[str]) -> str | None:
+        """Log every line as it arrives; return the last non-blank one."""
+        last_line = None
+        for raw in stream:
+            line = raw.rstrip("\n")
+            self.log.info("%s", line)
+            if line.strip():
+                last_line = line
+        return last_line
+
+    def on_kill(self) -> None:
+        self._stop_process()
+
+    def _stop_process(self) -> None:
+        # Also reached on execution_timeout: never leave a job process writing to the database behind.
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()

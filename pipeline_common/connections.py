@@ -1,0 +1,183 @@
+"""The three Airflow connections the batch job needs, validated and turned into its `BATCH_*` environment.
+
+The split matters: `job_environment()` holds only non-secret values (it travels through XCom and the rendered
+`environment` field), `secret_job_environment()` holds the credentials and is built only inside
+`run_batch_processing` at execution time, straight into the process/container environment.
+Required fields per connection are in docs/architecture.md ("Connections read by prepare_environment").
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from airflow.sdk import Connection
+from airflow.sdk.exceptions import AirflowNotFoundException
+from airflow.sdk.log import mask_secret
+
+from pipeline_common.errors import ConnectionConfigError
+
+MINIO_CONN_ID = "minio_default"
+POSTGRES_CONN_ID = "postgres_default"
+ML_API_CONN_ID = "ml_api_default"
+SQLITE_CONN_TYPE = "sqlite"
+POSTGRES_CONN_TYPES = ("postgres", "postgresql")
+# Optional ML tuning read from the ml_api_default extra, passed to the job as BATCH_ML_<KEY>.
+ML_TUNING_EXTRAS = ("timeout_seconds", "batch_size", "max_retries", "retry_backoff_seconds")
+
+
+@dataclass(frozen=True)
+class PipelineConnections:
+    minio: Connection
+    postgres: Connection
+    ml_api: Connection
+
+
+def get_connection(conn_id: str) -> Connection:
+    """The connection through the Task SDK; a missing one fails with a message saying how to add it."""
+    try:
+        return Connection.get(conn_id)
+    except AirflowNotFoundException:
+        raise ConnectionConfigError(
+            f"connection {conn_id!r} is not defined: add it (Admin > Connections, or AIRFLOW_CONN_"
+            f"{conn_id.upper()}); see docs/dags.md"
+        ) from None
+
+
+def read_pipeline_connections() -> PipelineConnections:
+    return PipelineConnections(
+        minio=get_connection(MINIO_CONN_ID),
+        postgres=get_connection(POSTGRES_CONN_ID),
+        ml_api=get_connection(ML_API_CONN_ID),
+    )
+
+
+def job_environment(connections: PipelineConnections) -> dict[str, str]:
+    """The non-secret `BATCH_*` variables; validates every connection, secret fields included."""
+    return {
+        **_source_environment(connections.minio),
+        **_database_environment(connections.postgres),
+        **_ml_api_environment(connections.ml_api),
+    }
+
+
+def secret_job_environment(connections: PipelineConnections) -> dict[str, str]:
+    """The secret `BATCH_*` variables; never put these in XCom, templated fields or logs."""
+    secrets: dict[str, str] = {}
+    if not _is_local_source(connections.minio):
+        # The access key id is a secret in the job contract but Airflow masks only passwords: mask it too.
+        mask_secret(connections.minio.login)
+        secrets["BATCH_S3_ACCESS_KEY_ID"] = connections.minio.login
+        secrets["BATCH_S3_SECRET_ACCESS_KEY"] = connections.minio.password
+    if connections.postgres.conn_type != SQLITE_CONN_TYPE:
+        secrets["BATCH_DATABASE_PASSWORD"] = connections.postgres.password
+    if connections.ml_api.password:
+        secrets["BATCH_ML_API_KEY"] = connections.ml_api.password
+    return secrets
+
+
+def database_url(postgres: Connection) -> str:
+    """The results database as a SQLAlchemy URL without password (the job contract's `BATCH_DATABASE_URL`)."""
+    if postgres.conn_type == SQLITE_CONN_TYPE:
+        _require(postgres, "host")
+        path = Path(postgres.host)
+        if not path.is_absolute():
+            raise ConnectionConfigError(
+                f"connection {postgres.conn_id!r} (sqlite): field 'host' must be the absolute path of the "
+                f"SQLite file, got {postgres.host!r}"
+            )
+        return f"sqlite:///{path}"
+    if postgres.conn_type not in POSTGRES_CONN_TYPES:
+        raise ConnectionConfigError(
+            f"connection {postgres.conn_id!r}: conn_type {postgres.conn_type!r} is not supported, "
+            f"use 'postgres' or 'sqlite'"
+        )
+    _require(postgres, "host", "schema", "login", "password")
+    port = postgres.port or 5432
+    return f"postgresql+psycopg2://{quote(postgres.login, safe='')}@{postgres.host}:{port}/{postgres.schema}"
+
+
+def _source_environment(minio: Connection) -> dict[str, str]:
+    extra = connection_extra(minio)
+    if _is_local_source(minio):
+        path = Path(str(extra["path"]))
+        if not path.is_absolute():
+            raise ConnectionConfigError(
+                f"connection {minio.conn_id!r}: extra 'path' must be an absolute directory, got {str(path)!r}"
+            )
+        return {"BATCH_SOURCE_URI": path.as_uri()}
+    _require(minio, "host", "login", "password")
+    _require_extra(minio, extra, "bucket")
+    prefix = str(extra.get("prefix", "")).strip("/")
+    source_uri = f"s3://{extra['bucket']}/{prefix}" if prefix else f"s3://{extra['bucket']}"
+    return {"BATCH_SOURCE_URI": source_uri, "BATCH_S3_ENDPOINT_URL": _s3_endpoint(minio, extra)}
+
+
+def _s3_endpoint(minio: Connection, extra: dict[str, Any]) -> str:
+    if "://" in minio.host:
+        endpoint = minio.host.rstrip("/")
+    else:
+        scheme = "https" if _truthy(extra.get("secure", False)) else "http"
+        endpoint = f"{scheme}://{minio.host}"
+    return f"{endpoint}:{minio.port}" if minio.port else endpoint
+
+
+def _database_environment(postgres: Connection) -> dict[str, str]:
+    return {"BATCH_DATABASE_URL": database_url(postgres)}
+
+
+def _ml_api_environment(ml_api: Connection) -> dict[str, str]:
+    _require(ml_api, "host")
+    host = ml_api.host.rstrip("/")
+    url = host if "://" in host else f"{_http_scheme(ml_api)}://{host}"
+    if ml_api.port:
+        url = f"{url}:{ml_api.port}"
+    extra = connection_extra(ml_api)
+    tuning = {f"BATCH_ML_{key.upper()}": str(extra[key]) for key in ML_TUNING_EXTRAS if key in extra}
+    return {"BATCH_ML_API_URL": url, **tuning}
+
+
+def _http_scheme(connection: Connection) -> str:
+    return "https" if connection.conn_type == "https" else "http"
+
+
+def connection_extra(connection: Connection) -> dict[str, Any]:
+    """The extra as a dict. Parsed here, not via `extra_dejson`, which registers every extra value as a secret
+    to mask, so a bucket named "transactions" would turn "scored_transactions" into "scored_***" in the logs;
+    the extras of these connections hold no secrets by contract."""
+    if not connection.extra:
+        return {}
+    try:
+        extra = json.loads(connection.extra)
+    except json.JSONDecodeError:
+        raise ConnectionConfigError(f"connection {connection.conn_id!r}: extra is not valid JSON") from None
+    if not isinstance(extra, dict):
+        raise ConnectionConfigError(f"connection {connection.conn_id!r}: extra must be a JSON object")
+    return extra
+
+
+def _is_local_source(minio: Connection) -> bool:
+    return "path" in connection_extra(minio)
+
+
+def _require(connection: Connection, *fields: str) -> None:
+    missing = [name for name in fields if not getattr(connection, name)]
+    if missing:
+        raise ConnectionConfigError(
+            f"connection {connection.conn_id!r} is missing required field(s): {', '.join(missing)}"
+        )
+
+
+def _require_extra(connection: Connection, extra: dict[str, Any], *keys: str) -> None:
+    missing = [key for key in keys if not extra.get(key)]
+    if missing:
+        raise ConnectionConfigError(
+            f"connection {connection.conn_id!r} is missing required extra key(s): {', '.join(missing)}"
+        )
+
+
+def _truthy(value: object) -> bool:
+    return value is True or str(value).strip().lower() in ("true", "1", "yes")

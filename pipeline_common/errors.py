@@ -1,0 +1,59 @@
+"""The failures the pipeline tasks raise, split by whether a retry can fix them.
+
+`RetryCannotHelp` is the one type the DAGs' retry policy (`defaults.RETRY_POLICY`) fails at once, so a missing
+connection or invalid input data costs one try, not four. Everything else keeps Airflow's retries (backoff).
+"""
+
+from __future__ import annotations
+
+import os
+
+
+class RetryCannotHelp(Exception):
+    """A failure that will be the same on every retry: fail the task now."""
+
+
+class ConnectionConfigError(RetryCannotHelp):
+    """An Airflow connection the pipeline reads is missing, or lacks a field it needs."""
+
+
+class PipelineConfigError(RetryCannotHelp):
+    """A `BATCH_PIPELINE_*` setting or a DAG param has a value the pipeline cannot use."""
+
+
+class BatchJobFailed(Exception):
+    """The batch job exited non-zero for a reason a later retry may fix (ML API or database unreachable)."""
+
+    def __init__(self, exit_code: int, detail: str = "") -> None:
+        self.exit_code = exit_code
+        message = f"the batch job exited with code {exit_code}"
+        super().__init__(f"{message}: {detail}" if detail else message)
+
+
+class BatchJobRejectedInput(BatchJobFailed, RetryCannotHelp):
+    """Exit 65 (EX_DATAERR): the day's input data is invalid as a whole; fix it, then re-run the date."""
+
+
+class BatchJobRejectedConfig(BatchJobFailed, RetryCannotHelp):
+    """Exit 78 (EX_CONFIG): the job's configuration (connections, settings) is wrong; fix it, then re-run."""
+
+
+class BatchJobSummaryError(RetryCannotHelp):
+    """The job exited 0 but its last stdout line is not the JSON summary of the contract."""
+
+
+_PERMANENT_EXIT_CODES: dict[int, tuple[type[BatchJobFailed], str]] = {
+    os.EX_DATAERR: (
+        BatchJobRejectedInput,
+        "invalid input data (unreadable CSV or missing columns); retrying cannot help",
+    ),
+    os.EX_CONFIG: (BatchJobRejectedConfig, "bad or missing configuration; retrying cannot help"),
+}
+
+
+def batch_job_failure(exit_code: int) -> BatchJobFailed:
+    """The exception for a non-zero exit code of the batch job contract: 65 and 78 are permanent."""
+    error_type, detail = _PERMANENT_EXIT_CODES.get(
+        exit_code, (BatchJobFailed, "transient failure, Airflow retries it with backoff")
+    )
+    return error_type(exit_code, detail)
