@@ -1,0 +1,441 @@
+"""Every setting of the service, typed and validated at start.
+
+Two parts:
+- `Settings`: the process environment (prefix `ALERTING_`); a secret may instead come from the file named by
+  `ALERTING_<NAME>_FILE`.
+- `AlertingConfig`: the YAML file named by `ALERTING_CONFIG_FILE`: receivers (email | webhook), the route
+  tree and the retry policy. Without a file, or without a `route` in it, `default_route()` applies.
+
+A bad setting raises `ConfigError` whose message names the key (`route.routes[1].receivers: unknown receiver
+'pager'`, `ALERTING_MAX_BODY_BYTES: ...`) and never the value, so no secret reaches a log.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    SecretStr,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from alerting_service.models import EventType, Integration, Severity
+
+ENV_PREFIX = "ALERTING_"
+MATCH_KEYS = ("type", "severity", "dag_id", "task_id")
+LABEL_KEY_PREFIX = "labels."
+FAILURE_TYPES = (EventType.TASK_FAILURE, EventType.DAG_RUN_FAILURE, EventType.DEADLINE_MISSED)
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names every offending key."""
+
+
+# --- shared field types -----------------------------------------------------------------------------------
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _parse_duration(value: Any) -> Any:
+    """Alertmanager-style durations ("5s", "2h", "1h30m"); a bare number is seconds."""
+    if not isinstance(value, str):
+        return value
+    if not re.fullmatch(f"(?:{_DURATION_PART.pattern})+", value):
+        raise ValueError("use a duration like 30s, 5m, 2h or 1h30m")
+    seconds = sum(float(n) * _DURATION_UNITS[unit] for n, unit in _DURATION_PART.findall(value))
+    return timedelta(seconds=seconds)
+
+
+def _positive(value: timedelta) -> timedelta:
+    if value <= timedelta(0):
+        raise ValueError("must be a positive duration")
+    return value
+
+
+Duration = Annotated[timedelta, BeforeValidator(_parse_duration), AfterValidator(_positive)]
+
+
+def read_secret_file(path: Path) -> SecretStr:
+    """The file's content without the trailing newline; the error names the path, never the content."""
+    try:
+        return SecretStr(path.read_text(encoding="utf-8").rstrip("\r\n"))
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror}") from None
+
+
+SecretFile = Annotated[SecretStr, BeforeValidator(lambda path: read_secret_file(Path(path)))]
+"""A `*_file` field: validated as the path it names, holding that file's content."""
+
+
+def _merge_secret_file(model: Any, field: str) -> None:
+    """Use `<field>_file`'s content as `field`; both set is refused (which one would win is not obvious)."""
+    from_file = getattr(model, f"{field}_file")
+    if from_file is None:
+        return
+    if getattr(model, field):
+        raise PydanticCustomError("secret_conflict", f"set either {field} or {field}_file, not both")
+    setattr(model, field, from_file)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- receivers --------------------------------------------------------------------------------------------
+
+
+class SmartHost(_Strict):
+    host: str = Field(min_length=1)
+    port: int = Field(default=587, ge=1, le=65535)
+
+
+class EmailConfig(_Strict):
+    to: list[str] = Field(min_length=1)
+    from_: str = Field(alias="from", min_length=3)
+    smarthost: SmartHost
+    tls: Literal["none", "starttls", "implicit"] = "starttls"
+    username: str | None = None
+    password: SecretStr | None = None
+    password_file: SecretFile | None = None
+    timeout_seconds: float = Field(default=30.0, gt=0, le=300)
+    max_concurrency: int = Field(default=4, ge=1, le=64)
+
+    @model_validator(mode="after")
+    def _password_from_file(self) -> EmailConfig:
+        _merge_secret_file(self, "password")
+        return self
+
+    @field_validator("to")
+    @classmethod
+    def _addresses_look_like_addresses(cls, to: list[str]) -> list[str]:
+        for address in to:
+            if "@" not in address:
+                raise ValueError(f"not an email address: {address!r}")
+        return to
+
+
+class WebhookConfig(_Strict):
+    # The URL is a secret: Slack-style webhook URLs carry their credential in the path.
+    url: SecretStr | None = None
+    url_file: SecretFile | None = None
+    format: Literal["standard", "slack"] = "standard"
+    # Standard Webhooks signing keys `whsec_<base64>`; several are all used to sign, which allows rotation.
+    secrets: list[SecretStr] = Field(default_factory=list)
+    secrets_file: SecretFile | None = None
+    timeout_seconds: float = Field(default=15.0, gt=0, le=120)
+    allow_private_network: bool = False
+    max_concurrency: int = Field(default=8, ge=1, le=256)
+
+    @field_validator("url", "url_file")
+    @classmethod
+    def _url_is_http(cls, url: SecretStr | None) -> SecretStr | None:
+        if url is not None:
+            parts = urlsplit(url.get_secret_value().strip())
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError("must be an http(s) URL with a host")
+        return url
+
+    @field_validator("secrets_file")
+    @classmethod
+    def _one_secret_per_line(cls, content: SecretStr | None) -> SecretStr | None:
+        if content is not None:
+            _check_whsec(content.get_secret_value().split())
+        return content
+
+    @field_validator("secrets")
+    @classmethod
+    def _secrets_are_whsec(cls, secrets: list[SecretStr]) -> list[SecretStr]:
+        _check_whsec([secret.get_secret_value() for secret in secrets])
+        return secrets
+
+    @model_validator(mode="after")
+    def _complete(self) -> WebhookConfig:
+        _merge_secret_file(self, "url")
+        if self.secrets_file is not None:
+            if self.secrets:
+                raise PydanticCustomError("secret_conflict", "set either secrets or secrets_file, not both")
+            self.secrets = [SecretStr(line) for line in self.secrets_file.get_secret_value().split()]
+        if self.url is None:
+            raise PydanticCustomError("missing", "set url or url_file")
+        if self.format == "standard" and not self.secrets:
+            raise PydanticCustomError("missing", "a standard webhook is signed: set secrets or secrets_file")
+        return self
+
+    @property
+    def redacted_url(self) -> str:
+        """scheme://host[:port] only: safe for logs and error messages."""
+        parts = urlsplit(self.url.get_secret_value() if self.url else "")
+        return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}/<redacted>"
+
+
+def _check_whsec(secrets: list[str]) -> None:
+    for index, value in enumerate(secrets):
+        try:
+            decoded = base64.b64decode(value.removeprefix("whsec_"), validate=True)
+        except ValueError:
+            decoded = b""
+        if not value.startswith("whsec_") or len(decoded) < 24:
+            raise ValueError(f"secret #{index + 1} is not whsec_<base64 of at least 24 bytes>")
+
+
+ReceiverName = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+
+
+class EmailReceiver(_Strict):
+    name: ReceiverName
+    email: EmailConfig
+
+    @property
+    def integration(self) -> Integration:
+        return Integration.EMAIL
+
+
+class WebhookReceiver(_Strict):
+    name: ReceiverName
+    webhook: WebhookConfig
+
+    @property
+    def integration(self) -> Integration:
+        return Integration.WEBHOOK
+
+
+def _receiver_kind(data: Any) -> str | None:
+    if isinstance(data, dict):
+        kinds = [kind for kind in ("email", "webhook") if kind in data]
+        return kinds[0] if len(kinds) == 1 else None
+    return getattr(data, "integration", None)
+
+
+Receiver = Annotated[
+    Annotated[EmailReceiver, Tag("email")] | Annotated[WebhookReceiver, Tag("webhook")],
+    Discriminator(
+        _receiver_kind,
+        custom_error_type="receiver_kind",
+        custom_error_message="a receiver has exactly one of: email, webhook",
+    ),
+]
+
+
+# --- routes and retry -------------------------------------------------------------------------------------
+
+MatchValue = Annotated[list[str], BeforeValidator(lambda v: [v] if isinstance(v, str) else v)]
+
+
+class Route(_Strict):
+    """A route-tree node: `receivers` left out inherits the parent's; `continue` goes on to siblings."""
+
+    match: dict[str, MatchValue] = Field(default_factory=dict)
+    receivers: list[str] | None = None
+    continue_: bool = Field(default=False, alias="continue")
+    routes: list[Route] = Field(default_factory=list)
+
+    @field_validator("match")
+    @classmethod
+    def _known_keys_and_values(cls, match: dict[str, list[str]]) -> dict[str, list[str]]:
+        allowed = {"type": set(EventType), "severity": set(Severity)}
+        for key, values in match.items():
+            if key not in MATCH_KEYS and not (key.startswith(LABEL_KEY_PREFIX) and len(key) > len("labels.")):
+                raise ValueError(
+                    f"unknown match key {key!r}: use one of {', '.join(MATCH_KEYS)} or labels.<name>"
+                )
+            if not values:
+                raise ValueError(f"match key {key!r} has no value")
+            unknown = [value for value in values if key in allowed and value not in allowed[key]]
+            if unknown:
+                raise ValueError(f"match key {key!r}: unknown value {unknown[0]!r}")
+        return match
+
+
+class RetryConfig(_Strict):
+    horizon: Duration = timedelta(hours=24)
+    initial_backoff: Duration = timedelta(seconds=5)
+    max_backoff: Duration = timedelta(hours=2)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RetryConfig:
+        if self.max_backoff < self.initial_backoff:
+            raise PydanticCustomError("retry_order", "max_backoff must not be shorter than initial_backoff")
+        return self
+
+
+def default_route(receivers: list[EmailReceiver | WebhookReceiver]) -> Route:
+    """Failures and missed deadlines to every receiver, retries to webhooks only, successes to nobody."""
+    every = [receiver.name for receiver in receivers]
+    webhooks = [receiver.name for receiver in receivers if receiver.integration is Integration.WEBHOOK]
+    return Route(
+        receivers=[],
+        routes=[
+            Route(match={"type": list(FAILURE_TYPES)}, receivers=every),
+            Route(match={"type": [EventType.TASK_RETRY]}, receivers=webhooks),
+        ],
+    )
+
+
+class AlertingConfig(_Strict):
+    receivers: list[Receiver] = Field(default_factory=list)
+    route: Route | None = None
+    retry: RetryConfig = Field(default_factory=RetryConfig)
+
+    @model_validator(mode="after")
+    def _names_unique_and_routes_resolvable(self) -> AlertingConfig:
+        names = [receiver.name for receiver in self.receivers]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise PydanticCustomError("config", f"receivers: duplicate name '{duplicates[0]}'")
+        if self.route is not None:
+            for path, receiver in _route_receivers(self.route, "route"):
+                if receiver not in names:
+                    raise PydanticCustomError("config", f"{path}: unknown receiver '{receiver}'")
+        return self
+
+    @property
+    def root_route(self) -> Route:
+        return self.route if self.route is not None else default_route(self.receivers)
+
+    def receiver(self, name: str) -> EmailReceiver | WebhookReceiver:
+        return next(receiver for receiver in self.receivers if receiver.name == name)
+
+
+def _route_receivers(route: Route, path: str) -> list[tuple[str, str]]:
+    found = [(f"{path}.receivers", name) for name in route.receivers or []]
+    for index, child in enumerate(route.routes):
+        found += _route_receivers(child, f"{path}.routes[{index}]")
+    return found
+
+
+# --- the environment --------------------------------------------------------------------------------------
+
+
+def _default_data_dir() -> Path:
+    return Path.home() / ".local" / "share" / "alerting-service"
+
+
+class Settings(BaseSettings):
+    """The process settings, from `ALERTING_*` variables (or keyword arguments in tests)."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid")
+
+    data_dir: Path = Field(default_factory=_default_data_dir)
+    # SQLAlchemy async URL without the password (that one is `database_password`): sqlite+aiosqlite or
+    # postgresql+asyncpg. Default: sqlite+aiosqlite:///<data_dir>/alerts.db
+    database_url: str | None = None
+    database_password: SecretStr | None = None
+    database_password_file: SecretFile | None = None
+    config_file: Path | None = None
+    # `name:scope:key,...` with scope ingest or admin.
+    api_keys: SecretStr | None = None
+    api_keys_file: SecretFile | None = None
+    max_body_bytes: int = Field(default=65536, ge=1024, le=16 * 1024 * 1024)
+    run_dispatcher: bool = True
+    public_url: str | None = None
+    # Group commit: at most this many queued events are written by one transaction.
+    ingest_batch_max: int = Field(default=512, ge=1, le=5000)
+    # How often the in-memory silences are re-read, for silences changed by another process.
+    silence_refresh_seconds: float = Field(default=10.0, gt=0)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @model_validator(mode="after")
+    def _secrets_from_files(self) -> Settings:
+        _merge_secret_file(self, "database_password")
+        _merge_secret_file(self, "api_keys")
+        return self
+
+    @field_validator("database_url")
+    @classmethod
+    def _async_driver(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+            raise ValueError("use a sqlite+aiosqlite:// or postgresql+asyncpg:// URL")
+        if url is not None and re.search(r"//[^/@]*:[^/@]*@", url):
+            raise ValueError("keep the password out of the URL: set ALERTING_DATABASE_PASSWORD(_FILE)")
+        return url
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{self.data_dir.resolve() / 'alerts.db'}"
+
+    @property
+    def uses_embedded_database(self) -> bool:
+        return self.database_url is None
+
+
+# --- loading and error reporting --------------------------------------------------------------------------
+
+
+def _format_location(location: tuple[int | str, ...], root: str = "") -> str:
+    text = root
+    previous: int | str | None = None
+    for part in location:
+        # A tagged union repeats its tag ("receivers[0].email.email.to"); say it once.
+        if part == previous and part in ("email", "webhook"):
+            continue
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+        previous = part
+    return text
+
+
+def describe_validation_error(error: ValidationError, *, env: bool = False) -> str:
+    """One line per problem, `key: message`; the offending values are left out (they may be secrets)."""
+    lines = []
+    for problem in error.errors(include_input=False, include_url=False):
+        location = problem["loc"]
+        if env and location:
+            location = (ENV_PREFIX + str(location[0]).upper(), *location[1:])
+        key = _format_location(location)
+        message = problem["msg"].removeprefix("Value error, ")
+        lines.append(f"{key}: {message}" if key else message)
+    return "\n".join(lines)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc, env=True)) from None
+
+
+def parse_alerting_config(text: str, source: str) -> AlertingConfig:
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{source}:{where} not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    if document is None:
+        document = {}
+    if not isinstance(document, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping (receivers, route, retry)")
+    try:
+        return AlertingConfig.model_validate(document)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc)) from None
+
+
+def load_alerting_config(settings: Settings) -> AlertingConfig:
+    """The YAML named by ALERTING_CONFIG_FILE, or no receivers at all when none is given."""
+    if settings.config_file is None:
+        return AlertingConfig()
+    try:
+        text = settings.config_file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(
+            f"{ENV_PREFIX}CONFIG_FILE: cannot read {settings.config_file}: {exc.strerror}"
+        ) from None
+    return parse_alerting_config(text, str(settings.config_file))

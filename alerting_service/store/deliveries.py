@@ -1,0 +1,221 @@
+"""The delivery outbox: create, claim, record outcomes, replay, and the queue figures for /metrics.
+
+Claim semantics (`claim_due`):
+- A delivery is due when it is `pending` with `next_attempt_at <= now`, or `in_flight` with
+  `lease_until < now`: an expired lease means its worker died or hung, so the delivery is claimable again
+  (at-least-once delivery; the stable `webhook_id` lets receivers drop the duplicate).
+- Claiming is one guarded UPDATE that sets `in_flight`, `lease_until = now + lease`, `last_attempt_at = now`
+  and increments `attempts` (a crash mid-send therefore counts as an attempt), RETURNING the claimed ids.
+  PostgreSQL picks the candidates with `FOR UPDATE SKIP LOCKED`, so concurrent workers never wait for nor
+  take each other's rows. SQLite has no row locks: the UPDATE repeats the due condition (status and
+  lease_until) in its WHERE clause and only the rows it actually changed (the rowcount, via RETURNING) are
+  claimed; SQLite runs one writer at a time, so two workers can never both change the same row.
+- The outcome functions (`mark_sent`, `mark_retry`, `mark_dead`) only change a row that is still
+  `in_flight` and answer whether they did: False means the lease expired and another worker took it over.
+- The retry horizon is measured from `horizon_starts_at` (creation, or the last replay).
+
+A delivery to a receiver that is disabled in `receivers_state` is still created `pending` at ingest (ingest
+does not read receiver state, which another process may change); the dispatcher dead-letters it with reason
+`destination_disabled`, and an admin can replay it after re-enabling the receiver.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, delete, func, insert, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import selectinload
+
+from alerting_service.models import Delivery, DeliveryKind, DeliveryStatus, Integration, ReceiverState
+
+
+def new_delivery_row(
+    *, event_id: str, receiver: str, integration: Integration, kind: DeliveryKind, now: datetime
+) -> dict[str, Any]:
+    """The column values of a new pending delivery, due at once (for Core bulk inserts)."""
+    return {
+        "id": str(uuid.uuid4()),
+        "event_id": event_id,
+        "receiver": receiver,
+        "integration": integration.value,
+        "kind": kind.value,
+        "status": DeliveryStatus.PENDING.value,
+        "attempts": 0,
+        "created_at": now,
+        "horizon_starts_at": now,
+        "next_attempt_at": now,
+        "webhook_id": f"msg_{uuid.uuid4().hex}",
+    }
+
+
+async def insert_deliveries(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        await session.execute(insert(Delivery), rows)
+
+
+def _due(now: datetime) -> Any:
+    return or_(
+        and_(Delivery.status == DeliveryStatus.PENDING, Delivery.next_attempt_at <= now),
+        and_(Delivery.status == DeliveryStatus.IN_FLIGHT, Delivery.lease_until < now),
+    )
+
+
+async def claim_due(session: AsyncSession, *, now: datetime, limit: int, lease: timedelta) -> list[Delivery]:
+    """Claim up to `limit` due deliveries (oldest due first), with their event loaded. See the module note."""
+    candidates = select(Delivery.id).where(_due(now)).order_by(Delivery.next_attempt_at).limit(limit)
+    if session.get_bind().dialect.name == "postgresql":
+        # Materialised: PostgreSQL may otherwise re-run an IN-subquery with LIMIT and claim more than `limit`.
+        candidates_cte = (
+            candidates.with_for_update(skip_locked=True).cte("candidates").prefix_with("MATERIALIZED")
+        )
+    else:
+        candidates_cte = candidates.cte("candidates")
+    claimed = await session.execute(
+        update(Delivery)
+        .where(Delivery.id.in_(select(candidates_cte.c.id)), _due(now))
+        .values(
+            status=DeliveryStatus.IN_FLIGHT,
+            lease_until=now + lease,
+            last_attempt_at=now,
+            attempts=Delivery.attempts + 1,
+        )
+        .returning(Delivery.id)
+        .execution_options(synchronize_session=False)
+    )
+    ids = list(claimed.scalars())
+    if not ids:
+        return []
+    rows = await session.execute(
+        select(Delivery)
+        .where(Delivery.id.in_(ids))
+        .options(selectinload(Delivery.event))
+        .order_by(Delivery.next_attempt_at)
+        .execution_options(populate_existing=True)
+    )
+    return list(rows.scalars())
+
+
+async def _finish_attempt(session: AsyncSession, delivery_id: str, **values: Any) -> bool:
+    result = await session.execute(
+        update(Delivery)
+        .where(Delivery.id == delivery_id, Delivery.status == DeliveryStatus.IN_FLIGHT)
+        .values(lease_until=None, **values)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1
+
+
+async def mark_sent(session: AsyncSession, delivery_id: str, *, now: datetime) -> bool:
+    return await _finish_attempt(
+        session, delivery_id, status=DeliveryStatus.SENT, sent_at=now, reason=None, last_error=None
+    )
+
+
+async def mark_retry(
+    session: AsyncSession, delivery_id: str, *, next_attempt_at: datetime, reason: str, error: str
+) -> bool:
+    """Back to pending until `next_attempt_at`. `error` must already be redacted."""
+    return await _finish_attempt(
+        session,
+        delivery_id,
+        status=DeliveryStatus.PENDING,
+        next_attempt_at=next_attempt_at,
+        reason=reason,
+        last_error=error,
+    )
+
+
+async def mark_dead(session: AsyncSession, delivery_id: str, *, reason: str, error: str) -> bool:
+    """Dead-letter the delivery; it stays listed under GET /v1/deliveries?status=dead until replayed."""
+    return await _finish_attempt(
+        session, delivery_id, status=DeliveryStatus.DEAD, reason=reason, last_error=error
+    )
+
+
+async def replay(session: AsyncSession, delivery_id: str, *, now: datetime) -> Delivery | None:
+    """A dead delivery back to pending, due now, with a new retry horizon; attempts are kept.
+
+    None if the delivery is not dead."""
+    result = await session.execute(
+        update(Delivery)
+        .where(Delivery.id == delivery_id, Delivery.status == DeliveryStatus.DEAD)
+        .values(status=DeliveryStatus.PENDING, next_attempt_at=now, horizon_starts_at=now)
+        .returning(Delivery.id)
+        .execution_options(synchronize_session=False)
+    )
+    if result.scalar_one_or_none() is None:
+        return None
+    return await session.get(Delivery, delivery_id, populate_existing=True)
+
+
+async def get(session: AsyncSession, delivery_id: str) -> Delivery | None:
+    return await session.get(Delivery, delivery_id)
+
+
+async def list_by_status(
+    session: AsyncSession, *, status: DeliveryStatus | None, limit: int, offset: int
+) -> tuple[list[Delivery], int]:
+    condition = Delivery.status == status if status is not None else and_()
+    count = await session.scalar(select(func.count()).select_from(Delivery).where(condition))
+    rows = await session.scalars(
+        select(Delivery)
+        .where(condition)
+        .order_by(Delivery.created_at.desc(), Delivery.id)
+        .limit(limit)
+        .offset(offset)
+    )
+    return list(rows), count or 0
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    depth: dict[DeliveryStatus, int]
+    oldest_pending_created_at: datetime | None
+
+
+async def queue_stats(session: AsyncSession) -> QueueStats:
+    counts = dict(
+        (await session.execute(select(Delivery.status, func.count()).group_by(Delivery.status)))
+        .tuples()
+        .all()
+    )
+    oldest = await session.scalar(
+        select(func.min(Delivery.created_at)).where(
+            Delivery.status.in_([DeliveryStatus.PENDING, DeliveryStatus.IN_FLIGHT])
+        )
+    )
+    return QueueStats(
+        depth={status: counts.get(status.value, 0) for status in DeliveryStatus},
+        oldest_pending_created_at=oldest,
+    )
+
+
+# --- receivers_state: destinations disabled at run time ----------------------------------------------------
+
+
+async def disable_receiver(session: AsyncSession, name: str, *, reason: str, now: datetime) -> None:
+    """Disable `name` (e.g. a webhook answered 410 Gone) until an admin re-enables it."""
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    statement = dialect.insert(ReceiverState).values(name=name, disabled_at=now, disabled_reason=reason)
+    await session.execute(
+        statement.on_conflict_do_update(
+            index_elements=[ReceiverState.name], set_={"disabled_at": now, "disabled_reason": reason}
+        )
+    )
+
+
+async def enable_receiver(session: AsyncSession, name: str) -> bool:
+    """Re-enable `name`; False if it was not disabled."""
+    result = await session.execute(delete(ReceiverState).where(ReceiverState.name == name))
+    return result.rowcount == 1
+
+
+async def disabled_receivers(session: AsyncSession) -> dict[str, str]:
+    """Disabled receiver name -> the reason it was disabled."""
+    rows = await session.execute(select(ReceiverState.name, ReceiverState.disabled_reason))
+    return {name: reason or "" for name, reason in rows.tuples()}
