@@ -1,0 +1,124 @@
+"""Extract: read one day's CSV objects, `<prefix>/<YYYY-MM-DD>/*.csv`, from S3 (or MinIO) or a directory.
+
+Only the objects directly under the day's prefix whose names end in `.csv` are read, in key order so that a
+re-run sees them in the same order. A day without objects is not an error: it has zero rows, and a warning
+says so.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass
+
+import boto3
+from botocore.client import BaseClient
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from batch_job.errors import ConfigError, InvalidInputError, TransientError
+from batch_job.settings import JobSettings, LocalLocation, S3Location
+
+log = logging.getLogger(__name__)
+
+CSV_SUFFIX = ".csv"
+# MinIO ignores the region, but SigV4 signing needs one.
+S3_REGION = "us-east-1"
+# S3 error codes that retrying cannot fix: the bucket or the credentials are wrong.
+S3_CONFIG_ERROR_CODES = frozenset(
+    {"NoSuchBucket", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidBucketName"}
+)
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    uri: str
+    text: str
+
+
+@dataclass(frozen=True)
+class DayExtract:
+    day_uri: str
+    files: list[SourceFile]
+
+
+def extract_day(settings: JobSettings) -> DayExtract:
+    """Read every CSV object of `settings.run_date`; an empty day gives an extract without files."""
+    source = settings.source
+    day_uri = source.day_uri(settings.run_date)
+    if isinstance(source, S3Location):
+        files = _read_s3_day(settings, source)
+    else:
+        files = _read_local_day(source, settings.run_date)
+    if not files:
+        log.warning("extract: no CSV objects at %s: the day has zero rows", day_uri)
+    return DayExtract(day_uri=day_uri, files=files)
+
+
+def _read_local_day(source: LocalLocation, run_date: dt.date) -> list[SourceFile]:
+    if not source.directory.is_dir():
+        raise ConfigError(f"BATCH_SOURCE_URI: the directory {source.directory} does not exist")
+    day_directory = source.day_directory(run_date)
+    if not day_directory.is_dir():
+        return []
+    paths = sorted(
+        path for path in day_directory.iterdir() if path.is_file() and path.name.endswith(CSV_SUFFIX)
+    )
+    return [SourceFile(uri=path.as_uri(), text=_decode(path.as_uri(), path.read_bytes())) for path in paths]
+
+
+def _read_s3_day(settings: JobSettings, source: S3Location) -> list[SourceFile]:
+    client = _s3_client(settings)
+    day_prefix = source.day_prefix(settings.run_date)
+    try:
+        keys = _list_day_keys(client, source.bucket, day_prefix)
+        return [
+            SourceFile(
+                uri=f"s3://{source.bucket}/{key}", text=_decode(key, _read_object(client, source.bucket, key))
+            )
+            for key in keys
+        ]
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code in S3_CONFIG_ERROR_CODES:
+            raise ConfigError(f"S3 refused access to s3://{source.bucket}/{day_prefix}: {code}") from exc
+        raise TransientError(f"S3 failed on s3://{source.bucket}/{day_prefix}: {exc}") from exc
+    except BotoCoreError as exc:
+        raise TransientError(f"S3 is unreachable for s3://{source.bucket}/{day_prefix}: {exc}") from exc
+
+
+def _s3_client(settings: JobSettings) -> BaseClient:
+    access_key_id, secret_access_key = settings.s3_access_key_id, settings.s3_secret_access_key
+    if access_key_id is None or secret_access_key is None:
+        raise ConfigError("an s3:// source needs both BATCH_S3_ACCESS_KEY_ID and BATCH_S3_SECRET_ACCESS_KEY")
+    return boto3.client(
+        "s3",
+        endpoint_url=str(settings.s3_endpoint_url) if settings.s3_endpoint_url else None,
+        aws_access_key_id=access_key_id.get_secret_value(),
+        aws_secret_access_key=secret_access_key.get_secret_value(),
+        region_name=S3_REGION,
+        config=Config(
+            s3={"addressing_style": "path"},  # MinIO serves buckets by path, not by virtual host
+            retries={"mode": "standard", "max_attempts": 3},
+            connect_timeout=10,
+            read_timeout=60,
+        ),
+    )
+
+
+def _list_day_keys(client: BaseClient, bucket: str, day_prefix: str) -> list[str]:
+    # The delimiter keeps the listing to the day's own objects, not those of sub-"directories".
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=day_prefix, Delimiter="/")
+    keys = [obj["Key"] for page in pages for obj in page.get("Contents", [])]
+    return sorted(key for key in keys if key.endswith(CSV_SUFFIX))
+
+
+def _read_object(client: BaseClient, bucket: str, key: str) -> bytes:
+    return client.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+def _decode(name: str, raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8-sig")  # tolerate the byte-order mark spreadsheet exports add
+    except UnicodeDecodeError as exc:
+        raise InvalidInputError(f"{name} is not UTF-8 text (bad byte at offset {exc.start})") from None

@@ -1,0 +1,293 @@
+"""Load: write one run date's scored and rejected transactions, in one transaction, idempotently.
+
+Both tables are upserted on their natural key (`scored_transactions.transaction_id`; `rejected_transactions`
+(`run_date`, `source_file`, `line_number`)) with this run's `load_id`; then the date's rows another run wrote
+and this one did not are deleted. Re-running a date therefore leaves exactly this run's rows, never
+duplicates, and a failure part-way leaves the previous rows untouched.
+
+A `transaction_id` is unique across dates too: when the id was already loaded for another run date, the row is
+not moved; it is rejected with that reason instead (the first date loaded keeps it).
+
+Tables are created when missing. PostgreSQL (`postgresql+psycopg2`) and SQLite are supported.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    Connection,
+    Date,
+    DateTime,
+    Engine,
+    Float,
+    Integer,
+    MetaData,
+    Numeric,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    delete,
+    func,
+    select,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import InterfaceError, OperationalError
+
+from batch_job.errors import ConfigError, TransientError
+from batch_job.predict import ScoredTransaction
+from batch_job.settings import SQLITE_DRIVER, JobSettings
+from batch_job.validate import RejectedRow
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+ROWS_PER_STATEMENT = 1_000
+POSTGRES_CONNECT_TIMEOUT_SECONDS = 10
+
+metadata = MetaData()
+
+scored_transactions = Table(
+    "scored_transactions",
+    metadata,
+    Column("transaction_id", String(64), primary_key=True),
+    Column("run_date", Date, nullable=False, index=True),
+    Column("account_id", String(64), nullable=False),
+    Column("merchant_id", String(64), nullable=False),
+    Column("amount", Numeric(18, 4), nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("occurred_at", DateTime(timezone=True), nullable=False),
+    Column("country", String(2), nullable=False),
+    Column("fraud_score", Float, nullable=False),
+    Column("is_fraud", Boolean, nullable=False),
+    Column("model_version", Text, nullable=False),
+    Column("source_file", Text, nullable=False),
+    Column("line_number", Integer, nullable=False),
+    Column("load_id", String(36), nullable=False),
+    Column("loaded_at", DateTime(timezone=True), nullable=False),
+)
+
+rejected_transactions = Table(
+    "rejected_transactions",
+    metadata,
+    # SQLite only auto-increments an INTEGER primary key.
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("run_date", Date, nullable=False, index=True),
+    Column("source_file", Text, nullable=False),
+    Column("line_number", Integer, nullable=False),
+    Column("transaction_id", Text),
+    Column("raw_record", Text, nullable=False),
+    Column("reasons", JSON, nullable=False),
+    Column("load_id", String(36), nullable=False),
+    Column("loaded_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("run_date", "source_file", "line_number", name="uq_rejected_transactions_position"),
+)
+
+REJECTS_KEY = ("run_date", "source_file", "line_number")
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    loaded: int
+    rejected: int
+    rejected_as_loaded_for_other_date: int
+
+
+def build_engine(settings: JobSettings) -> Engine:
+    """An engine for `BATCH_DATABASE_URL` with `BATCH_DATABASE_PASSWORD`; nothing connects yet."""
+    url = settings.sqlalchemy_url()
+    if url.drivername == SQLITE_DRIVER:
+        directory = Path(url.database or "").parent
+        if not directory.is_dir():
+            raise ConfigError(
+                f"BATCH_DATABASE_URL: the directory {directory} of the SQLite file does not exist"
+            )
+        return create_engine(url)
+    return create_engine(
+        url, pool_pre_ping=True, connect_args={"connect_timeout": POSTGRES_CONNECT_TIMEOUT_SECONDS}
+    )
+
+
+def load_day(
+    engine: Engine,
+    run_date: dt.date,
+    scored: Sequence[ScoredTransaction],
+    rejected: Sequence[RejectedRow],
+) -> LoadResult:
+    """Replace the date's rows in both tables by these, in one transaction; returns the row counts written."""
+    load_id = str(uuid.uuid4())
+    loaded_at = dt.datetime.now(dt.UTC)
+    log.info(
+        "load: writing run date %s to %s",
+        run_date.isoformat(),
+        engine.url.render_as_string(hide_password=True),
+    )
+    try:
+        with engine.begin() as connection:
+            metadata.create_all(connection)
+            _upsert_scored(connection, [_scored_row(row, run_date, load_id, loaded_at) for row in scored])
+            owned_elsewhere = _ids_loaded_for_other_dates(connection, run_date, load_id, scored)
+            all_rejected = [*rejected, *_rejections_for_other_dates(scored, owned_elsewhere)]
+            _upsert_rejected(
+                connection, [_rejected_row(row, run_date, load_id, loaded_at) for row in all_rejected]
+            )
+            for table in (scored_transactions, rejected_transactions):
+                _delete_rows_of_other_loads(connection, table, run_date, load_id)
+            return LoadResult(
+                loaded=_count_rows(connection, scored_transactions, run_date),
+                rejected=_count_rows(connection, rejected_transactions, run_date),
+                rejected_as_loaded_for_other_date=len(owned_elsewhere),
+            )
+    except (OperationalError, InterfaceError) as exc:
+        raise TransientError(f"database unavailable: {_first_line(exc.orig)}") from None
+
+
+def _upsert_scored(connection: Connection, rows: list[dict[str, Any]]) -> None:
+    # A row of another run date is left alone (the WHERE makes the update a no-op): see the module docstring.
+    _upsert(
+        connection,
+        scored_transactions,
+        rows,
+        key=("transaction_id",),
+        only_if=lambda excluded: scored_transactions.c.run_date == excluded.run_date,
+    )
+
+
+def _upsert_rejected(connection: Connection, rows: list[dict[str, Any]]) -> None:
+    _upsert(connection, rejected_transactions, rows, key=REJECTS_KEY)
+
+
+def _upsert(
+    connection: Connection,
+    table: Table,
+    rows: list[dict[str, Any]],
+    *,
+    key: tuple[str, ...],
+    only_if: Callable[[Any], Any] | None = None,
+) -> None:
+    insert = postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
+    statement = insert(table)
+    updated = {
+        column.name: statement.excluded[column.name]
+        for column in table.columns
+        if column.name not in key and not column.primary_key
+    }
+    statement = statement.on_conflict_do_update(
+        index_elements=list(key),
+        set_=updated,
+        where=only_if(statement.excluded) if only_if else None,
+    )
+    for chunk in _chunks(rows, ROWS_PER_STATEMENT):
+        connection.execute(statement, chunk)
+
+
+def _ids_loaded_for_other_dates(
+    connection: Connection, run_date: dt.date, load_id: str, scored: Sequence[ScoredTransaction]
+) -> dict[str, dt.date]:
+    written = set(
+        connection.scalars(
+            select(scored_transactions.c.transaction_id).where(
+                scored_transactions.c.run_date == run_date, scored_transactions.c.load_id == load_id
+            )
+        )
+    )
+    not_written = [
+        row.transaction.transaction_id for row in scored if row.transaction.transaction_id not in written
+    ]
+    owners: dict[str, dt.date] = {}
+    for chunk in _chunks(not_written, ROWS_PER_STATEMENT):
+        owners.update(
+            connection.execute(
+                select(scored_transactions.c.transaction_id, scored_transactions.c.run_date).where(
+                    scored_transactions.c.transaction_id.in_(chunk)
+                )
+            ).tuples()
+        )
+    return owners
+
+
+def _rejections_for_other_dates(
+    scored: Sequence[ScoredTransaction], owners: dict[str, dt.date]
+) -> list[RejectedRow]:
+    return [
+        RejectedRow(
+            source_file=row.transaction.source_file,
+            line_number=row.transaction.line_number,
+            transaction_id=row.transaction.transaction_id,
+            raw_record=row.transaction.raw_record,
+            reasons=(
+                f"transaction_id was already loaded for run date {owners[row.transaction.transaction_id]}",
+            ),
+        )
+        for row in scored
+        if row.transaction.transaction_id in owners
+    ]
+
+
+def _delete_rows_of_other_loads(
+    connection: Connection, table: Table, run_date: dt.date, load_id: str
+) -> None:
+    connection.execute(delete(table).where(table.c.run_date == run_date, table.c.load_id != load_id))
+
+
+def _count_rows(connection: Connection, table: Table, run_date: dt.date) -> int:
+    return connection.scalar(select(func.count()).select_from(table).where(table.c.run_date == run_date)) or 0
+
+
+def _scored_row(
+    row: ScoredTransaction, run_date: dt.date, load_id: str, loaded_at: dt.datetime
+) -> dict[str, Any]:
+    transaction = row.transaction
+    return {
+        "transaction_id": transaction.transaction_id,
+        "run_date": run_date,
+        "account_id": transaction.account_id,
+        "merchant_id": transaction.merchant_id,
+        "amount": transaction.amount,
+        "currency": transaction.currency,
+        "occurred_at": transaction.occurred_at,
+        "country": transaction.country,
+        "fraud_score": row.fraud_score,
+        "is_fraud": row.is_fraud,
+        "model_version": row.model_version,
+        "source_file": transaction.source_file,
+        "line_number": transaction.line_number,
+        "load_id": load_id,
+        "loaded_at": loaded_at,
+    }
+
+
+def _rejected_row(
+    row: RejectedRow, run_date: dt.date, load_id: str, loaded_at: dt.datetime
+) -> dict[str, Any]:
+    return {
+        "run_date": run_date,
+        "source_file": row.source_file,
+        "line_number": row.line_number,
+        "transaction_id": row.transaction_id,
+        "raw_record": row.raw_record,
+        "reasons": list(row.reasons),
+        "load_id": load_id,
+        "loaded_at": loaded_at,
+    }
+
+
+def _chunks(items: Sequence[T], size: int) -> Iterable[Sequence[T]]:
+    return (items[start : start + size] for start in range(0, len(items), size))
+
+
+def _first_line(error: BaseException | None) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"

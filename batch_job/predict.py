@@ -1,0 +1,202 @@
+"""Predict: score valid transactions with the ML API, `POST <BATCH_ML_API_URL>/predict`, in batches.
+
+Each batch is retried with exponential backoff (plus jitter, and at least the server's `Retry-After`) on
+timeouts, connection errors, HTTP 408, 429 and 5xx, at most `BATCH_ML_MAX_RETRIES` times; if the API is still
+unavailable the job fails with a `TransientError` (exit 1) so the DAG retries it later. Any other 4xx is not
+retried: it is a `ConfigError` (exit 78), since a wrong URL or API key will not fix itself. The wire format is
+in `batch_job.ml_contract`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import TracebackType
+
+import httpx
+from pydantic import SecretStr, ValidationError
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from batch_job.errors import ConfigError, TransientError
+from batch_job.ml_contract import PredictRequest, PredictResponse, TransactionFeatures
+from batch_job.validate import Transaction
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF_SECONDS = 30.0
+MAX_RETRY_AFTER_SECONDS = 60.0
+RETRYABLE_STATUS_CODES = frozenset({408, 429})
+MAX_ERROR_BODY_CHARS = 200
+
+
+@dataclass(frozen=True)
+class ScoredTransaction:
+    transaction: Transaction
+    fraud_score: float
+    is_fraud: bool
+    model_version: str
+
+
+class RetryableResponseError(Exception):
+    """The API answered with a status worth retrying (408, 429, 5xx)."""
+
+    def __init__(self, status_code: int, retry_after_seconds: float | None) -> None:
+        super().__init__(f"HTTP {status_code}")
+        self.status_code = status_code
+        self.retry_after_seconds = retry_after_seconds
+
+
+RETRYABLE_ERRORS = (
+    httpx.TransportError,
+    RetryableResponseError,
+)  # TransportError covers timeouts and refusals
+
+
+class MLApiClient:
+    """A client for the ML API; use it as a context manager so its connection pool is closed."""
+
+    def __init__(
+        self,
+        *,
+        predict_url: str,
+        api_key: SecretStr | None,
+        timeout_seconds: float,
+        max_retries: int,
+        backoff_seconds: float,
+    ) -> None:
+        self._predict_url = predict_url
+        self._api_key = api_key
+        self._max_attempts = max_retries + 1
+        self._backoff_seconds = backoff_seconds
+        headers = {"Authorization": f"Bearer {api_key.get_secret_value()}"} if api_key else {}
+        self._http = httpx.Client(timeout=httpx.Timeout(timeout_seconds), headers=headers)
+
+    def __enter__(self) -> MLApiClient:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._http.close()
+
+    def score(self, transactions: Sequence[Transaction], batch_size: int) -> list[ScoredTransaction]:
+        """Score every transaction, `batch_size` per request, in order."""
+        scored: list[ScoredTransaction] = []
+        for start in range(0, len(transactions), batch_size):
+            scored += self._score_batch(transactions[start : start + batch_size])
+        return scored
+
+    def _score_batch(self, batch: Sequence[Transaction]) -> list[ScoredTransaction]:
+        body = PredictRequest(transactions=[_features(transaction) for transaction in batch])
+        response = self._post_with_retries(body.model_dump_json().encode())
+        predictions = {prediction.transaction_id: prediction for prediction in response.predictions}
+        sent_ids = [transaction.transaction_id for transaction in batch]
+        if len(response.predictions) != len(sent_ids) or predictions.keys() != set(sent_ids):
+            raise TransientError(
+                f"ML API at {self._predict_url} broke the contract: {len(response.predictions)} predictions "
+                f"for {len(sent_ids)} transactions, or for other transaction ids"
+            )
+        return [
+            ScoredTransaction(
+                transaction=transaction,
+                fraud_score=predictions[transaction.transaction_id].fraud_score,
+                is_fraud=predictions[transaction.transaction_id].is_fraud,
+                model_version=response.model_version,
+            )
+            for transaction in batch
+        ]
+
+    def _post_with_retries(self, body: bytes) -> PredictResponse:
+        retrying = Retrying(
+            retry=retry_if_exception_type(RETRYABLE_ERRORS),
+            stop=stop_after_attempt(self._max_attempts),
+            wait=self._wait_before_retry,
+            before_sleep=self._log_retry,
+            reraise=True,
+        )
+        try:
+            response = retrying(self._post_once, body)
+        except RETRYABLE_ERRORS as exc:
+            raise TransientError(
+                f"ML API at {self._predict_url} is unavailable after {self._max_attempts} attempts: "
+                f"{_describe(exc)}"
+            ) from exc
+        try:
+            return PredictResponse.model_validate_json(response.content)
+        except ValidationError as exc:
+            raise TransientError(
+                f"ML API at {self._predict_url} answered a body that breaks the contract: "
+                f"{exc.error_count()} errors, first: {exc.errors(include_input=False)[0]['msg']}"
+            ) from None
+
+    def _post_once(self, body: bytes) -> httpx.Response:
+        response = self._http.post(
+            self._predict_url, content=body, headers={"Content-Type": "application/json"}
+        )
+        if response.status_code in RETRYABLE_STATUS_CODES or response.is_server_error:
+            raise RetryableResponseError(response.status_code, _retry_after_seconds(response))
+        if response.is_error:
+            raise ConfigError(
+                f"ML API at {self._predict_url} refused the request with HTTP {response.status_code} "
+                f"({self._redacted(response.text[:MAX_ERROR_BODY_CHARS])}); retrying cannot help: "
+                "check BATCH_ML_API_URL and BATCH_ML_API_KEY"
+            )
+        return response
+
+    def _wait_before_retry(self, state: RetryCallState) -> float:
+        backoff = wait_exponential_jitter(
+            initial=self._backoff_seconds, max=MAX_BACKOFF_SECONDS, jitter=self._backoff_seconds
+        )(state)
+        error = state.outcome.exception() if state.outcome else None
+        retry_after = error.retry_after_seconds if isinstance(error, RetryableResponseError) else None
+        return max(backoff, min(retry_after or 0.0, MAX_RETRY_AFTER_SECONDS))
+
+    def _log_retry(self, state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        wait = state.next_action.sleep if state.next_action else 0.0
+        log.warning(
+            "predict: attempt %d/%d failed (%s); retrying in %.1f s",
+            state.attempt_number,
+            self._max_attempts,
+            _describe(error),
+            wait,
+        )
+
+    def _redacted(self, text: str) -> str:
+        # A misbehaving server might echo the request headers back; the key must not reach the logs that way.
+        return text.replace(self._api_key.get_secret_value(), "***") if self._api_key else text
+
+
+def _features(transaction: Transaction) -> TransactionFeatures:
+    return TransactionFeatures(
+        transaction_id=transaction.transaction_id,
+        account_id=transaction.account_id,
+        merchant_id=transaction.merchant_id,
+        amount=transaction.amount,
+        currency=transaction.currency,
+        timestamp=transaction.occurred_at,
+        country=transaction.country,
+    )
+
+
+def _retry_after_seconds(response: httpx.Response) -> float | None:
+    # Only the delta-seconds form; an HTTP date is rare from APIs and the backoff covers it.
+    try:
+        return max(0.0, float(response.headers["Retry-After"]))
+    except (KeyError, ValueError):
+        return None
+
+
+def _describe(error: BaseException | None) -> str:
+    if error is None:
+        return "no error"
+    if isinstance(error, RetryableResponseError):
+        return str(error)
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
