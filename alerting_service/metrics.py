@@ -1,0 +1,113 @@
+"""Every Prometheus metric of the service, in one registry, with its label values pre-initialised.
+
+Named like Alertmanager's (`alertmanager_notifications_total` -> `alerting_notifications_total`) so existing
+dashboards and alert rules carry over. The delivery-queue gauges are set from the database at scrape time
+(`record_queue_stats`), so they are right even when the dispatcher runs in another process.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+
+from alerting_service.models import DeliveryStatus, EventType, Integration
+from alerting_service.notify.base import Reason
+
+REGISTRY = CollectorRegistry()
+ProcessCollector(registry=REGISTRY)
+PlatformCollector(registry=REGISTRY)
+GCCollector(registry=REGISTRY)
+
+# Alertmanager's latency buckets stop at 20 s; a webhook may take its full timeout and an email relay longer.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
+
+events_received_total = Counter(
+    "alerting_events_received_total",
+    "Events accepted and stored (duplicates of an idempotency key not counted).",
+    ["type"],
+    registry=REGISTRY,
+)
+events_muted_total = Counter(
+    "alerting_events_muted_total",
+    "Accepted events that a silence muted: stored, not delivered.",
+    ["type"],
+    registry=REGISTRY,
+)
+ingest_batch_size = Histogram(
+    "alerting_ingest_batch_size",
+    "Events written by one group-commit transaction.",
+    buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000),
+    registry=REGISTRY,
+)
+notifications_total = Counter(
+    "alerting_notifications_total",
+    "Delivery attempts, successful or not.",
+    ["integration"],
+    registry=REGISTRY,
+)
+notifications_failed_total = Counter(
+    "alerting_notifications_failed_total",
+    "Failed delivery attempts, by why they failed.",
+    ["integration", "reason"],
+    registry=REGISTRY,
+)
+notification_latency_seconds = Histogram(
+    "alerting_notification_latency_seconds",
+    "Duration of one delivery attempt.",
+    ["integration"],
+    buckets=LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+delivery_queue_depth = Gauge(
+    "alerting_delivery_queue_depth",
+    "Deliveries in each state (read from the database at scrape time).",
+    ["status"],
+    registry=REGISTRY,
+)
+oldest_pending_delivery_age_seconds = Gauge(
+    "alerting_oldest_pending_delivery_age_seconds",
+    "Age of the oldest delivery not yet sent nor dead; 0 when there is none.",
+    registry=REGISTRY,
+)
+
+
+def _initialise_labels() -> None:
+    """Export every series from the start, so rate() and absent() work before the first event."""
+    for event_type in EventType:
+        events_received_total.labels(type=event_type.value)
+        events_muted_total.labels(type=event_type.value)
+    for integration in Integration:
+        notifications_total.labels(integration=integration.value)
+        notification_latency_seconds.labels(integration=integration.value)
+        for reason in Reason:
+            notifications_failed_total.labels(integration=integration.value, reason=reason.value)
+    for status in DeliveryStatus:
+        delivery_queue_depth.labels(status=status.value)
+
+
+_initialise_labels()
+
+
+def record_queue_stats(
+    depth: dict[DeliveryStatus, int], oldest_pending_created_at: datetime | None, now: datetime
+) -> None:
+    for status, count in depth.items():
+        delivery_queue_depth.labels(status=status.value).set(count)
+    age = (now - oldest_pending_created_at).total_seconds() if oldest_pending_created_at else 0.0
+    oldest_pending_delivery_age_seconds.set(max(age, 0.0))
+
+
+def exposition() -> tuple[bytes, str]:
+    """The Prometheus text format of every metric, and its content type."""
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
