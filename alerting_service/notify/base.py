@@ -13,10 +13,11 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol
-from urllib.parse import urlsplit
+
+from alerting_service.models import DeliveryKind
 
 if TYPE_CHECKING:
-    from alerting_service.config import EmailReceiverConfig, WebhookReceiverConfig
+    from alerting_service.config import EmailReceiver, WebhookReceiver
 
 
 class Reason(StrEnum):
@@ -36,11 +37,6 @@ class Reason(StrEnum):
     HORIZON_EXCEEDED = "horizon_exceeded"
 
 
-class Kind(StrEnum):
-    FIRING = "firing"
-    RESOLVED = "resolved"
-
-
 class DeliveryError(Exception):
     """A failed send. `retry_after` (seconds) is the destination's own request, e.g. a 429's Retry-After."""
 
@@ -52,6 +48,15 @@ class DeliveryError(Exception):
         self.retryable = retryable
         self.retry_after = retry_after
         self.message = message
+
+    def about(self, destination: str) -> DeliveryError:
+        """The same error, its message prefixed with the (redacted) destination it concerns."""
+        return DeliveryError(
+            self.reason,
+            retryable=self.retryable,
+            message=f"{destination}: {self.message}",
+            retry_after=self.retry_after,
+        )
 
     @property
     def disables_receiver(self) -> bool:
@@ -107,9 +112,9 @@ class Notification:
 
     delivery_id: str
     webhook_id: str
-    kind: Kind
+    kind: DeliveryKind
     event: AlertEvent
-    receiver: EmailReceiverConfig | WebhookReceiverConfig
+    receiver: EmailReceiver | WebhookReceiver
 
 
 class Notifier(Protocol):
@@ -159,13 +164,6 @@ def parse_retry_after(value: str | None, now: datetime) -> float | None:
     if when.tzinfo is None:  # RFC 9110 dates are GMT; obsolete forms may parse as naive
         when = when.replace(tzinfo=UTC)
     return max(0.0, (when - now).total_seconds())
-
-
-def redact_url(url: str) -> str:
-    """Scheme and host only: webhook URLs often carry tokens in the path or query."""
-    parts = urlsplit(url)
-    host = parts.hostname or "?"
-    return f"{parts.scheme}://{host}" if parts.scheme else host
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -4,7 +4,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from alerting_service.notify.base import Reason, classify_http_status, parse_retry_after, redact_url
+from alerting_service.notify.base import Reason, classify_http_status, parse_retry_after
 
 NOW = datetime(2026, 1, 14, 2, 0, tzinfo=UTC)
 
@@ -74,15 +74,3 @@ def test_retry_after_is_ignored_on_other_statuses(status: int) -> None:
 @pytest.mark.parametrize("header", [None, "", "soon", "-5", "1.5e3"])
 def test_an_absent_or_invalid_retry_after_is_none(header: str | None) -> None:
     assert parse_retry_after(header, NOW) is None
-
-
-@pytest.mark.parametrize(
-    ("url", "redacted"),
-    [
-        ("https://hooks.slack.com/services/T000/B000/XXXXSECRET", "https://hooks.slack.com"),
-        ("https://user:pass@hooks.bank.example:8443/airflow?token=abc", "https://hooks.bank.example"),
-        ("http://127.0.0.1:9000/hook", "http://127.0.0.1"),
-    ],
-)
-def test_redact_url_keeps_scheme_and_host_only(url: str, redacted: str) -> None:
-    assert redact_url(url) == redacted

@@ -1,0 +1,139 @@
+"""Webhook notifications: a generic JSON body signed per Standard Webhooks, or a Slack incoming-webhook body.
+
+One httpx client for every webhook receiver (connection pooling), redirects never followed, each receiver's
+own timeout per request. Only configured URLs are called, and private, loopback and link-local addresses are
+refused unless the receiver allows them. Errors name the destination by scheme and host only: webhook URLs
+often carry tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import socket
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+from standardwebhooks.webhooks import Webhook
+
+from alerting_service.config import WebhookReceiver
+from alerting_service.notify.base import DeliveryError, Notification, Reason, classify_http_status
+from alerting_service.notify.templating import render
+
+USER_AGENT = "alerting-service/1"
+
+
+class WebhookNotifier:
+    def __init__(self) -> None:
+        self._client = httpx.AsyncClient(follow_redirects=False, headers={"user-agent": USER_AGENT})
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def send(self, notification: Notification) -> None:
+        receiver = notification.receiver
+        if not isinstance(receiver, WebhookReceiver):
+            raise TypeError(f"receiver {receiver.name!r} is not a webhook receiver")
+        url = _url(receiver)
+        destination = receiver.webhook.redacted_url
+        if not receiver.webhook.allow_private_network:
+            await refuse_private_destination(url, destination)
+        body, headers = _request(notification, receiver)
+        try:
+            # Streamed so only the status and headers are read: a receiver cannot make us buffer a huge reply.
+            async with self._client.stream(
+                "POST", url, content=body, headers=headers, timeout=receiver.webhook.timeout_seconds
+            ) as response:
+                status, response_headers = response.status_code, response.headers
+        except httpx.TimeoutException:
+            raise DeliveryError(
+                Reason.TIMEOUT, retryable=True, message=f"POST {destination}: timed out"
+            ) from None
+        except httpx.TransportError as exc:
+            raise DeliveryError(
+                Reason.CONNECTION, retryable=True, message=f"POST {destination}: {type(exc).__name__}"
+            ) from None
+        error = classify_http_status(status, response_headers)
+        if error is not None:
+            raise error.about(f"POST {destination}")
+
+
+async def refuse_private_destination(url: str, destination: str) -> None:
+    """Raise unless every address the host resolves to is public (guards against SSRF via configuration).
+
+    `destination` is the redacted URL errors may show.
+    """
+    parts = urlsplit(url)
+    if parts.hostname is None:
+        raise DeliveryError(Reason.CLIENT_ERROR, retryable=False, message=f"{destination}: no host in URL")
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
+    except OSError:
+        raise DeliveryError(
+            Reason.CONNECTION, retryable=True, message=f"{destination}: host does not resolve"
+        ) from None
+    for *_, sockaddr in infos:
+        address = ipaddress.ip_address(sockaddr[0])
+        if not address.is_global:
+            raise DeliveryError(
+                Reason.FORBIDDEN_DESTINATION,
+                retryable=False,
+                message=f"{destination}: resolves to a non-public address (allow_private_network is off)",
+            )
+
+
+def _request(notification: Notification, receiver: WebhookReceiver) -> tuple[bytes, dict[str, str]]:
+    headers = {"content-type": "application/json"}
+    if receiver.webhook.format == "slack":
+        return _json_bytes(slack_body(notification)), headers
+    body = _json_bytes(standard_body(notification))
+    secrets = [secret.get_secret_value() for secret in receiver.webhook.secrets]
+    return body, headers | signature_headers(notification.webhook_id, body, secrets, datetime.now(UTC))
+
+
+def standard_body(notification: Notification) -> dict[str, Any]:
+    """The Standard Webhooks payload shape: type, timestamp, data."""
+    return {
+        "type": f"alert.{notification.kind.value}",
+        "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        "data": {
+            "delivery_id": notification.delivery_id,
+            "receiver": notification.receiver.name,
+            "kind": notification.kind.value,
+            "event": notification.event.as_json(),
+        },
+    }
+
+
+def slack_body(notification: Notification) -> dict[str, Any]:
+    text = render("slack_text.txt.j2", notification)
+    return {"text": text, "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": text}}]}
+
+
+def signature_headers(webhook_id: str, body: bytes, secrets: list[str], now: datetime) -> dict[str, str]:
+    """webhook-id/-timestamp/-signature; one `v1,` signature per secret so receivers can rotate keys.
+
+    The id stays the same across retries (receivers deduplicate on it); the timestamp is the attempt's own,
+    so a late retry still passes the receivers' 5-minute tolerance.
+    """
+    headers = {"webhook-id": webhook_id, "webhook-timestamp": str(int(now.timestamp()))}
+    if secrets:
+        text = body.decode()
+        headers["webhook-signature"] = " ".join(
+            Webhook(secret).sign(msg_id=webhook_id, timestamp=now, data=text) for secret in secrets
+        )
+    return headers
+
+
+def _url(receiver: WebhookReceiver) -> str:
+    if receiver.webhook.url is None:  # the config refuses this; narrowed here for the type checker
+        raise DeliveryError(Reason.CLIENT_ERROR, retryable=False, message=f"{receiver.name}: no URL")
+    return receiver.webhook.url.get_secret_value()
+
+
+def _json_bytes(payload: dict[str, Any]) -> bytes:
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()

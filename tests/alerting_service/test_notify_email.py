@@ -1,0 +1,133 @@
+"""EmailNotifier against a real SMTP server (aiosmtpd) on loopback."""
+
+import pytest
+
+from alerting_service.models import DeliveryKind
+from alerting_service.notify.base import DeliveryError, Reason
+from alerting_service.notify.email import EmailNotifier
+from tests.alerting_service.delivery_fixtures import (  # ruff: ignore[unused-import]
+    SMTP_PASSWORD,
+    SMTP_USER,
+    SmtpServer,
+    failure_event,
+    notification_for,
+    silent_port_fixture,
+    smtp_server_fixture,
+)
+
+
+async def test_a_firing_alert_names_dag_task_run_try_exception_and_log(smtp_server: SmtpServer) -> None:
+    notification = notification_for(smtp_server.receiver())
+    await EmailNotifier().send(notification)
+
+    [mail] = smtp_server.mails
+    event = notification.event
+    assert mail.recipients == ["oncall@bank.example"]
+    assert mail.sender == "airflow-alerts@bank.example"
+    subject = mail.message["Subject"]
+    assert "batch_pipeline_dag.run_batch_processing" in subject
+    assert "try 2 of 4" in subject
+    for body in (mail.part("text/plain"), mail.part("text/html")):
+        for text in (event.dag_id, event.task_id, event.run_id, "try 2 of 4", event.exception):
+            assert text in body
+    assert event.log_url in mail.part("text/plain")
+    assert event.log_url.replace("&", "&amp;") in mail.part("text/html")
+
+
+async def test_the_message_id_is_the_delivery_id_so_a_retry_can_be_recognised(
+    smtp_server: SmtpServer,
+) -> None:
+    notification = notification_for(smtp_server.receiver())
+    await EmailNotifier().send(notification)
+    assert smtp_server.mails[0].message["Message-ID"] == f"<{notification.delivery_id}@alerting-service>"
+
+
+async def test_a_resolved_notification_says_it_is_resolved(smtp_server: SmtpServer) -> None:
+    event = failure_event(type="task_success", severity="info", exception=None)
+    await EmailNotifier().send(notification_for(smtp_server.receiver(), event, kind=DeliveryKind.RESOLVED))
+
+    [mail] = smtp_server.mails
+    assert mail.message["Subject"].startswith("[RESOLVED]")
+    assert "resolved" in mail.part("text/plain")
+    assert "resolved" in mail.part("text/html")
+
+
+async def test_html_body_escapes_event_text(smtp_server: SmtpServer) -> None:
+    event = failure_event(exception="ValueError: <script>alert(1)</script> & more")
+    await EmailNotifier().send(notification_for(smtp_server.receiver(), event))
+
+    [mail] = smtp_server.mails
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; more" in mail.part("text/html")
+    assert "<script>" not in mail.part("text/html")
+    assert "<script>alert(1)</script> & more" in mail.part("text/plain")
+
+
+async def test_a_multi_line_event_field_cannot_add_header_lines(smtp_server: SmtpServer) -> None:
+    event = failure_event(task_id="extract\r\nBcc: attacker@evil.example")
+    await EmailNotifier().send(notification_for(smtp_server.receiver(), event))
+
+    [mail] = smtp_server.mails
+    assert mail.message["Bcc"] is None
+    assert mail.recipients == ["oncall@bank.example"]
+
+
+async def test_authenticates_with_username_and_password(smtp_server: SmtpServer) -> None:
+    receiver = smtp_server.receiver(username=SMTP_USER, password=SMTP_PASSWORD)
+    await EmailNotifier().send(notification_for(receiver))
+    assert len(smtp_server.mails) == 1
+
+
+async def test_a_rejected_password_is_retryable_and_never_named(smtp_server: SmtpServer) -> None:
+    receiver = smtp_server.receiver(username=SMTP_USER, password="wrong-password-value")
+    with pytest.raises(DeliveryError) as caught:
+        await EmailNotifier().send(notification_for(receiver))
+
+    assert (caught.value.reason, caught.value.retryable) == (Reason.AUTH, True)
+    assert "wrong-password-value" not in str(caught.value)
+    assert smtp_server.mails == []
+
+
+async def test_a_server_that_is_down_is_a_retryable_connection_error() -> None:
+    server = SmtpServer()  # never started: the port refuses connections
+    with pytest.raises(DeliveryError) as caught:
+        await EmailNotifier().send(notification_for(server.receiver()))
+    assert (caught.value.reason, caught.value.retryable) == (Reason.CONNECTION, True)
+    assert f"127.0.0.1:{server.port}" in caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("rcpt_reply", "reason", "retryable"),
+    [
+        ("550 5.1.1 no such user", Reason.INVALID_RECIPIENT, False),
+        ("553 5.1.3 bad address syntax", Reason.INVALID_RECIPIENT, False),
+        ("451 4.3.0 try again later", Reason.SERVER_ERROR, True),
+        ("452 4.2.2 mailbox full", Reason.SERVER_ERROR, True),
+    ],
+)
+async def test_a_refused_recipient_is_permanent_on_5xx_and_retryable_on_4xx(
+    smtp_server: SmtpServer, rcpt_reply: str, reason: Reason, retryable: bool
+) -> None:
+    smtp_server.handler.rcpt_replies["oncall@bank.example"] = rcpt_reply
+    with pytest.raises(DeliveryError) as caught:
+        await EmailNotifier().send(notification_for(smtp_server.receiver()))
+    assert (caught.value.reason, caught.value.retryable) == (reason, retryable)
+
+
+async def test_one_refused_recipient_among_several_still_delivers_to_the_others(
+    smtp_server: SmtpServer,
+) -> None:
+    smtp_server.handler.rcpt_replies["gone@bank.example"] = "550 5.1.1 no such user"
+    receiver = smtp_server.receiver(to=["oncall@bank.example", "gone@bank.example"])
+    await EmailNotifier().send(notification_for(receiver))
+
+    [mail] = smtp_server.mails
+    assert mail.recipients == ["oncall@bank.example"]
+
+
+async def test_a_server_that_never_answers_times_out_as_retryable(silent_port: int) -> None:
+    receiver = SmtpServer().receiver(
+        smarthost={"host": "127.0.0.1", "port": silent_port}, timeout_seconds=0.2
+    )
+    with pytest.raises(DeliveryError) as caught:
+        await EmailNotifier().send(notification_for(receiver))
+    assert (caught.value.reason, caught.value.retryable) == (Reason.TIMEOUT, True)

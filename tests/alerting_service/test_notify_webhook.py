@@ -1,0 +1,209 @@
+"""WebhookNotifier against a real HTTP receiver on loopback."""
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+
+from alerting_service.models import DeliveryKind
+from alerting_service.notify.base import DeliveryError, Reason
+from alerting_service.notify.webhook import WebhookNotifier
+from tests.alerting_service.delivery_fixtures import (
+    HttpReceiver,
+    Receipt,
+    Reply,
+    failure_event,
+    free_port,
+    http_receiver_fixture,  # ruff: ignore[unused-import]
+    new_whsec,
+    notification_for,
+)
+
+SECRET_PATH = "/hooks/T000/B000/tok3n-in-the-path"
+
+
+@pytest.fixture
+async def notifier() -> AsyncIterator[WebhookNotifier]:
+    notifier = WebhookNotifier()
+    yield notifier
+    await notifier.aclose()
+
+
+def independent_signature(secret: str, receipt: Receipt) -> str:
+    """Standard Webhooks v1 computed by hand (not with the library the notifier uses)."""
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    signed = (
+        f"{receipt.headers['webhook-id']}.{receipt.headers['webhook-timestamp']}.".encode() + receipt.body
+    )
+    return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+
+
+async def test_a_standard_webhook_carries_the_event_as_json(
+    http_receiver: HttpReceiver, notifier: WebhookNotifier
+) -> None:
+    notification = notification_for(http_receiver.receiver("/hook"))
+    await notifier.send(notification)
+
+    [receipt] = http_receiver.received("/hook")
+    assert receipt.headers["content-type"] == "application/json"
+    payload = json.loads(receipt.body)
+    assert payload["type"] == "alert.firing"
+    assert payload["data"]["delivery_id"] == notification.delivery_id
+    assert payload["data"]["event"] == notification.event.as_json()
+
+
+async def test_the_signature_verifies_with_an_independent_hmac(
+    http_receiver: HttpReceiver, notifier: WebhookNotifier
+) -> None:
+    secret = new_whsec()
+    notification = notification_for(http_receiver.receiver("/hook", secrets=[secret]))
+    await notifier.send(notification)
+
+    [receipt] = http_receiver.received("/hook")
+    assert receipt.headers["webhook-id"] == notification.webhook_id
+    assert abs(int(receipt.headers["webhook-timestamp"]) - time.time()) < 60
+    assert receipt.headers["webhook-signature"] == independent_signature(secret, receipt)
+
+
+async def test_several_secrets_give_one_signature_each_for_rotation(
+    http_receiver: HttpReceiver, notifier: WebhookNotifier
+) -> None:
+    old, new = new_whsec(), new_whsec()
+    await notifier.send(notification_for(http_receiver.receiver("/hook", secrets=[old, new])))
+
+    [receipt] = http_receiver.received("/hook")
+    assert receipt.headers["webhook-signature"].split(" ") == [
+        independent_signature(old, receipt),
+        independent_signature(new, receipt),
+    ]
+
+
+async def test_the_webhook_id_is_the_same_on_every_attempt(
+    http_receiver: HttpReceiver, notifier: WebhookNotifier
+) -> None:
+    http_receiver.script("/hook", Reply(500))
+    notification = notification_for(http_receiver.receiver("/hook"))
+    with pytest.raises(DeliveryError):
+        await notifier.send(notification)
+    await notifier.send(notification)
+
+    first, second = http_receiver.received("/hook")
+    assert first.headers["webhook-id"] == second.headers["webhook-id"] == notification.webhook_id
+
+
+async def test_a_slack_webhook_sends_text_and_blocks_with_mrkdwn_escaped(
+    http_receiver: HttpReceiver, notifier: WebhookNotifier
+) -> None:
+    event = failure_event(exception="KeyError: <missing> & gone")
+    await notifier.send(notification_for(http_receiver.receiver("/slack", format="slack", secrets=[]), event))
+
+    [receipt] = http_receiver.received("/slack")
+    payload = json.loads(receipt.body)
+    assert "batch_pipeline_dag.run_batch_processing" in payload["text"]
+    assert "try 2 of 4" in payload["text"]
+    assert "KeyError: &lt;missing&gt; &amp; gone" in payload["text"]
+    assert payload["blocks"][0]["text"] == {"type": "mrkdwn", "text": payload["text"]}
+    assert "webhook-signature" not in receipt.headers
+
+
+async def test_a_resolved_slack_message_says_resolved(
+    http_receiver: HttpReceiver, notifier: WebhookNotifier
+) -> None:
+    receiver = http_receiver.receiver("/slack", format="slack", secrets=[])
+    await notifier.send(notification_for(receiver, failure_event(type="task_success"), DeliveryKind.RESOLVED))
+    assert "RESOLVED" in json.loads(http_receiver.received("/slack")[0].body)["text"]
+
+
+@pytest.mark.parametrize(
+    ("reply", "reason", "retryable", "retry_after"),
+    [
+        (Reply(500), Reason.SERVER_ERROR, True, None),
+        (Reply(502), Reason.SERVER_ERROR, True, None),
+        (Reply(503, {"Retry-After": "7"}), Reason.SERVER_ERROR, True, 7.0),
+        (Reply(429, {"Retry-After": "3"}), Reason.RATE_LIMITED, True, 3.0),
+        (Reply(408), Reason.TIMEOUT, True, None),
+        (Reply(400), Reason.CLIENT_ERROR, False, None),
+        (Reply(401), Reason.AUTH, False, None),
+        (Reply(410), Reason.DESTINATION_DISABLED, False, None),
+    ],
+)
+async def test_a_failure_reply_becomes_a_delivery_error(
+    http_receiver: HttpReceiver,
+    notifier: WebhookNotifier,
+    reply: Reply,
+    reason: Reason,
+    retryable: bool,
+    retry_after: float | None,
+) -> None:
+    http_receiver.script("/hook", reply)
+    with pytest.raises(DeliveryError) as caught:
+        await notifier.send(notification_for(http_receiver.receiver("/hook")))
+    assert (caught.value.reason, caught.value.retryable, caught.value.retry_after) == (
+        reason,
+        retryable,
+        retry_after,
+    )
+
+
+async def test_a_redirect_is_a_failure_and_never_followed(
+    http_receiver: HttpReceiver, notifier: WebhookNotifier
+) -> None:
+    http_receiver.script("/hook", Reply(302, {"Location": http_receiver.url("/elsewhere")}))
+    with pytest.raises(DeliveryError) as caught:
+        await notifier.send(notification_for(http_receiver.receiver("/hook")))
+    assert caught.value.reason is Reason.REDIRECT
+    assert http_receiver.received("/elsewhere") == []
+
+
+async def test_a_receiver_slower_than_its_timeout_is_a_retryable_timeout(
+    http_receiver: HttpReceiver, notifier: WebhookNotifier
+) -> None:
+    http_receiver.script("/hook", Reply(200, delay=1.0))
+    with pytest.raises(DeliveryError) as caught:
+        await notifier.send(notification_for(http_receiver.receiver("/hook", timeout_seconds=0.2)))
+    assert (caught.value.reason, caught.value.retryable) == (Reason.TIMEOUT, True)
+
+
+async def test_a_refused_connection_is_retryable(notifier: WebhookNotifier) -> None:
+    receiver = HttpReceiver().receiver("/hook", url=f"http://127.0.0.1:{free_port()}{SECRET_PATH}")
+    with pytest.raises(DeliveryError) as caught:
+        await notifier.send(notification_for(receiver))
+    assert (caught.value.reason, caught.value.retryable) == (Reason.CONNECTION, True)
+
+
+async def test_a_loopback_destination_is_refused_unless_allowed(
+    http_receiver: HttpReceiver, notifier: WebhookNotifier
+) -> None:
+    receiver = http_receiver.receiver(SECRET_PATH, allow_private_network=False)
+    with pytest.raises(DeliveryError) as caught:
+        await notifier.send(notification_for(receiver))
+    assert (caught.value.reason, caught.value.retryable) == (Reason.FORBIDDEN_DESTINATION, False)
+    assert http_receiver.receipts == []
+
+
+@pytest.mark.parametrize(
+    "host", ["10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "[::1]", "[fe80::1]", "localhost"]
+)
+async def test_private_and_link_local_destinations_are_refused(notifier: WebhookNotifier, host: str) -> None:
+    receiver = HttpReceiver().receiver("/hook", url=f"http://{host}/hook", allow_private_network=False)
+    with pytest.raises(DeliveryError) as caught:
+        await notifier.send(notification_for(receiver))
+    assert caught.value.reason is Reason.FORBIDDEN_DESTINATION
+
+
+@pytest.mark.parametrize(
+    "reply", [Reply(500), Reply(410), Reply(302, {"Location": "/x"}), Reply(200, delay=1.0)]
+)
+async def test_errors_name_scheme_and_host_but_never_the_url_token(
+    http_receiver: HttpReceiver, notifier: WebhookNotifier, reply: Reply
+) -> None:
+    http_receiver.script(SECRET_PATH, reply)
+    with pytest.raises(DeliveryError) as caught:
+        await notifier.send(notification_for(http_receiver.receiver(SECRET_PATH, timeout_seconds=0.2)))
+    assert "http://127.0.0.1" in str(caught.value)
+    assert "tok3n" not in str(caught.value)
+    assert "tok3n" not in repr(caught.value)
