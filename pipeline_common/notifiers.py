@@ -1,0 +1,340 @@
+"""`AlertServiceNotifier`: Airflow callbacks and Deadline Alerts -> the alert service, never holding a task.
+
+An Airflow callback fires once and nothing re-sends it, so the notifier makes one short attempt and, when
+the alert service does not accept the event, falls back at once: the event goes to the task log at ERROR level
+and, when the `smtp_default` connection and a recipient are configured, straight to an inbox through the SMTP
+provider.
+
+Bounds. Airflow kills a task callback after 20 s (`[core] task_success_overtime`) and a DAG callback that
+hangs can take other callbacks of its file down with it, so the attempt (`timeout`) and the fallback email
+(`fallback_timeout`) are hard deadlines, not socket timeouts: a DNS lookup that hangs or an SMTP server that
+accepts and never answers costs at most the bound. Every exception is caught and logged; the task's outcome
+never depends on alerting.
+
+Connections (nothing is looked up when the DAG file is parsed):
+- `alert_service_default`: host (or a full URL in host), port, schema = http | https, password = ingest key;
+- `smtp_default` (optional fallback): the SMTP provider's connection; the recipients are `fallback_to` or the
+  connection's extra `"to"`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from datetime import timedelta
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import httpx
+from airflow.sdk import AsyncCallback, BaseHook, BaseNotifier, DeadlineAlert, DeadlineReference
+from airflow.sdk._shared.secrets_masker import redact
+from airflow.sdk.configuration import conf
+from airflow.sdk.exceptions import AirflowNotFoundException
+
+from pipeline_common.alert_events import AlertEvent, EventType, build_event, fallback_email_html
+
+if TYPE_CHECKING:
+    import jinja2
+    from airflow.sdk import Connection
+    from airflow.sdk.definitions.context import Context
+
+T = TypeVar("T")
+
+DEFAULT_CONN_ID = "alert_service_default"
+DEFAULT_SMTP_CONN_ID = "smtp_default"
+DEFAULT_TIMEOUT_SECONDS = 3.0
+DEFAULT_FALLBACK_TIMEOUT_SECONDS = 5.0
+# Airflow's `[core] task_success_overtime`: a task callback running longer is killed. Stay well inside it.
+AIRFLOW_CALLBACK_LIMIT_SECONDS = 20.0
+EVENTS_PATH = "/v1/events"
+_ERROR_DETAIL_LIMIT = 200
+
+
+class AlertServiceUnavailable(Exception):
+    """The alert service did not record the event: unreachable, too slow, or it refused the request."""
+
+
+@dataclass(frozen=True)
+class AlertServiceEndpoint:
+    events_url: str
+    api_key: str
+
+    @classmethod
+    def from_connection(cls, connection: Connection) -> AlertServiceEndpoint:
+        if not connection.host:
+            raise AlertServiceUnavailable(f"connection {connection.conn_id!r} has no host")
+        if not connection.password:
+            raise AlertServiceUnavailable(
+                f"connection {connection.conn_id!r} has no password (the ingest API key)"
+            )
+        base = (
+            connection.host
+            if "://" in connection.host
+            else f"{connection.schema or 'http'}://{connection.host}"
+        )
+        if connection.port:
+            base = f"{base.rstrip('/')}:{connection.port}"
+        return cls(events_url=base.rstrip("/") + EVENTS_PATH, api_key=connection.password)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"}
+
+
+class AlertServiceNotifier(BaseNotifier):
+    """Send the callback's event to the alert service; never raise, never block past the two bounds.
+
+    As a task or DAG callback: `on_failure_callback=AlertServiceNotifier(labels={"team": "data"})`; the event
+    type comes from the context (retry, failure, success, DAG run failure/success) unless `event_type`
+    is given.
+    As a Deadline Alert: `missed_run_deadline(timedelta(minutes=90))` (runs `async_notify` in the triggerer).
+    """
+
+    template_fields = ("severity", "labels", "fallback_to")
+
+    def __init__(
+        self,
+        *,
+        event_type: EventType | str | None = None,
+        severity: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        conn_id: str = DEFAULT_CONN_ID,
+        timeout: float = DEFAULT_TIMEOUT_SECONDS,
+        smtp_conn_id: str = DEFAULT_SMTP_CONN_ID,
+        fallback_to: str | list[str] | None = None,
+        fallback_timeout: float = DEFAULT_FALLBACK_TIMEOUT_SECONDS,
+        context: Context | None = None,
+    ) -> None:
+        # `context`: how the triggerer hands a Deadline Alert's context to the notifier class it instantiates.
+        super().__init__(context)
+        self.event_type = event_type
+        self.severity = severity
+        self.labels = dict(labels or {})
+        self.conn_id = conn_id
+        self.timeout = timeout
+        self.smtp_conn_id = smtp_conn_id
+        self.fallback_to = fallback_to
+        self.fallback_timeout = fallback_timeout
+        _check_bounds(timeout, fallback_timeout)
+
+    # --- Airflow's entry points -----------------------------------------------------------------------------
+
+    def notify(self, context: Context) -> None:
+        event = self._event_or_none(context)
+        if event is None:
+            return
+        try:
+            outcome = _call_within(self.timeout, lambda: self._post(event))
+        except Exception as error:
+            self._log_fallback(event, error)
+            self._email_fallback(event)
+        else:
+            self.log.info("Alert %s recorded by the alert service: %s", event.idempotency_key, outcome)
+
+    async def async_notify(self, context: Context) -> None:
+        event = self._event_or_none(context)
+        if event is None:
+            return
+        try:
+            outcome = await asyncio.wait_for(self._apost(event), self.timeout)
+        except Exception as error:
+            self._log_fallback(event, error)
+            await self._aemail_fallback(event)
+        else:
+            self.log.info("Alert %s recorded by the alert service: %s", event.idempotency_key, outcome)
+
+    def render_template_fields(self, context: Context, jinja_env: jinja2.Environment | None = None) -> None:
+        """Render, or keep the fields as written: a template error must not cost the alert.
+
+        A DAG callback under `dag.test()` gets a SerializedDAG without `get_template_env`; the sandboxed
+        environment without a DAG renders the same templates.
+        """
+        try:
+            if jinja_env is None and not hasattr(context.get("dag"), "get_template_env"):
+                jinja_env = self.get_template_env()
+            super().render_template_fields(context, jinja_env)
+        except Exception:
+            self.log.exception("Rendering the notifier's templated fields failed; sending them as written")
+
+    # --- the event --------------------------------------------------------------------------------------
+
+    def _event_or_none(self, context: Context) -> AlertEvent | None:
+        try:
+            event = build_event(
+                context,
+                event_type=self.event_type,
+                severity=self.severity,
+                labels=self.labels,
+                api_base_url=conf.get("api", "base_url", fallback="http://localhost:8080/"),
+            )
+        except Exception:
+            self.log.exception("No alert sent: the event could not be built from the callback context")
+            return None
+        # An exception message can quote a credential (a database URL, a header): mask what Airflow knows.
+        return replace(event, exception=redact(event.exception)) if event.exception else event
+
+    # --- the attempt ------------------------------------------------------------------------------------
+
+    @cached_property
+    def _endpoint(self) -> AlertServiceEndpoint:
+        return AlertServiceEndpoint.from_connection(BaseHook.get_connection(self.conn_id))
+
+    @cached_property
+    def _http_client(self) -> httpx.Client:
+        return httpx.Client(timeout=self.timeout, follow_redirects=False)
+
+    @cached_property
+    def _async_http_client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(timeout=self.timeout, follow_redirects=False)
+
+    def _post(self, event: AlertEvent) -> str:
+        endpoint = self._endpoint
+        response = self._http_client.post(endpoint.events_url, json=event.as_json(), headers=endpoint.headers)
+        return _recorded(response)
+
+    async def _apost(self, event: AlertEvent) -> str:
+        endpoint = AlertServiceEndpoint.from_connection(await BaseHook.aget_connection(self.conn_id))
+        response = await self._async_http_client.post(
+            endpoint.events_url, json=event.as_json(), headers=endpoint.headers
+        )
+        return _recorded(response)
+
+    # --- the fallback -----------------------------------------------------------------------------------
+
+    def _log_fallback(self, event: AlertEvent, error: BaseException) -> None:
+        self.log.error(
+            "ALERT NOT DELIVERED to the alert service (%s); the event follows: %s %s",
+            _describe(error),
+            event.headline,
+            json.dumps(event.as_json(), sort_keys=True),
+        )
+
+    def _email_fallback(self, event: AlertEvent) -> None:
+        try:
+            _call_within(self.fallback_timeout, lambda: self._send_email(event))
+        except Exception as error:
+            self.log.error(
+                "The fallback email for alert %s failed: %s", event.idempotency_key, _describe(error)
+            )
+
+    async def _aemail_fallback(self, event: AlertEvent) -> None:
+        try:
+            await asyncio.wait_for(self._asend_email(event), self.fallback_timeout)
+        except Exception as error:
+            self.log.error(
+                "The fallback email for alert %s failed: %s", event.idempotency_key, _describe(error)
+            )
+
+    def _send_email(self, event: AlertEvent) -> None:
+        from airflow.providers.smtp.hooks.smtp import SmtpHook
+
+        recipients = self._fallback_recipients(self._smtp_connection_or_none())
+        if recipients:
+            with SmtpHook(smtp_conn_id=self.smtp_conn_id) as hook:
+                hook.send_email_smtp(
+                    to=recipients, subject=event.headline, html_content=fallback_email_html(event)
+                )
+            self.log.warning("Fallback email for alert %s sent to %s", event.idempotency_key, recipients)
+
+    async def _asend_email(self, event: AlertEvent) -> None:
+        from airflow.providers.smtp.hooks.smtp import SmtpHook
+
+        try:
+            connection = await BaseHook.aget_connection(self.smtp_conn_id)
+        except AirflowNotFoundException:
+            connection = None
+        recipients = self._fallback_recipients(connection)
+        if recipients:
+            async with SmtpHook(smtp_conn_id=self.smtp_conn_id) as hook:
+                await hook.asend_email_smtp(
+                    to=recipients, subject=event.headline, html_content=fallback_email_html(event)
+                )
+            self.log.warning("Fallback email for alert %s sent to %s", event.idempotency_key, recipients)
+
+    def _smtp_connection_or_none(self) -> Connection | None:
+        try:
+            return BaseHook.get_connection(self.smtp_conn_id)
+        except AirflowNotFoundException:
+            return None
+
+    def _fallback_recipients(self, smtp_connection: Connection | None) -> list[str]:
+        if smtp_connection is None:
+            self.log.warning("No fallback email: connection %r is not defined", self.smtp_conn_id)
+            return []
+        configured = self.fallback_to or smtp_connection.extra_dejson.get("to")
+        recipients = [configured] if isinstance(configured, str) else list(configured or [])
+        if not recipients:
+            self.log.warning(
+                "No fallback email: set fallback_to or the 'to' extra of connection %r", self.smtp_conn_id
+            )
+        return recipients
+
+
+def missed_run_deadline(interval: timedelta, **notifier_kwargs: Any) -> DeadlineAlert:
+    """A Deadline Alert: `deadline_missed` when a run has not finished `interval` after it was queued.
+
+    The triggerer imports the notifier class by its path and instantiates it with these kwargs, which must
+    therefore be JSON-serialisable.
+    """
+    return DeadlineAlert(
+        reference=DeadlineReference.DAGRUN_QUEUED_AT,
+        interval=interval,
+        callback=AsyncCallback(
+            AlertServiceNotifier, kwargs={"event_type": EventType.DEADLINE_MISSED.value, **notifier_kwargs}
+        ),
+    )
+
+
+def _check_bounds(timeout: float, fallback_timeout: float) -> None:
+    if timeout <= 0 or fallback_timeout <= 0:
+        raise ValueError("AlertServiceNotifier: timeout and fallback_timeout must be positive")
+    if timeout + fallback_timeout >= AIRFLOW_CALLBACK_LIMIT_SECONDS:
+        raise ValueError(
+            f"AlertServiceNotifier: timeout + fallback_timeout must stay under Airflow's "
+            f"{AIRFLOW_CALLBACK_LIMIT_SECONDS:g} s callback limit"
+        )
+
+
+def _recorded(response: httpx.Response) -> str:
+    """What the service said, when it has the event; `AlertServiceUnavailable` when it does not."""
+    if response.status_code == httpx.codes.ACCEPTED:
+        try:
+            answer = response.json()
+        except ValueError:
+            return "accepted"
+        return f"id {answer.get('id')}" + (" (duplicate)" if answer.get("duplicate") else "")
+    if response.status_code == httpx.codes.CONFLICT:
+        # The key is recorded, with a body that differs (e.g. a retried DAG callback): the alert exists.
+        return "already recorded under this key with another body"
+    raise AlertServiceUnavailable(f"HTTP {response.status_code}: {response.text[:_ERROR_DETAIL_LIMIT]}")
+
+
+def _call_within(seconds: float, work: Callable[[], T]) -> T:
+    """`work()` in a daemon thread, waited for at most `seconds`: a hard bound socket timeouts do not give.
+
+    A daemon thread, not an executor: an abandoned worker must not keep the task process from exiting.
+    """
+    outcome: list[tuple[bool, Any]] = []
+
+    def run() -> None:
+        try:
+            outcome.append((True, work()))
+        except BaseException as error:
+            outcome.append((False, error))
+
+    worker = threading.Thread(target=run, name="alert-notifier", daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if not outcome:
+        raise TimeoutError(f"no answer within {seconds:g} s")
+    succeeded, value = outcome[0]
+    if not succeeded:
+        raise value
+    return value
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
