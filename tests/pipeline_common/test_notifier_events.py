@@ -116,7 +116,7 @@ def test_a_task_callback_type_follows_the_final_task_state(state: str, expected:
 
 
 def test_a_state_without_an_event_type_is_refused_with_a_hint() -> None:
-    with pytest.raises(UnknownCallbackContext, match="'skipped'.*event_type"):
+    with pytest.raises(UnknownCallbackContext, match=r"'skipped'.*event_type"):
         infer_event_type(task_context(state="skipped"))
 
 
