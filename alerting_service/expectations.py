@@ -1,0 +1,186 @@
+"""The dead man's switch: "batch_pipeline_dag succeeds by 04:00 UTC every day", alerted when it does not.
+
+Callbacks only report what happened; a run that was never scheduled, or whose worker was killed before any
+callback fired, reports nothing. An expectation turns that silence into an alert: once a day's deadline has
+passed with no `dag_run_success` event for the DAG since the window started (`window_hours` before the
+deadline, 24 by default so a run that started the evening before still counts), the watcher records one
+`deadline_missed` event through the same ingest path as the API, so it is routed, silenced and delivered like
+any other. It has no run_id, which makes its fingerprint `dag:<dag_id>` (see resolution.py): the next
+`dag_run_success` of the DAG resolves it.
+
+Its idempotency key `expectation/<dag_id>/<local date>` makes it fire once per day, also across restarts and
+with several service processes running the watcher.
+
+Configuration (YAML key `expectations:`):
+
+    expectations:
+      - dag_id: batch_pipeline_dag
+        succeed_by: "04:00"
+        timezone: Europe/Paris     # IANA name, default UTC
+        severity: critical         # default critical
+        window_hours: 24           # default 24
+        labels: {team: data-engineering}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from alerting_service.models import Event, EventType, Severity
+
+log = logging.getLogger(__name__)
+
+CHECK_INTERVAL_SECONDS = 60.0
+EXPECTATION_LABEL = "expectation"
+
+RecordEvent = Callable[[dict[str, Any]], Awaitable[Any]]
+"""Takes a `POST /v1/events` body and records it the way the API does (idempotent on its key)."""
+
+
+class Expectation(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    dag_id: str = Field(min_length=1, max_length=250)
+    succeed_by: time
+    timezone: str = "UTC"
+    severity: Severity = Severity.CRITICAL
+    window_hours: int = Field(default=24, ge=1, le=168)
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, name: str) -> str:
+        try:
+            ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown time zone {name!r}: use an IANA name such as UTC or Europe/Paris"
+            ) from None
+        return name
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+
+@dataclass(frozen=True)
+class Check:
+    """The latest deadline of an expectation that has passed, and the window a success must fall in."""
+
+    expectation: Expectation
+    deadline: datetime
+    window_start: datetime
+
+    @property
+    def local_date(self) -> date:
+        return self.deadline.astimezone(self.expectation.zone).date()
+
+    @property
+    def idempotency_key(self) -> str:
+        return f"expectation/{self.expectation.dag_id}/{self.local_date.isoformat()}"
+
+
+def deadline_on(expectation: Expectation, day: date) -> datetime:
+    """The deadline of `day` (a date in the expectation's time zone), in UTC."""
+    return datetime.combine(day, expectation.succeed_by, tzinfo=expectation.zone).astimezone(UTC)
+
+
+def latest_passed_check(expectation: Expectation, now: datetime) -> Check:
+    """Today's check once today's deadline has passed, yesterday's before that."""
+    today = now.astimezone(expectation.zone).date()
+    deadline = deadline_on(expectation, today)
+    if deadline > now:
+        deadline = deadline_on(expectation, today - timedelta(days=1))
+    return Check(expectation, deadline, deadline - timedelta(hours=expectation.window_hours))
+
+
+def missed_event(check: Check) -> dict[str, Any]:
+    """The `deadline_missed` body for a check that found no success; the same check gives the same body."""
+    expectation = check.expectation
+    by = f"{expectation.succeed_by.strftime('%H:%M')} {expectation.timezone}"
+    return {
+        "idempotency_key": check.idempotency_key,
+        "type": EventType.DEADLINE_MISSED.value,
+        "severity": expectation.severity.value,
+        "dag_id": expectation.dag_id,
+        "occurred_at": _iso(check.deadline),
+        "exception": (
+            f"no successful run of {expectation.dag_id} since {_iso(check.window_start)}: "
+            f"expected to succeed by {by} on {check.local_date.isoformat()}"
+        ),
+        "labels": {**expectation.labels, "source": EXPECTATION_LABEL},
+    }
+
+
+async def dag_succeeded_since(session: AsyncSession, dag_id: str, since: datetime) -> bool:
+    found = await session.scalar(
+        select(Event.id)
+        .where(Event.dag_id == dag_id, Event.type == EventType.DAG_RUN_SUCCESS, Event.occurred_at >= since)
+        .limit(1)
+    )
+    return found is not None
+
+
+class ExpectationWatcher:
+    """Checks every expectation each `interval` seconds and records one `deadline_missed` per missed day."""
+
+    def __init__(
+        self,
+        expectations: Iterable[Expectation],
+        *,
+        session_factory: async_sessionmaker[AsyncSession],
+        record_event: RecordEvent,
+        interval: float = CHECK_INTERVAL_SECONDS,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._expectations = tuple(expectations)
+        self._session_factory = session_factory
+        self._record_event = record_event
+        self._interval = interval
+        self._clock = clock
+        # Keys already recorded by this process: spares the database a lookup a minute. After a restart the
+        # ingest's idempotency answers "duplicate" instead.
+        self._recorded: set[str] = set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await self.check_once()
+            except Exception:
+                # A database outage must not end the watcher: the next round tries again.
+                log.exception("expectation check failed; retrying in %.0f s", self._interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self._interval)
+
+    async def check_once(self) -> list[str]:
+        """Record the missed expectations; answers the idempotency keys recorded in this round."""
+        now = self._clock()
+        recorded = []
+        for expectation in self._expectations:
+            check = latest_passed_check(expectation, now)
+            if check.idempotency_key in self._recorded or await self._succeeded(check):
+                continue
+            await self._record_event(missed_event(check))
+            self._recorded.add(check.idempotency_key)
+            recorded.append(check.idempotency_key)
+            log.warning("expectation missed: %s", check.idempotency_key)
+        return recorded
+
+    async def _succeeded(self, check: Check) -> bool:
+        async with self._session_factory() as session:
+            return await dag_succeeded_since(session, check.expectation.dag_id, check.window_start)
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")

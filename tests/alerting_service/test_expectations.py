@@ -1,0 +1,203 @@
+"""The dead man's switch: when a day's check is due, what it records, and that it records it once."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from alerting_service.config import Settings
+from alerting_service.db import create_engine, create_schema, create_session_factory
+from alerting_service.expectations import (
+    Expectation,
+    ExpectationWatcher,
+    deadline_on,
+    latest_passed_check,
+    missed_event,
+)
+from alerting_service.models import Event
+
+PIPELINE = Expectation(dag_id="batch_pipeline_dag", succeed_by=time(4, 0), labels={"team": "data"})
+
+
+def utc(text: str) -> datetime:
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+def test_before_todays_deadline_the_check_is_yesterdays() -> None:
+    check = latest_passed_check(PIPELINE, utc("2026-01-14T03:59:00"))
+
+    assert check.deadline == utc("2026-01-13T04:00:00")
+    assert check.idempotency_key == "expectation/batch_pipeline_dag/2026-01-13"
+
+
+def test_once_todays_deadline_has_passed_the_check_is_todays() -> None:
+    check = latest_passed_check(PIPELINE, utc("2026-01-14T04:00:00"))
+
+    assert check.deadline == utc("2026-01-14T04:00:00")
+    assert check.idempotency_key == "expectation/batch_pipeline_dag/2026-01-14"
+
+
+def test_the_window_opens_window_hours_before_the_deadline() -> None:
+    expectation = PIPELINE.model_copy(update={"window_hours": 4})
+
+    check = latest_passed_check(expectation, utc("2026-01-14T09:00:00"))
+
+    assert check.window_start == utc("2026-01-14T00:00:00")
+
+
+def test_a_deadline_in_a_time_zone_follows_its_daylight_saving_time() -> None:
+    paris = Expectation(dag_id="d", succeed_by=time(4, 0), timezone="Europe/Paris")
+
+    assert deadline_on(paris, datetime(2026, 1, 14).date()) == utc("2026-01-14T03:00:00")
+    assert deadline_on(paris, datetime(2026, 7, 14).date()) == utc("2026-07-14T02:00:00")
+
+
+def test_the_date_in_the_key_is_the_local_date_of_the_deadline() -> None:
+    tokyo = Expectation(dag_id="d", succeed_by=time(4, 0), timezone="Asia/Tokyo")
+
+    check = latest_passed_check(tokyo, utc("2026-01-13T20:00:00"))  # 05:00 on the 14th in Tokyo
+
+    assert check.idempotency_key == "expectation/d/2026-01-14"
+
+
+def test_the_missed_event_is_a_dag_level_deadline_missed_without_run() -> None:
+    body = missed_event(latest_passed_check(PIPELINE, utc("2026-01-14T04:01:00")))
+
+    assert body == {
+        "idempotency_key": "expectation/batch_pipeline_dag/2026-01-14",
+        "type": "deadline_missed",
+        "severity": "critical",
+        "dag_id": "batch_pipeline_dag",
+        "occurred_at": "2026-01-14T04:00:00Z",
+        "exception": "no successful run of batch_pipeline_dag since 2026-01-13T04:00:00Z: "
+        "expected to succeed by 04:00 UTC on 2026-01-14",
+        "labels": {"team": "data", "source": "expectation"},
+    }
+
+
+def test_an_unknown_time_zone_is_refused_by_name() -> None:
+    with pytest.raises(ValidationError, match="unknown time zone 'Mars/Olympus'"):
+        Expectation(dag_id="d", succeed_by="04:00", timezone="Mars/Olympus")
+
+
+def test_succeed_by_reads_the_yaml_time_string() -> None:
+    assert Expectation.model_validate({"dag_id": "d", "succeed_by": "04:30"}).succeed_by == time(4, 30)
+
+
+# --- the watcher against a real database -------------------------------------------------------------------
+
+
+@pytest.fixture
+async def session_factory(tmp_path: Path) -> AsyncIterator[Any]:
+    engine = create_engine(Settings(data_dir=tmp_path))
+    await create_schema(engine)
+    yield create_session_factory(engine)
+    await engine.dispose()
+
+
+async def add_success(session_factory: Any, dag_id: str, occurred_at: datetime) -> None:
+    async with session_factory() as session, session.begin():
+        session.add(
+            Event(
+                id=str(uuid.uuid4()),
+                idempotency_key=f"{dag_id}/{occurred_at.isoformat()}/dag_run_success",
+                body_hash="0" * 64,
+                type="dag_run_success",
+                severity="info",
+                dag_id=dag_id,
+                occurred_at=occurred_at,
+                received_at=occurred_at,
+                labels={},
+                fingerprint=f"dag:{dag_id}",
+            )
+        )
+
+
+class Recorder:
+    """Collects what the watcher hands to the ingest; the first `failures` calls raise, like an outage."""
+
+    def __init__(self, failures: int = 0) -> None:
+        self.bodies: list[dict[str, Any]] = []
+        self.failures = failures
+        self.calls = 0
+        self.called = asyncio.Event()
+
+    async def __call__(self, body: dict[str, Any]) -> None:
+        self.calls += 1
+        self.called.set()
+        if self.calls <= self.failures:
+            raise ConnectionError("database is restarting")
+        self.bodies.append(body)
+
+    async def next_call(self) -> None:
+        self.called.clear()
+        await asyncio.wait_for(self.called.wait(), timeout=5)
+
+
+def watcher_at(now: str, session_factory: Any, recorder: Recorder) -> ExpectationWatcher:
+    return ExpectationWatcher(
+        [PIPELINE], session_factory=session_factory, record_event=recorder, clock=lambda: utc(now)
+    )
+
+
+async def test_no_success_since_the_window_opened_records_one_missed_event(session_factory: Any) -> None:
+    await add_success(session_factory, "batch_pipeline_dag", utc("2026-01-13T03:00:00"))  # before the window
+    recorder = Recorder()
+
+    recorded = await watcher_at("2026-01-14T04:01:00", session_factory, recorder).check_once()
+
+    assert recorded == ["expectation/batch_pipeline_dag/2026-01-14"]
+    assert [body["type"] for body in recorder.bodies] == ["deadline_missed"]
+
+
+async def test_a_success_in_the_window_records_nothing(session_factory: Any) -> None:
+    await add_success(session_factory, "batch_pipeline_dag", utc("2026-01-14T02:30:00"))
+    recorder = Recorder()
+
+    assert await watcher_at("2026-01-14T04:01:00", session_factory, recorder).check_once() == []
+
+
+async def test_a_success_of_another_dag_does_not_count(session_factory: Any) -> None:
+    await add_success(session_factory, "fraud_report_dag", utc("2026-01-14T02:30:00"))
+    recorder = Recorder()
+
+    assert len(await watcher_at("2026-01-14T04:01:00", session_factory, recorder).check_once()) == 1
+
+
+async def test_a_missed_day_is_recorded_once_however_often_the_watcher_checks(session_factory: Any) -> None:
+    recorder = Recorder()
+    watcher = watcher_at("2026-01-14T04:01:00", session_factory, recorder)
+
+    for _ in range(3):
+        await watcher.check_once()
+
+    assert len(recorder.bodies) == 1
+
+
+async def test_run_checks_until_stopped_and_survives_a_failing_round(session_factory: Any) -> None:
+    recorder = Recorder(failures=1)
+    watcher = ExpectationWatcher(
+        [PIPELINE],
+        session_factory=session_factory,
+        record_event=recorder,
+        interval=0.01,
+        clock=lambda: utc("2026-01-14T04:01:00"),
+    )
+    stop = asyncio.Event()
+    running = asyncio.create_task(watcher.run(stop))
+    await recorder.next_call()
+    await recorder.next_call()
+    stop.set()
+    await asyncio.wait_for(running, timeout=5)
+
+    assert recorder.calls == 2
+    assert [body["idempotency_key"] for body in recorder.bodies] == [
+        "expectation/batch_pipeline_dag/2026-01-14"
+    ]
