@@ -114,6 +114,10 @@ def validate_day(files: Sequence[SourceFile], run_date: dt.date) -> ValidationRe
 
 
 def _read_records(source_file: SourceFile) -> Iterator[_Record]:
+    # Python's csv module accepts NUL, but a text file has none and PostgreSQL cannot store it.
+    if "\0" in source_file.text:
+        line = source_file.text.count("\n", 0, source_file.text.index("\0")) + 1
+        raise InvalidInputError(f"{source_file.uri} is not valid CSV: line {line}: contains a NUL byte")
     reader = csv.reader(io.StringIO(source_file.text, newline=""), strict=True)
     try:
         header = _header(source_file.uri, next(reader, None))

@@ -1,0 +1,107 @@
+"""extract_day: one day's CSV objects from a local directory or an S3-compatible server (moto: conftest)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+
+import pytest
+from batch_job_support import S3_ACCESS_KEY_ID, S3_SECRET_ACCESS_KEY, Landing, S3Bucket, refused_url
+
+from batch_job.errors import ConfigError, InvalidInputError, TransientError
+from batch_job.extract import extract_day
+from batch_job.settings import load_settings
+
+
+@pytest.fixture
+def s3_env(
+    job_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, s3_bucket: S3Bucket, s3_endpoint_url: str
+) -> S3Bucket:
+    monkeypatch.setenv("BATCH_SOURCE_URI", f"{s3_bucket.uri}/incoming")
+    monkeypatch.setenv("BATCH_S3_ENDPOINT_URL", s3_endpoint_url)
+    monkeypatch.setenv("BATCH_S3_ACCESS_KEY_ID", S3_ACCESS_KEY_ID)
+    monkeypatch.setenv("BATCH_S3_SECRET_ACCESS_KEY", S3_SECRET_ACCESS_KEY)
+    return s3_bucket
+
+
+def test_reads_only_the_days_csv_files_in_name_order(job_env: dict[str, str], landing: Landing) -> None:
+    landing.write("b.csv", "b")
+    landing.write("a.csv", "a")
+    landing.write("notes.txt", "not a csv")
+    landing.write("sub/c.csv", "in a sub-directory")
+    landing.write("other-day.csv", "other day", run_date=dt.date(2026, 1, 13))
+    extract = extract_day(load_settings())
+    assert [(f.uri.rsplit("/", 1)[1], f.text) for f in extract.files] == [("a.csv", "a"), ("b.csv", "b")]
+    assert extract.day_uri == f"{landing.uri}/2026-01-14/"
+
+
+def test_a_day_without_its_directory_has_no_files_and_warns(
+    job_env: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="batch_job.extract"):
+        extract = extract_day(load_settings())
+    assert extract.files == []
+    assert "no CSV objects" in caplog.text
+
+
+def test_a_missing_landing_directory_is_a_config_error(
+    job_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, landing: Landing
+) -> None:
+    monkeypatch.setenv("BATCH_SOURCE_URI", f"{landing.uri}/missing")
+    with pytest.raises(ConfigError, match=r"BATCH_SOURCE_URI: the directory .*/missing does not exist"):
+        extract_day(load_settings())
+
+
+def test_a_file_that_is_not_utf8_is_invalid_input(job_env: dict[str, str], landing: Landing) -> None:
+    landing.write("latin1.csv", "café".encode("latin-1"))
+    with pytest.raises(InvalidInputError, match=r"latin1\.csv is not UTF-8 text"):
+        extract_day(load_settings())
+
+
+def test_a_byte_order_mark_is_dropped(job_env: dict[str, str], landing: Landing) -> None:
+    landing.write("bom.csv", "\ufefftransaction_id".encode())
+    assert extract_day(load_settings()).files[0].text == "transaction_id"
+
+
+def test_reads_only_the_days_csv_objects_from_s3(s3_env: S3Bucket) -> None:
+    s3_env.put("incoming/2026-01-14/b.csv", "b")
+    s3_env.put("incoming/2026-01-14/a.csv", "a")
+    s3_env.put("incoming/2026-01-14/notes.txt", "not a csv")
+    s3_env.put("incoming/2026-01-14/sub/c.csv", "in a sub-prefix")
+    s3_env.put("incoming/2026-01-13/a.csv", "other day")
+    extract = extract_day(load_settings())
+    assert [(f.uri, f.text) for f in extract.files] == [
+        (f"{s3_env.uri}/incoming/2026-01-14/a.csv", "a"),
+        (f"{s3_env.uri}/incoming/2026-01-14/b.csv", "b"),
+    ]
+    assert extract.day_uri == f"{s3_env.uri}/incoming/2026-01-14/"
+
+
+def test_an_empty_s3_day_has_no_files_and_warns(s3_env: S3Bucket, caplog: pytest.LogCaptureFixture) -> None:
+    s3_env.put("incoming/2026-01-13/a.csv", "other day")
+    with caplog.at_level(logging.WARNING, logger="batch_job.extract"):
+        extract = extract_day(load_settings())
+    assert extract.files == []
+    assert f"no CSV objects at {s3_env.uri}/incoming/2026-01-14/" in caplog.text
+
+
+def test_a_missing_bucket_is_a_config_error(s3_env: S3Bucket, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BATCH_SOURCE_URI", "s3://no-such-bucket/incoming")
+    with pytest.raises(
+        ConfigError, match="S3 refused access to s3://no-such-bucket/incoming/2026-01-14/: NoSuchBucket"
+    ):
+        extract_day(load_settings())
+
+
+def test_an_unreachable_s3_endpoint_is_transient(s3_env: S3Bucket, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BATCH_S3_ENDPOINT_URL", refused_url())
+    with pytest.raises(TransientError, match="S3 is unreachable"):
+        extract_day(load_settings())
+
+
+def test_an_s3_source_without_credentials_is_a_config_error(
+    s3_env: S3Bucket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("BATCH_S3_SECRET_ACCESS_KEY")
+    with pytest.raises(ConfigError, match="needs both BATCH_S3_ACCESS_KEY_ID and BATCH_S3_SECRET_ACCESS_KEY"):
+        extract_day(load_settings())

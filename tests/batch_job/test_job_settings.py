@@ -1,0 +1,146 @@
+"""JobSettings: the BATCH_* environment of the batch job contract, and the errors naming what is wrong."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from batch_job.errors import ConfigError
+from batch_job.settings import LocalLocation, S3Location, load_settings
+
+SECRET = "s3cr3t-value-that-must-not-leak"
+
+
+def test_a_complete_environment_loads_with_the_tuning_defaults(job_env: dict[str, str]) -> None:
+    settings = load_settings()
+    assert settings.run_date == dt.date(2026, 1, 14)
+    assert settings.ml_batch_size == 500
+    assert settings.ml_api_key is None
+
+
+def test_a_missing_variable_is_named(job_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("BATCH_RUN_DATE")
+    with pytest.raises(ConfigError, match="BATCH_RUN_DATE: is not set"):
+        load_settings()
+
+
+def test_every_bad_variable_is_named_at_once(
+    job_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("BATCH_ML_API_URL")
+    monkeypatch.setenv("BATCH_ML_BATCH_SIZE", "0")
+    with pytest.raises(ConfigError) as raised:
+        load_settings()
+    assert "BATCH_ML_API_URL: is not set" in str(raised.value)
+    assert "BATCH_ML_BATCH_SIZE: Input should be greater than 0" in str(raised.value)
+
+
+def test_a_run_date_that_is_not_a_date_is_named(
+    job_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BATCH_RUN_DATE", "2026-13-01")
+    with pytest.raises(ConfigError, match="BATCH_RUN_DATE: "):
+        load_settings()
+
+
+def test_a_source_uri_of_another_scheme_is_refused(
+    job_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BATCH_SOURCE_URI", "https://example.com/landing")
+    with pytest.raises(ConfigError, match=r"BATCH_SOURCE_URI: must be s3://bucket/prefix or file:///abs/dir"):
+        load_settings()
+
+
+def test_a_file_uri_without_an_absolute_path_is_refused(
+    job_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BATCH_SOURCE_URI", "file://landing/dir")
+    with pytest.raises(ConfigError, match="BATCH_SOURCE_URI: a file URI needs an absolute path"):
+        load_settings()
+
+
+def test_an_s3_uri_gives_bucket_and_prefix(job_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BATCH_SOURCE_URI", "s3://transactions/incoming/")
+    source = load_settings().source
+    assert source == S3Location(bucket="transactions", prefix="incoming")
+    assert source.day_uri(dt.date(2026, 1, 14)) == "s3://transactions/incoming/2026-01-14/"
+
+
+def test_an_s3_uri_without_prefix_reads_days_at_the_bucket_root(
+    job_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BATCH_SOURCE_URI", "s3://transactions")
+    assert load_settings().source.day_uri(dt.date(2026, 1, 14)) == "s3://transactions/2026-01-14/"
+
+
+def test_a_file_uri_gives_a_local_directory(job_env: dict[str, str]) -> None:
+    assert isinstance(load_settings().source, LocalLocation)
+
+
+def test_a_database_url_with_a_password_is_refused_without_echoing_it(
+    job_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BATCH_DATABASE_URL", f"postgresql+psycopg2://app:{SECRET}@db:5432/transactions")
+    with pytest.raises(ConfigError, match="BATCH_DATABASE_URL: must not contain a password") as raised:
+        load_settings()
+    assert SECRET not in str(raised.value)
+
+
+def test_a_relative_sqlite_path_is_refused(job_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BATCH_DATABASE_URL", "sqlite:///results.db")
+    with pytest.raises(ConfigError, match="BATCH_DATABASE_URL: a SQLite URL needs an absolute file path"):
+        load_settings()
+
+
+def test_another_database_driver_is_refused(job_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BATCH_DATABASE_URL", "mysql+pymysql://app@db/transactions")
+    with pytest.raises(ConfigError, match="BATCH_DATABASE_URL: must use the postgresql"):
+        load_settings()
+
+
+def test_a_plain_postgresql_url_gets_the_psycopg2_driver(
+    job_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BATCH_DATABASE_URL", "postgresql://app@db:5432/transactions")
+    assert load_settings().database_url == "postgresql+psycopg2://app@db:5432/transactions"
+
+
+def test_the_password_is_joined_to_the_url_and_hidden_when_rendered(
+    job_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BATCH_DATABASE_URL", "postgresql+psycopg2://app@db:5432/transactions")
+    monkeypatch.setenv("BATCH_DATABASE_PASSWORD", SECRET)
+    url = load_settings().sqlalchemy_url()
+    assert url.password == SECRET
+    assert SECRET not in url.render_as_string(hide_password=True)
+
+
+def test_a_password_for_a_sqlite_database_is_refused(
+    job_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BATCH_DATABASE_PASSWORD", SECRET)
+    with pytest.raises(ConfigError, match="a SQLite database takes no password") as raised:
+        load_settings()
+    assert SECRET not in str(raised.value)
+
+
+def test_an_empty_optional_secret_counts_as_unset(
+    job_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BATCH_ML_API_KEY", "")
+    assert load_settings().ml_api_key is None
+
+
+def test_secrets_do_not_appear_in_the_settings_repr(
+    job_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BATCH_ML_API_KEY", SECRET)
+    assert SECRET not in repr(load_settings())
+
+
+def test_the_predict_url_is_appended_to_the_base_url_path(
+    job_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BATCH_ML_API_URL", "http://ml-api:8000/v1/")
+    assert load_settings().predict_url == "http://ml-api:8000/v1/predict"
