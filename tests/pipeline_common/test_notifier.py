@@ -1,0 +1,292 @@
+"""AlertServiceNotifier against real peers on loopback: an HTTP receiver standing in for the alert service's
+ingest endpoint (scripted answers), a socket that never answers, a closed port, and an aiosmtpd server for the
+fallback email. The full service is exercised in tests/alerting/."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+
+from pipeline_common.alert_events import EventType
+from pipeline_common.notifiers import AlertServiceNotifier, missed_run_deadline
+from tests.alerting_service.delivery_fixtures import (  # ruff: ignore[unused-import]
+    HttpReceiver,
+    Reply,
+    SmtpServer,
+    free_port,
+    http_receiver_fixture,
+    silent_port_fixture,
+    smtp_server_fixture,
+)
+from tests.pipeline_common.test_notifier_events import deadline_context, task_context
+
+API_KEY = "ingest-key-7c1f0d9e"
+FALLBACK_TO = "oncall@bank.example"
+BOUND = 0.5  # timeout; fallback_timeout is the same
+
+
+def set_alert_service(monkeypatch: pytest.MonkeyPatch, port: int, password: str | None = API_KEY) -> None:
+    connection = {
+        "conn_type": "http",
+        "host": "127.0.0.1",
+        "port": port,
+        "schema": "http",
+        "password": password,
+    }
+    monkeypatch.setenv("AIRFLOW_CONN_ALERT_SERVICE_DEFAULT", json.dumps(connection))
+
+
+def set_smtp(monkeypatch: pytest.MonkeyPatch, server: SmtpServer, to: str | None = FALLBACK_TO) -> None:
+    extra = {"from_email": "airflow@bank.example", "disable_tls": True, "disable_ssl": True, "timeout": 2}
+    extra |= {"retry_limit": 0} | ({"to": to} if to else {})
+    connection = {"conn_type": "smtp", "host": "127.0.0.1", "port": server.port, "extra": extra}
+    monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", json.dumps(connection))
+
+
+def notifier(**options: Any) -> AlertServiceNotifier:
+    return AlertServiceNotifier(**{"timeout": BOUND, "fallback_timeout": BOUND} | options)
+
+
+@pytest.fixture
+def service(monkeypatch: pytest.MonkeyPatch, http_receiver: HttpReceiver) -> HttpReceiver:
+    set_alert_service(monkeypatch, http_receiver.port)
+    return http_receiver
+
+
+def posted_bodies(receiver: HttpReceiver) -> list[dict[str, Any]]:
+    return [json.loads(receipt.body) for receipt in receiver.received("/v1/events")]
+
+
+def call_timed(callback: AlertServiceNotifier, context: dict[str, Any]) -> float:
+    started = time.monotonic()
+    callback(context)
+    return time.monotonic() - started
+
+
+def test_the_event_is_posted_with_the_ingest_key_as_bearer(service: HttpReceiver) -> None:
+    service.script("/v1/events", Reply(202))
+
+    notifier(labels={"team": "data"})(task_context(state="failed"))
+
+    (receipt,) = service.received("/v1/events")
+    assert receipt.headers["authorization"] == f"Bearer {API_KEY}"
+    body = json.loads(receipt.body)
+    assert (body["type"], body["labels"], body["max_tries"]) == ("task_failure", {"team": "data"}, 4)
+
+
+def test_a_recorded_event_sends_no_fallback_email(
+    service: HttpReceiver, smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    set_smtp(monkeypatch, smtp_server)
+    service.script("/v1/events", Reply(202))
+
+    notifier()(task_context(state="failed"))
+
+    assert smtp_server.mails == []
+
+
+def test_a_conflict_means_the_key_is_already_recorded_so_no_fallback(
+    service: HttpReceiver, smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    set_smtp(monkeypatch, smtp_server)
+    service.script("/v1/events", Reply(409))
+
+    notifier()(task_context(state="failed"))
+
+    assert smtp_server.mails == []
+
+
+@pytest.mark.parametrize("status", [401, 422, 500, 503])
+def test_a_refusal_by_the_service_falls_back_to_email(
+    status: int, service: HttpReceiver, smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    set_smtp(monkeypatch, smtp_server)
+    service.script("/v1/events", Reply(status))
+
+    notifier()(task_context(state="failed"))
+
+    (mail,) = smtp_server.mails
+    assert mail.recipients == [FALLBACK_TO]
+    assert (
+        mail.message["Subject"]
+        == "[critical] task_failure batch_pipeline_dag.run_batch_processing (try 2 of 4)"
+    )
+    assert "ConnectionError: ml-api:8000 refused" in mail.part("text/html")
+
+
+def test_a_refused_connection_returns_within_the_bound_and_emails(
+    monkeypatch: pytest.MonkeyPatch, smtp_server: SmtpServer
+) -> None:
+    set_alert_service(monkeypatch, free_port())
+    set_smtp(monkeypatch, smtp_server)
+
+    elapsed = call_timed(notifier(), task_context(state="failed"))
+
+    assert elapsed < 2 * BOUND
+    assert len(smtp_server.mails) == 1
+
+
+def test_a_service_that_never_answers_costs_at_most_the_timeout(
+    monkeypatch: pytest.MonkeyPatch, silent_port: int, smtp_server: SmtpServer
+) -> None:
+    set_alert_service(monkeypatch, silent_port)
+    set_smtp(monkeypatch, smtp_server)
+
+    elapsed = call_timed(notifier(), task_context(state="failed"))
+
+    assert BOUND <= elapsed < 2 * BOUND
+    assert len(smtp_server.mails) == 1
+
+
+def test_an_smtp_server_that_never_answers_costs_at_most_the_fallback_timeout(
+    monkeypatch: pytest.MonkeyPatch, silent_port: int
+) -> None:
+    set_alert_service(monkeypatch, free_port())
+    connection = {"conn_type": "smtp", "host": "127.0.0.1", "port": silent_port}
+    extra = {"from_email": "a@bank.example", "to": FALLBACK_TO, "disable_tls": True, "disable_ssl": True}
+    monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", json.dumps(connection | {"extra": extra}))
+
+    with capture_logs() as logs:
+        elapsed = call_timed(notifier(), task_context(state="failed"))
+
+    assert elapsed < 2 * BOUND + 0.2
+    assert any("fallback email" in entry["event"] and "TimeoutError" in entry["event"] for entry in logs)
+
+
+def test_the_undelivered_event_is_logged_at_error_without_the_api_key(
+    monkeypatch: pytest.MonkeyPatch, silent_port: int
+) -> None:
+    set_alert_service(monkeypatch, silent_port)
+
+    with capture_logs() as logs:
+        notifier()(task_context(state="failed"))
+
+    (error,) = [entry for entry in logs if entry["log_level"] == "error"]
+    assert "ALERT NOT DELIVERED" in error["event"]
+    assert (
+        "batch_pipeline_dag/scheduled__2026-01-14T02:00:00+00:00/run_batch_processing/-1/2" in error["event"]
+    )
+    assert API_KEY not in json.dumps(logs)
+
+
+def test_a_missing_alert_service_connection_falls_back(
+    monkeypatch: pytest.MonkeyPatch, smtp_server: SmtpServer
+) -> None:
+    monkeypatch.delenv("AIRFLOW_CONN_ALERT_SERVICE_DEFAULT", raising=False)
+    set_smtp(monkeypatch, smtp_server)
+
+    with capture_logs() as logs:
+        notifier()(task_context(state="failed"))
+
+    assert any("alert_service_default" in entry["event"] for entry in logs if entry["log_level"] == "error")
+    assert len(smtp_server.mails) == 1
+
+
+def test_a_connection_without_api_key_is_named_in_the_error(
+    monkeypatch: pytest.MonkeyPatch, http_receiver: HttpReceiver
+) -> None:
+    set_alert_service(monkeypatch, http_receiver.port, password=None)
+
+    with capture_logs() as logs:
+        notifier()(task_context(state="failed"))
+
+    assert http_receiver.received("/v1/events") == []
+    assert any("has no password (the ingest API key)" in entry["event"] for entry in logs)
+
+
+def test_the_fallback_recipient_argument_wins_over_the_connection_extra(
+    monkeypatch: pytest.MonkeyPatch, smtp_server: SmtpServer
+) -> None:
+    set_alert_service(monkeypatch, free_port())
+    set_smtp(monkeypatch, smtp_server)
+
+    notifier(fallback_to="pipeline-owner@bank.example")(task_context(state="failed"))
+
+    assert smtp_server.mails[0].recipients == ["pipeline-owner@bank.example"]
+
+
+def test_without_a_recipient_the_fallback_only_logs(
+    monkeypatch: pytest.MonkeyPatch, smtp_server: SmtpServer
+) -> None:
+    set_alert_service(monkeypatch, free_port())
+    set_smtp(monkeypatch, smtp_server, to=None)
+
+    with capture_logs() as logs:
+        notifier()(task_context(state="failed"))
+
+    assert smtp_server.mails == []
+    assert any("set fallback_to or the 'to' extra" in entry["event"] for entry in logs)
+
+
+def test_an_unusable_context_is_logged_and_never_raised(service: HttpReceiver) -> None:
+    with capture_logs() as logs:
+        notifier()({"unexpected": True})
+
+    assert service.received("/v1/events") == []
+    assert any("could not be built" in entry["event"] for entry in logs)
+
+
+def test_templated_labels_are_rendered_from_the_context(service: HttpReceiver) -> None:
+    service.script("/v1/events", Reply(202))
+    context = task_context(state="failed") | {"ds": "2026-01-14"}
+
+    notifier(labels={"business_date": "{{ ds }}"})(context)
+
+    assert posted_bodies(service)[0]["labels"] == {"business_date": "2026-01-14"}
+
+
+def test_a_secret_airflow_knows_is_masked_in_the_exception(service: HttpReceiver) -> None:
+    from airflow.sdk.log import mask_secret
+
+    mask_secret("db-password-42")
+    context = task_context(state="failed") | {"exception": RuntimeError("login failed for db-password-42")}
+
+    notifier()(context)
+
+    assert posted_bodies(service)[0]["exception"] == "RuntimeError: login failed for ***"
+
+
+@pytest.mark.parametrize(("timeout", "fallback_timeout"), [(0, 1), (3, -1), (10, 10)])
+def test_bounds_that_are_not_positive_or_reach_airflows_limit_are_refused(
+    timeout: float, fallback_timeout: float
+) -> None:
+    with pytest.raises(ValueError, match="AlertServiceNotifier"):
+        AlertServiceNotifier(timeout=timeout, fallback_timeout=fallback_timeout)
+
+
+class TestAsDeadlineAlert:
+    """The triggerer instantiates the notifier class with the alert's kwargs and context, then awaits it."""
+
+    async def test_the_awaited_notifier_posts_a_deadline_missed(self, service: HttpReceiver) -> None:
+        service.script("/v1/events", Reply(202))
+        alert = missed_run_deadline(timedelta(minutes=90), labels={"team": "data"})
+
+        await AlertServiceNotifier(**alert.callback.kwargs, context=deadline_context())
+
+        (body,) = posted_bodies(service)
+        assert (body["type"], body["severity"], body["labels"]) == (
+            "deadline_missed",
+            "critical",
+            {"team": "data"},
+        )
+
+    async def test_an_unreachable_service_falls_back_to_email_within_the_bound(
+        self, monkeypatch: pytest.MonkeyPatch, silent_port: int, smtp_server: SmtpServer
+    ) -> None:
+        set_alert_service(monkeypatch, silent_port)
+        set_smtp(monkeypatch, smtp_server)
+        started = time.monotonic()
+
+        await notifier(event_type=EventType.DEADLINE_MISSED, context=deadline_context())
+
+        assert time.monotonic() - started < 2 * BOUND
+        assert (
+            smtp_server.mails[0]
+            .message["Subject"]
+            .startswith("[critical] deadline_missed batch_pipeline_dag")
+        )
