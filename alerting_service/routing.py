@@ -1,9 +1,9 @@
 """Which receivers an event goes to: an Alertmanager-style route tree, compiled once, matched per event.
 
-A route matches when every one of its `match` keys has one of the listed values in the event's labels. Matching
-is depth-first: the first matching child wins unless it has `continue: true`, in which case its later siblings
-are tried too; a matching route none of whose children matches is itself the result. A route without its own
-`receivers` inherits its parent's.
+A route matches when every one of its `match` keys has one of the listed values in the event's labels.
+Matching is depth-first: the first matching child wins unless it has `continue: true`, in which case its
+later siblings are tried too; a matching route none of whose children matches is itself the result. A route
+without its own `receivers` inherits its parent's.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
-"""Silences, pure: a silence's state follows from the time; `SilenceSet.is_muted` says which one mutes labels.
+"""Silences, pure: a silence's state follows from the time; `SilenceSet.is_muted` names the one muting.
 
-A matcher compares one label (`dag_id`, `task_id`, `type`, `severity` or `labels.<name>`) for equality, or with
-`regex: true` as a full-match regular expression. A silence mutes labels that satisfy all of its matchers while
-it is active: `starts_at <= now < ends_at` and not expired by an admin.
+A matcher compares one label (`dag_id`, `task_id`, `type`, `severity` or `labels.<name>`) for equality, or
+with `regex: true` as a full-match regular expression. A silence mutes labels that satisfy all of its
+matchers while it is active: `starts_at <= now < ends_at` and not expired by an admin.
 """
 
 from __future__ import annotations

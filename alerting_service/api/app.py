@@ -1,0 +1,121 @@
+"""The FastAPI application: `create_app(settings)`.
+
+Configuration (YAML, API keys) is loaded when the app is created, so a bad one fails before the server
+listens. The lifespan opens the database, starts the group-commit ingestor and, when `run_dispatcher` is set,
+the in-process Dispatcher, which the ingestor wakes after each commit that created deliveries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
+
+from alerting_service import __version__
+from alerting_service.api.body_limit import BodySizeLimit
+from alerting_service.api.deps import Services
+from alerting_service.api.routes import deliveries, events, health, silences
+from alerting_service.auth import load_key_ring
+from alerting_service.config import AlertingConfig, Settings, load_alerting_config
+from alerting_service.db import create_engine, create_schema, create_session_factory
+from alerting_service.ingest import Ingestor
+from alerting_service.schemas import EventIn
+
+TAGS = [
+    {"name": "events", "description": "Airflow events in (ingest scope) and the event log (admin scope)."},
+    {"name": "deliveries", "description": "The notification log, dead letters and replay (admin scope)."},
+    {"name": "receivers", "description": "Receiver state (admin scope)."},
+    {"name": "silences", "description": "Mute matching events for a time (admin scope)."},
+    {"name": "health", "description": "Probes and Prometheus metrics (no authentication)."},
+]
+
+
+def create_app(settings: Settings) -> FastAPI:
+    config = load_alerting_config(settings)
+    app = FastAPI(
+        title="Airflow alert service",
+        version=__version__,
+        description="Durable, idempotent alert fan-out for Airflow callbacks: email and signed webhooks.",
+        openapi_tags=TAGS,
+        lifespan=lambda app: _lifespan(app, settings, config),
+    )
+    app.state.key_ring = load_key_ring(settings)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    for module in (events, deliveries, silences, health):
+        app.include_router(module.router)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(app: FastAPI, settings: Settings, config: AlertingConfig) -> AsyncGenerator[None]:
+    engine = create_engine(settings)
+    await create_schema(engine)
+    sessions = create_session_factory(engine)
+    stop = asyncio.Event()
+    dispatcher: Any = None
+    if settings.run_dispatcher:
+        # Imported here: the delivery half of the service is only loaded by the processes that deliver.
+        from alerting_service.dispatch.worker import Dispatcher
+
+        dispatcher = Dispatcher(settings, sessions, config)
+    wake = dispatcher.wake if dispatcher is not None else _nothing_to_wake
+    ingestor = Ingestor(
+        sessions,
+        config,
+        batch_max=settings.ingest_batch_max,
+        silence_refresh_seconds=settings.silence_refresh_seconds,
+        on_commit=wake,
+    )
+    await ingestor.start()
+    delivering = (
+        asyncio.create_task(dispatcher.run(stop), name="dispatcher") if dispatcher is not None else None
+    )
+    app.state.services = Services(settings, config, engine, sessions, ingestor, wake)
+    try:
+        yield
+    finally:
+        await ingestor.stop()
+        stop.set()
+        if delivering is not None:
+            await delivering
+        await engine.dispose()
+
+
+def _nothing_to_wake() -> None:
+    """No in-process dispatcher: a separate `alerting-service worker` polls the outbox."""
+
+
+# Async although it awaits nothing: Starlette would run a sync handler in its thread pool.
+async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:  # ruff: ignore[unused-async]
+    """422 naming each bad field; the offending input is not echoed back."""
+    assert isinstance(exc, RequestValidationError)
+    detail = [
+        {"loc": list(error["loc"]), "msg": error["msg"], "type": error["type"]} for error in exc.errors()
+    ]
+    return JSONResponse({"detail": detail}, status_code=422)
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    if app.openapi_schema is None:
+        schema = get_openapi(
+            title=app.title,
+            version=app.version,
+            description=app.description,
+            routes=app.routes,
+            tags=app.openapi_tags,
+        )
+        # POST /v1/events validates its raw body itself; publish the model it validates against.
+        event_schema = EventIn.model_json_schema(ref_template="#/components/schemas/{model}")
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.update(event_schema.pop("$defs", {}))
+        components["EventIn"] = event_schema
+        app.openapi_schema = schema
+    return app.openapi_schema

@@ -1,0 +1,72 @@
+"""The delivery log: dead letters, replay, and re-enabling a disabled receiver (admin scope)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query
+
+from alerting_service import schemas
+from alerting_service.api.deps import AUTH_ERRORS, AdminKey, ServicesDep, SessionDep
+from alerting_service.models import DeliveryStatus
+from alerting_service.schemas import DeliveryList, DeliveryOut, ErrorResponse, ReceiverEnabled
+from alerting_service.store import deliveries as delivery_store
+
+router = APIRouter(prefix="/v1", tags=["deliveries"])
+
+
+@router.get("/deliveries", response_model=DeliveryList, responses=AUTH_ERRORS, summary="List deliveries")
+async def list_deliveries(
+    _key: AdminKey,
+    session: SessionDep,
+    status: Annotated[DeliveryStatus | None, Query(description="e.g. dead for the dead letters")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> DeliveryList:
+    rows, count = await delivery_store.list_by_status(session, status=status, limit=limit, offset=offset)
+    return DeliveryList(data=[schemas.delivery_out(row) for row in rows], count=count)
+
+
+@router.post(
+    "/deliveries/{delivery_id}/replay",
+    response_model=DeliveryOut,
+    responses={
+        **AUTH_ERRORS,
+        404: {"model": ErrorResponse, "description": "No such delivery."},
+        409: {"model": ErrorResponse, "description": "The delivery is not dead."},
+    },
+    summary="Send a dead delivery again",
+    description="Back to pending, due now, with a new retry horizon; its attempts are kept.",
+)
+async def replay_delivery(
+    delivery_id: str, _key: AdminKey, session: SessionDep, services: ServicesDep
+) -> DeliveryOut:
+    replayed = await delivery_store.replay(session, delivery_id, now=datetime.now(UTC))
+    if replayed is None:
+        existing = await delivery_store.get(session, delivery_id)
+        if existing is None:
+            raise HTTPException(404, f"no delivery {delivery_id!r}")
+        raise HTTPException(
+            409, f"delivery {delivery_id!r} is {existing.status}, only dead ones are replayed"
+        )
+    await session.commit()
+    services.wake_dispatcher()
+    return schemas.delivery_out(replayed)
+
+
+@router.post(
+    "/receivers/{name}/enable",
+    response_model=ReceiverEnabled,
+    responses={**AUTH_ERRORS, 404: {"model": ErrorResponse, "description": "No receiver of that name."}},
+    tags=["receivers"],
+    summary="Re-enable a receiver the dispatcher disabled (e.g. after 410 Gone)",
+)
+async def enable_receiver(
+    name: str, _key: AdminKey, session: SessionDep, services: ServicesDep
+) -> ReceiverEnabled:
+    if name not in {receiver.name for receiver in services.config.receivers}:
+        raise HTTPException(404, f"no receiver {name!r} in the configuration")
+    was_disabled = await delivery_store.enable_receiver(session, name)
+    await session.commit()
+    return ReceiverEnabled(name=name, was_disabled=was_disabled)

@@ -1,0 +1,78 @@
+"""Silences (admin scope): mute matching events for a time; muted events are stored, not delivered."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query
+from fastapi.exceptions import RequestValidationError
+
+from alerting_service import schemas
+from alerting_service.api.deps import AUTH_ERRORS, AdminKey, ServicesDep, SessionDep
+from alerting_service.schemas import ErrorResponse, SilenceIn, SilenceList, SilenceOut
+from alerting_service.store import silences as silence_store
+
+router = APIRouter(prefix="/v1/silences", tags=["silences"])
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=SilenceOut,
+    responses={**AUTH_ERRORS, 422: {"model": ErrorResponse, "description": "Invalid matchers or times."}},
+    summary="Create a silence",
+)
+async def create_silence(
+    silence: SilenceIn, key: AdminKey, session: SessionDep, services: ServicesDep
+) -> SilenceOut:
+    now = datetime.now(UTC)
+    starts_at = silence.starts_at or now
+    if silence.ends_at <= starts_at:
+        raise RequestValidationError(
+            [{"loc": ("body", "ends_at"), "msg": "ends_at must be in the future", "type": "value_error"}]
+        )
+    row = await silence_store.create(
+        session,
+        matchers=[matcher.model_dump() for matcher in silence.matchers],
+        starts_at=starts_at,
+        ends_at=silence.ends_at,
+        created_by=key.name,
+        comment=silence.comment,
+        now=now,
+    )
+    await session.commit()
+    await services.ingestor.reload_silences()
+    return schemas.silence_out(row, now)
+
+
+@router.get("", response_model=SilenceList, responses=AUTH_ERRORS, summary="List silences, newest first")
+async def list_silences(
+    _key: AdminKey,
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> SilenceList:
+    now = datetime.now(UTC)
+    rows = await silence_store.list_all(session, limit=limit, offset=offset)
+    return SilenceList(
+        data=[schemas.silence_out(row, now) for row in rows], count=await silence_store.count(session)
+    )
+
+
+@router.delete(
+    "/{silence_id}",
+    response_model=SilenceOut,
+    responses={**AUTH_ERRORS, 404: {"model": ErrorResponse, "description": "No such silence."}},
+    summary="Expire a silence now (it stays listed, expired)",
+)
+async def expire_silence(
+    silence_id: str, _key: AdminKey, session: SessionDep, services: ServicesDep
+) -> SilenceOut:
+    now = datetime.now(UTC)
+    row = await silence_store.expire(session, silence_id, now=now)
+    if row is None:
+        raise HTTPException(404, f"no silence {silence_id!r}")
+    await session.commit()
+    await services.ingestor.reload_silences()
+    return schemas.silence_out(row, now)

@@ -1,0 +1,111 @@
+"""API keys: bearer tokens with a scope, checked in constant time; the service never runs open.
+
+Keys come from ALERTING_API_KEYS (or ALERTING_API_KEYS_FILE) as `name:scope:key` entries separated by commas
+or newlines, scope `ingest` (POST /v1/events) or `admin` (everything; admin implies ingest). Only the sha256
+digest of each key is kept in memory. With no key configured on the embedded default, the first start writes
+an ingest key and an admin key to `<data_dir>/api-keys` (mode 0600), and later starts read that file; the log
+names the file, never a key. Any other deployment without keys refuses to start.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from alerting_service.config import ENV_PREFIX, ConfigError, Settings
+
+log = logging.getLogger(__name__)
+
+GENERATED_KEYS_FILE = "api-keys"
+_KEY_MIN_LENGTH = 16
+
+
+class Scope(enum.StrEnum):
+    INGEST = "ingest"
+    ADMIN = "admin"
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    name: str
+    scope: Scope
+    digest: bytes
+
+    def allows(self, scope: Scope) -> bool:
+        return self.scope is Scope.ADMIN or self.scope is scope
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+def parse_api_keys(text: str, source: str) -> tuple[ApiKey, ...]:
+    """Parse `name:scope:key` entries; an error names the entry by position and name, never its key."""
+    keys = []
+    entries = [entry.strip() for entry in text.replace("\n", ",").split(",") if entry.strip()]
+    for position, entry in enumerate(entries, start=1):
+        name, _, rest = entry.partition(":")
+        scope, _, token = rest.partition(":")
+        where = f"{source}: entry {position} ({name or '?'})"
+        if not name or not token:
+            raise ConfigError(f"{where}: expected name:scope:key")
+        if scope not in Scope.__members__.values():
+            raise ConfigError(f"{where}: scope must be ingest or admin")
+        if len(token) < _KEY_MIN_LENGTH:
+            raise ConfigError(f"{where}: the key must be at least {_KEY_MIN_LENGTH} characters")
+        keys.append(ApiKey(name=name, scope=Scope(scope), digest=_digest(token)))
+    names = [key.name for key in keys]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{source}: key names must be unique")
+    if not keys:
+        raise ConfigError(f"{source}: no key configured")
+    return tuple(keys)
+
+
+class KeyRing:
+    def __init__(self, keys: tuple[ApiKey, ...]) -> None:
+        self._keys = keys
+
+    def authenticate(self, token: str) -> ApiKey | None:
+        """The key this token is, or None. Every digest is compared, so timing reveals nothing."""
+        digest = _digest(token)
+        found = None
+        for key in self._keys:
+            if hmac.compare_digest(key.digest, digest):
+                found = key
+        return found
+
+
+def load_key_ring(settings: Settings) -> KeyRing:
+    if settings.api_keys is not None:
+        return KeyRing(parse_api_keys(settings.api_keys.get_secret_value(), f"{ENV_PREFIX}API_KEYS"))
+    if not settings.uses_embedded_database:
+        raise ConfigError(
+            f"{ENV_PREFIX}API_KEYS: no API key configured (set it or {ENV_PREFIX}API_KEYS_FILE); "
+            "the service does not run without authentication"
+        )
+    path = settings.data_dir / GENERATED_KEYS_FILE
+    if not path.exists():
+        try:
+            _write_generated_keys(path)
+        except FileExistsError:
+            pass  # another process started at the same moment and wrote them: use its keys
+        else:
+            log.warning("no API key configured: generated an ingest and an admin key in %s", path)
+    return KeyRing(parse_api_keys(path.read_text(encoding="utf-8"), str(path)))
+
+
+def _write_generated_keys(path: Path) -> None:
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    keys = {"airflow": Scope.INGEST, "admin": Scope.ADMIN}
+    content = "".join(f"{name}:{scope}:{secrets.token_urlsafe(32)}\n" for name, scope in keys.items())
+    # O_EXCL: two processes starting at once must not overwrite each other's keys.
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+        handle.write(content)

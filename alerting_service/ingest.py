@@ -1,0 +1,311 @@
+"""Accepting events with group commit: the 202 goes out only after the event and its deliveries are committed.
+
+Concurrent requests put their validated event on one asyncio queue and wait on a future. A single writer task
+takes everything queued (up to `batch_max`), decides each event's outcome (duplicate, conflict, or new: muted?
+routed where? resolving what?), writes the whole batch in one transaction with Core bulk inserts, commits, and
+only then answers each request. One commit (one fsync) thus serves many requests, which is what lets a durable
+ingest keep up with an alert storm.
+
+If a batch's transaction fails, its events are retried one per transaction, so a single bad event cannot fail
+its neighbours; an event that still fails answers 503 and nothing of it is stored.
+
+Routing is precompiled (`Router`) and silences are held in memory (`SilenceSet`), reloaded when changed
+through the API and every `silence_refresh_seconds` for changes made by another process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from alerting_service import metrics
+from alerting_service.config import AlertingConfig
+from alerting_service.labels import event_labels
+from alerting_service.models import DeliveryKind, EventType, Integration
+from alerting_service.resolution import fingerprint, is_firing, resolved_fingerprints
+from alerting_service.routing import Router
+from alerting_service.schemas import EventIn
+from alerting_service.silences import SilenceSet
+from alerting_service.store import deliveries as delivery_store
+from alerting_service.store import events as event_store
+from alerting_service.store import silences as silence_store
+from alerting_service.store.events import FiringTarget, OpenAlert, StoredKey
+
+log = logging.getLogger(__name__)
+
+
+class IngestUnavailable(Exception):
+    """The event was not stored (database failure or shutdown); the client should send it again."""
+
+
+class IdempotencyConflict(Exception):
+    def __init__(self, key: str) -> None:
+        super().__init__(f"idempotency_key {key!r} was already used with a different body")
+        self.key = key
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    id: str
+    duplicate: bool
+
+
+@dataclass(slots=True)
+class _Submission:
+    event: EventIn
+    body_hash: str
+    received_at: datetime
+    future: asyncio.Future[Accepted]
+
+
+@dataclass(slots=True)
+class _BatchPlan:
+    """What one transaction writes, and each submission's answer once it is committed."""
+
+    event_rows: list[dict[str, Any]] = field(default_factory=list)
+    delivery_rows: list[dict[str, Any]] = field(default_factory=list)
+    resolved: dict[str, str] = field(default_factory=dict)
+    outcomes: list[Accepted | IdempotencyConflict] = field(default_factory=list)
+    stored_types: list[tuple[EventType, bool]] = field(default_factory=list)
+
+
+_STOP = object()
+
+
+class Ingestor:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        config: AlertingConfig,
+        *,
+        batch_max: int,
+        silence_refresh_seconds: float,
+        on_commit: Callable[[], None],
+    ) -> None:
+        self._sessions = sessions
+        self._router = Router(config.root_route)
+        self._integrations = {receiver.name: receiver.integration for receiver in config.receivers}
+        self._batch_max = batch_max
+        self._silence_refresh_seconds = silence_refresh_seconds
+        self._on_commit = on_commit
+        self._silences = SilenceSet()
+        self._queue: asyncio.Queue[_Submission | object] = asyncio.Queue()
+        self._accepting = False
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        await self.reload_silences()
+        self._accepting = True
+        self._tasks = [
+            asyncio.create_task(self._write_until_stopped(), name="ingest-writer"),
+            asyncio.create_task(self._refresh_silences_forever(), name="silence-refresh"),
+        ]
+
+    async def stop(self) -> None:
+        """Refuse new events, then write every event already queued before returning."""
+        self._accepting = False
+        writer, refresher = self._tasks
+        self._queue.put_nowait(_STOP)
+        await writer
+        refresher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await refresher
+
+    @property
+    def is_running(self) -> bool:
+        return self._accepting and bool(self._tasks) and not self._tasks[0].done()
+
+    async def submit(self, event: EventIn) -> Accepted:
+        """Store the event; answers once it is committed. Raises IdempotencyConflict or IngestUnavailable."""
+        if not self._accepting:
+            raise IngestUnavailable("the service is shutting down")
+        future: asyncio.Future[Accepted] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Submission(event, event.body_hash(), datetime.now(UTC), future))
+        return await future
+
+    async def reload_silences(self) -> None:
+        async with self._sessions() as session:
+            self._silences = SilenceSet(await silence_store.not_yet_ended(session, now=datetime.now(UTC)))
+
+    # --- the writer -------------------------------------------------------------------------------------
+
+    async def _write_until_stopped(self) -> None:
+        stopping = False
+        while not stopping:
+            batch: list[_Submission] = []
+            item = await self._queue.get()
+            while True:
+                if item is _STOP:
+                    stopping = True
+                else:
+                    batch.append(item)  # type: ignore[arg-type]
+                if stopping or len(batch) >= self._batch_max or self._queue.empty():
+                    break
+                item = self._queue.get_nowait()
+            if batch:
+                await self._write(batch)
+
+    async def _write(self, batch: list[_Submission]) -> None:
+        try:
+            plan = await self._commit(batch)
+        except Exception:
+            if len(batch) > 1:
+                for submission in batch:
+                    await self._write([submission])
+                return
+            log.exception("could not store an event", extra={"action": "ingest"})
+            _answer(batch[0], IngestUnavailable("the event could not be stored"))
+            return
+        for submission, outcome in zip(batch, plan.outcomes, strict=True):
+            _answer(submission, outcome)
+        self._count(plan)
+        if plan.delivery_rows:
+            self._on_commit()
+
+    async def _commit(self, batch: list[_Submission]) -> _BatchPlan:
+        async with self._sessions() as session, session.begin():
+            plan = await self._plan(session, batch)
+            await event_store.insert_events(session, plan.event_rows)
+            await delivery_store.insert_deliveries(session, plan.delivery_rows)
+            await event_store.mark_resolved(session, plan.resolved)
+        return plan
+
+    async def _plan(self, session: AsyncSession, batch: list[_Submission]) -> _BatchPlan:
+        stored = await event_store.find_keys(session, {s.event.idempotency_key for s in batch})
+        closable = {
+            fp
+            for s in batch
+            for fp in resolved_fingerprints(
+                s.event.type, dag_id=s.event.dag_id, own_fingerprint=_fingerprint(s)
+            )
+        }
+        open_by_fingerprint: defaultdict[str, list[OpenAlert]] = defaultdict(list)
+        for alert in await event_store.open_alerts(session, closable):
+            open_by_fingerprint[alert.fingerprint].append(alert)
+        plan = _BatchPlan()
+        for submission in batch:
+            plan.outcomes.append(self._plan_one(submission, stored, open_by_fingerprint, plan))
+        return plan
+
+    def _plan_one(
+        self,
+        submission: _Submission,
+        stored: dict[str, StoredKey],
+        open_by_fingerprint: defaultdict[str, list[OpenAlert]],
+        plan: _BatchPlan,
+    ) -> Accepted | IdempotencyConflict:
+        event, key = submission.event, submission.event.idempotency_key
+        if key in stored:
+            if stored[key].body_hash != submission.body_hash:
+                return IdempotencyConflict(key)
+            return Accepted(stored[key].id, duplicate=True)
+        event_id = str(uuid.uuid4())
+        stored[key] = StoredKey(event_id, submission.body_hash)  # a repeat later in this batch is a duplicate
+        own_fingerprint = _fingerprint(submission)
+        labels = event_labels(
+            type=event.type, severity=event.effective_severity, dag_id=event.dag_id, task_id=event.task_id,
+            labels=event.labels,
+        )  # fmt: skip
+        muted_by = self._silences.is_muted(labels, submission.received_at)
+        targets = {} if muted_by else {name: self._integrations[name] for name in self._router.match(labels)}
+        if is_firing(event.type):
+            kind = DeliveryKind.FIRING
+            opened = OpenAlert(event_id, own_fingerprint, [FiringTarget(r, i) for r, i in targets.items()])
+            open_by_fingerprint[own_fingerprint].append(opened)
+        else:
+            # A success is a resolved notice: to where it is routed, and to where the alerts it closes went.
+            kind = DeliveryKind.RESOLVED
+            for closed in resolved_fingerprints(
+                event.type, dag_id=event.dag_id, own_fingerprint=own_fingerprint
+            ):
+                for alert in open_by_fingerprint.pop(closed, []):
+                    plan.resolved[alert.id] = event_id
+                    if not muted_by:
+                        for target in alert.targets:
+                            targets.setdefault(target.receiver, Integration(target.integration))
+        plan.event_rows.append(_event_row(submission, event_id, own_fingerprint, muted_by))
+        plan.delivery_rows += [
+            delivery_store.new_delivery_row(
+                event_id=event_id,
+                receiver=receiver,
+                integration=integration,
+                kind=kind,
+                now=submission.received_at,
+            )
+            for receiver, integration in targets.items()
+        ]
+        plan.stored_types.append((event.type, muted_by is not None))
+        return Accepted(event_id, duplicate=False)
+
+    @staticmethod
+    def _count(plan: _BatchPlan) -> None:
+        metrics.ingest_batch_size.observe(len(plan.outcomes))
+        for event_type, muted in plan.stored_types:
+            metrics.events_received_total.labels(type=event_type.value).inc()
+            if muted:
+                metrics.events_muted_total.labels(type=event_type.value).inc()
+
+    async def _refresh_silences_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._silence_refresh_seconds)
+            try:
+                await self.reload_silences()
+            except Exception:
+                log.exception(
+                    "could not reload silences; keeping the previous ones", extra={"action": "silences"}
+                )
+
+
+def _answer(submission: _Submission, outcome: Accepted | Exception) -> None:
+    # The request may have gone away (client disconnect cancels its future): nothing to answer then.
+    if submission.future.done():
+        return
+    if isinstance(outcome, Exception):
+        submission.future.set_exception(outcome)
+    else:
+        submission.future.set_result(outcome)
+
+
+def _fingerprint(submission: _Submission) -> str:
+    event = submission.event
+    return fingerprint(
+        event.type, dag_id=event.dag_id, run_id=event.run_id, task_id=event.task_id, map_index=event.map_index
+    )
+
+
+def _event_row(
+    submission: _Submission, event_id: str, own_fingerprint: str, muted_by: str | None
+) -> dict[str, Any]:
+    event = submission.event
+    return {
+        "id": event_id,
+        "idempotency_key": event.idempotency_key,
+        "body_hash": submission.body_hash,
+        "type": event.type.value,
+        "severity": event.effective_severity.value,
+        "dag_id": event.dag_id,
+        "task_id": event.task_id,
+        "run_id": event.run_id,
+        "map_index": event.map_index,
+        "try_number": event.try_number,
+        "max_tries": event.max_tries,
+        "logical_date": event.logical_date,
+        "occurred_at": event.occurred_at or submission.received_at,
+        "received_at": submission.received_at,
+        "exception": event.exception,
+        "log_url": event.log_url,
+        "next_retry_at": event.next_retry_at,
+        "labels": event.labels,
+        "fingerprint": own_fingerprint,
+        "muted_by": muted_by,
+        "resolved_by": None,
+    }

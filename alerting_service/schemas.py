@@ -1,0 +1,252 @@
+"""The API's request and response models, separate from the ORM, with explicit converters from rows."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+
+from alerting_service.labels import LABEL_PREFIX
+from alerting_service.models import (
+    Delivery,
+    DeliveryKind,
+    DeliveryStatus,
+    Event,
+    EventType,
+    Integration,
+    Severity,
+    Silence,
+)
+from alerting_service.silences import SilenceState, silence_state
+
+DEFAULT_SEVERITY = {
+    EventType.TASK_FAILURE: Severity.ERROR,
+    EventType.TASK_RETRY: Severity.WARNING,
+    EventType.TASK_SUCCESS: Severity.INFO,
+    EventType.DAG_RUN_FAILURE: Severity.CRITICAL,
+    EventType.DAG_RUN_SUCCESS: Severity.INFO,
+    EventType.DEADLINE_MISSED: Severity.CRITICAL,
+}
+
+
+def _no_nul(value: str) -> str:
+    # PostgreSQL text cannot hold NUL; refusing it here keeps both databases accepting the same input.
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+def _utc(value: datetime) -> datetime:
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("out of range once converted to UTC") from None
+
+
+Text = Annotated[str, AfterValidator(_no_nul)]
+UTCTimestamp = Annotated[AwareDatetime, AfterValidator(_utc)]
+LabelName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
+
+
+class EventIn(BaseModel):
+    """An Airflow callback, as the notifier posts it. Only idempotency_key, type and dag_id are required."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    idempotency_key: Text = Field(min_length=1, max_length=512)
+    type: EventType
+    severity: Severity | None = Field(default=None, description="Defaults by type (failures error or worse).")
+    dag_id: Text = Field(min_length=1, max_length=250)
+    task_id: Text | None = Field(default=None, min_length=1, max_length=250)
+    run_id: Text | None = Field(default=None, min_length=1, max_length=250)
+    map_index: int = Field(default=-1, ge=-1)
+    try_number: int | None = Field(default=None, ge=0)
+    max_tries: int | None = Field(default=None, ge=0)
+    logical_date: UTCTimestamp | None = None
+    occurred_at: UTCTimestamp | None = Field(
+        default=None, description="Defaults to the time it was received."
+    )
+    exception: Text | None = Field(default=None, max_length=32768)
+    log_url: Text | None = Field(default=None, max_length=2048, pattern=r"^https?://")
+    next_retry_at: UTCTimestamp | None = None
+    labels: dict[LabelName, Annotated[Text, Field(max_length=1024)]] = Field(
+        default_factory=dict, max_length=64
+    )
+
+    @property
+    def effective_severity(self) -> Severity:
+        return self.severity or DEFAULT_SEVERITY[self.type]
+
+    def body_hash(self) -> str:
+        """sha256 of the canonical body: a re-sent callback matches whatever its key order or whitespace."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class IngestAccepted(BaseModel):
+    id: str = Field(description="The event id; the same for every repetition of an idempotency key.")
+    duplicate: bool = Field(description="True when the key was already stored with the same body.")
+
+
+class ErrorResponse(BaseModel):
+    detail: str | list[dict[str, Any]]
+
+
+class DeliveryOut(BaseModel):
+    id: str
+    event_id: str
+    receiver: str
+    integration: Integration
+    kind: DeliveryKind
+    status: DeliveryStatus
+    attempts: int
+    created_at: datetime
+    next_attempt_at: datetime
+    last_attempt_at: datetime | None
+    sent_at: datetime | None
+    last_error: str | None
+    reason: str | None
+
+
+class EventOut(BaseModel):
+    id: str
+    idempotency_key: str
+    type: EventType
+    severity: Severity
+    dag_id: str
+    task_id: str | None
+    run_id: str | None
+    map_index: int
+    try_number: int | None
+    max_tries: int | None
+    logical_date: datetime | None
+    occurred_at: datetime
+    received_at: datetime
+    exception: str | None
+    log_url: str | None
+    next_retry_at: datetime | None
+    labels: dict[str, str]
+    fingerprint: str
+    muted_by: str | None
+    resolved_by: str | None
+
+
+class EventDetail(EventOut):
+    deliveries: list[DeliveryOut]
+
+
+class EventList(BaseModel):
+    data: list[EventOut]
+    count: int = Field(description="How many events match the filters, regardless of limit and offset.")
+
+
+class DeliveryList(BaseModel):
+    data: list[DeliveryOut]
+    count: int
+
+
+class ReceiverEnabled(BaseModel):
+    name: str
+    was_disabled: bool
+
+
+MATCHER_NAMES = ("dag_id", "task_id", "type", "severity")
+
+
+class MatcherIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Text = Field(description="dag_id, task_id, type, severity or labels.<name>", max_length=140)
+    value: Text = Field(min_length=1, max_length=1024)
+    regex: bool = Field(default=False, description="Full-match regular expression instead of equality.")
+
+    @model_validator(mode="after")
+    def _known_name_and_valid_regex(self) -> MatcherIn:
+        if self.name not in MATCHER_NAMES and not (
+            self.name.startswith(LABEL_PREFIX) and len(self.name) > len(LABEL_PREFIX)
+        ):
+            raise ValueError(f"name must be one of {', '.join(MATCHER_NAMES)} or labels.<name>")
+        if self.regex:
+            try:
+                re.compile(self.value)
+            except re.error as exc:
+                raise ValueError(f"value is not a valid regular expression: {exc}") from None
+        return self
+
+
+class SilenceIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    matchers: list[MatcherIn] = Field(min_length=1, max_length=32)
+    starts_at: UTCTimestamp | None = Field(default=None, description="Defaults to now.")
+    ends_at: UTCTimestamp
+    comment: Text = Field(default="", max_length=4096)
+
+    @model_validator(mode="after")
+    def _ends_after_start(self) -> SilenceIn:
+        if self.starts_at is not None and self.ends_at <= self.starts_at:
+            raise ValueError("ends_at must be after starts_at")
+        return self
+
+
+class SilenceOut(BaseModel):
+    id: str
+    matchers: list[MatcherIn]
+    starts_at: datetime
+    ends_at: datetime
+    created_by: str
+    comment: str
+    created_at: datetime
+    expired_at: datetime | None
+    state: SilenceState
+
+
+class SilenceList(BaseModel):
+    data: list[SilenceOut]
+    count: int
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "unavailable"]
+    database: bool
+
+
+# --- converters -------------------------------------------------------------------------------------------
+
+
+def delivery_out(delivery: Delivery) -> DeliveryOut:
+    return DeliveryOut.model_validate(delivery, from_attributes=True)
+
+
+def event_out(event: Event) -> EventOut:
+    return EventOut.model_validate(event, from_attributes=True)
+
+
+def event_detail(event: Event) -> EventDetail:
+    return EventDetail(
+        **event_out(event).model_dump(), deliveries=[delivery_out(item) for item in event.deliveries]
+    )
+
+
+def silence_out(silence: Silence, now: datetime) -> SilenceOut:
+    return SilenceOut(
+        id=silence.id,
+        matchers=[MatcherIn.model_validate(matcher) for matcher in silence.matchers],
+        starts_at=silence.starts_at,
+        ends_at=silence.ends_at,
+        created_by=silence.created_by,
+        comment=silence.comment,
+        created_at=silence.created_at,
+        expired_at=silence.expired_at,
+        state=silence_state(
+            starts_at=silence.starts_at, ends_at=silence.ends_at, expired_at=silence.expired_at, now=now
+        ),
+    )

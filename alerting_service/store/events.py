@@ -1,0 +1,123 @@
+"""Events: the bulk writes of a group commit, the open alerts a success closes, and the admin reads."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import selectinload
+
+from alerting_service.models import Delivery, DeliveryKind, Event
+from alerting_service.resolution import FIRING_TYPES
+
+
+@dataclass(frozen=True, slots=True)
+class StoredKey:
+    id: str
+    body_hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class FiringTarget:
+    receiver: str
+    integration: str
+
+
+@dataclass(slots=True)
+class OpenAlert:
+    """A firing event not yet resolved, with the receivers its firing notifications went to."""
+
+    id: str
+    fingerprint: str
+    targets: list[FiringTarget]
+
+
+async def find_keys(session: AsyncSession, keys: Collection[str]) -> dict[str, StoredKey]:
+    rows = await session.execute(
+        select(Event.idempotency_key, Event.id, Event.body_hash).where(Event.idempotency_key.in_(keys))
+    )
+    return {key: StoredKey(event_id, body_hash) for key, event_id, body_hash in rows.tuples()}
+
+
+async def insert_events(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        await session.execute(insert(Event), rows)
+
+
+async def open_alerts(session: AsyncSession, fingerprints: Collection[str]) -> list[OpenAlert]:
+    """Unresolved firing events with these fingerprints, oldest first."""
+    if not fingerprints:
+        return []
+    events = await session.execute(
+        select(Event.id, Event.fingerprint)
+        .where(
+            Event.fingerprint.in_(fingerprints),
+            Event.resolved_by.is_(None),
+            Event.type.in_([event_type.value for event_type in FIRING_TYPES]),
+        )
+        .order_by(Event.received_at)
+    )
+    alerts = {event_id: OpenAlert(event_id, fp, []) for event_id, fp in events.tuples()}
+    if alerts:
+        targets = await session.execute(
+            select(Delivery.event_id, Delivery.receiver, Delivery.integration).where(
+                Delivery.event_id.in_(alerts), Delivery.kind == DeliveryKind.FIRING
+            )
+        )
+        for event_id, receiver, integration in targets.tuples():
+            alerts[event_id].targets.append(FiringTarget(receiver, integration))
+    return list(alerts.values())
+
+
+async def mark_resolved(session: AsyncSession, resolved: dict[str, str]) -> None:
+    """Record, for each firing event id, the id of the success event that resolved it."""
+    if resolved:
+        statement = (
+            update(Event.__table__)
+            .where(Event.__table__.c.id == bindparam("event_id"))
+            .values(resolved_by=bindparam("success_id"))
+        )
+        await session.execute(
+            statement, [{"event_id": event_id, "success_id": by} for event_id, by in resolved.items()]
+        )
+
+
+async def get_with_deliveries(session: AsyncSession, event_id: str) -> Event | None:
+    return await session.scalar(
+        select(Event).where(Event.id == event_id).options(selectinload(Event.deliveries))
+    )
+
+
+async def list_events(
+    session: AsyncSession,
+    *,
+    dag_id: str | None,
+    event_type: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    limit: int,
+    offset: int,
+) -> tuple[list[Event], int]:
+    """Newest first; `count` is the number matching the filters, whatever the page."""
+    conditions = []
+    if dag_id is not None:
+        conditions.append(Event.dag_id == dag_id)
+    if event_type is not None:
+        conditions.append(Event.type == event_type)
+    if since is not None:
+        conditions.append(Event.received_at >= since)
+    if until is not None:
+        conditions.append(Event.received_at < until)
+    count = await session.scalar(select(func.count()).select_from(Event).where(*conditions))
+    rows = await session.scalars(
+        select(Event)
+        .where(*conditions)
+        .order_by(Event.received_at.desc(), Event.id)
+        .limit(limit)
+        .offset(offset)
+    )
+    return list(rows), count or 0
