@@ -1,0 +1,178 @@
+"""The fraud report of `fraud_report_dag`: one JSON file per scored date, from the asset events it received.
+
+A consumer run can carry several `scored_transactions` events (several dates, or a date re-run), so every
+event is handled: its extras say which date and counts, the rows come from the results database
+(postgres_default: PostgreSQL or the embedded SQLite file) at the time the report is written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+from airflow.sdk import Connection, get_current_context, task
+from airflow.sdk.exceptions import AirflowSkipException
+
+from pipeline_common.assets import SCORED_EVENT_COUNT_KEYS, SCORED_TRANSACTIONS
+from pipeline_common.connections import POSTGRES_CONN_ID, database_url, get_connection
+from pipeline_common.errors import RetryCannotHelp
+from pipeline_common.run_date import parse_run_date
+
+log = logging.getLogger(__name__)
+
+TOP_SUSPECTS = 10
+_TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class ScoredEventError(RetryCannotHelp):
+    """A `scored_transactions` event whose extras do not follow the asset contract."""
+
+
+@dataclass(frozen=True)
+class ScoredDay:
+    """What one asset event announces: a date's rows, loaded into `table`."""
+
+    run_date: date
+    table: str
+    counts: Mapping[str, int]
+    source: str
+
+
+def scored_day_from_extra(extra: Mapping[str, Any]) -> ScoredDay:
+    missing = [key for key in ("run_date", "table", "counts", "source") if key not in extra]
+    if missing:
+        raise ScoredEventError(f"scored_transactions event extras lack {', '.join(missing)}: {dict(extra)!r}")
+    if not _TABLE_NAME.match(str(extra["table"])):
+        raise ScoredEventError(f"scored_transactions event names an invalid table {extra['table']!r}")
+    counts = extra["counts"]
+    if not isinstance(counts, Mapping) or set(SCORED_EVENT_COUNT_KEYS) - set(counts):
+        raise ScoredEventError(f"scored_transactions event counts are incomplete: {counts!r}")
+    return ScoredDay(
+        run_date=parse_run_date(str(extra["run_date"])),
+        table=str(extra["table"]),
+        counts={key: int(counts[key]) for key in SCORED_EVENT_COUNT_KEYS},
+        source=str(extra["source"]),
+    )
+
+
+def write_reports(extras: Iterable[Mapping[str, Any]], database: Connection, reports_dir: Path) -> list[Path]:
+    """One report per announced date (the last event of a date wins: the rows are read now anyway)."""
+    days = {day.run_date: day for day in map(scored_day_from_extra, extras)}
+    if not days:
+        return []
+    reports_dir.mkdir(parents=True, exist_ok=True)
+    engine = _engine(database)
+    try:
+        with engine.connect() as connection:
+            return [
+                _write_report(connection, day, reports_dir) for day in sorted(days.values(), key=_by_date)
+            ]
+    finally:
+        engine.dispose()
+
+
+def _by_date(day: ScoredDay) -> date:
+    return day.run_date
+
+
+def _write_report(connection: Any, day: ScoredDay, reports_dir: Path) -> Path:
+    rows = _scored_rows(connection, day)
+    flagged = [row for row in rows if row["is_fraud"]]
+    report = {
+        "run_date": day.run_date.isoformat(),
+        "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "source": day.source,
+        "table": day.table,
+        "event_counts": dict(day.counts),
+        "rows_in_table": len(rows),
+        "flagged": len(flagged),
+        "flagged_amount_by_currency": _amount_by_currency(flagged),
+        "top_suspects": [_suspect(row) for row in rows[:TOP_SUSPECTS]],
+    }
+    path = reports_dir / f"fraud_report_{day.run_date.isoformat()}.json"
+    temporary = path.with_suffix(".json.tmp")
+    temporary.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    temporary.replace(path)  # a reader never sees half a report
+    log.info(
+        "Fraud report for %s: %d rows, %d flagged, written to %s",
+        day.run_date.isoformat(),
+        len(rows),
+        len(flagged),
+        path,
+    )
+    return path
+
+
+def _scored_rows(connection: Any, day: ScoredDay) -> Sequence[Mapping[str, Any]]:
+    import sqlalchemy as sa  # imported here: only the report task needs it, not DAG parsing
+
+    table = sa.table(
+        day.table,
+        *(
+            sa.column(name)
+            for name in (
+                "transaction_id",
+                "account_id",
+                "amount",
+                "currency",
+                "fraud_score",
+                "is_fraud",
+                "run_date",
+            )
+        ),
+    )
+    query = (
+        sa.select(table)
+        .where(table.c.run_date == sa.bindparam("run_date", day.run_date, type_=sa.Date))
+        .order_by(table.c.fraud_score.desc(), table.c.transaction_id)
+    )
+    return connection.execute(query).mappings().all()
+
+
+def _amount_by_currency(rows: Iterable[Mapping[str, Any]]) -> dict[str, str]:
+    totals: dict[str, Any] = {}
+    for row in rows:
+        totals[row["currency"]] = totals.get(row["currency"], 0) + row["amount"]
+    return {currency: str(total) for currency, total in sorted(totals.items())}
+
+
+def _suspect(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "transaction_id": row["transaction_id"],
+        "account_id": row["account_id"],
+        "amount": str(row["amount"]),
+        "currency": row["currency"],
+        "fraud_score": float(row["fraud_score"]),
+        "is_fraud": bool(row["is_fraud"]),
+    }
+
+
+def _engine(database: Connection) -> Any:
+    import sqlalchemy as sa
+
+    url = sa.make_url(database_url(database))
+    if database.password and url.drivername != "sqlite":
+        url = url.set(password=database.password)
+    return sa.create_engine(url)
+
+
+@task(task_id="write_fraud_reports", multiple_outputs=False)
+def write_fraud_reports(reports_dir: str) -> list[str]:
+    """Write a fraud report for every date announced by the triggering scored_transactions events."""
+    events = get_current_context()["triggering_asset_events"][SCORED_TRANSACTIONS]
+    if not events:
+        raise AirflowSkipException(
+            "no scored_transactions event triggered this run: reports follow batch_pipeline_dag runs; "
+            "to report a date again, re-run batch_pipeline_dag for it"
+        )
+    log.info("%d scored_transactions event(s) triggered this run", len(events))
+    paths = write_reports(
+        [event.extra for event in events], get_connection(POSTGRES_CONN_ID), Path(reports_dir)
+    )
+    return [str(path) for path in paths]

@@ -1,0 +1,173 @@
+"""Connection validation, and the job environment built from the three pipeline connections."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from airflow.sdk import Connection
+
+from pipeline_common.connections import PipelineConnections, job_environment, secret_job_environment
+from pipeline_common.errors import ConnectionConfigError
+
+S3_SECRET = "s3-Secret-K3y-unit"
+DB_PASSWORD = "pg-Pa55word-unit"
+ML_KEY = "ml-Api-K3y-unit"
+
+
+def s3_source(**overrides) -> Connection:
+    fields = {
+        "conn_id": "minio_default",
+        "conn_type": "generic",
+        "host": "minio",
+        "port": 9000,
+        "login": "pipeline-reader",
+        "password": S3_SECRET,
+        "extra": json.dumps({"bucket": "transactions", "prefix": "incoming", "secure": False}),
+    }
+    return Connection(**{**fields, **overrides})
+
+
+def local_source(path: str = "/data/landing") -> Connection:
+    return Connection(conn_id="minio_default", conn_type="generic", extra=json.dumps({"path": path}))
+
+
+def postgres(**overrides) -> Connection:
+    fields = {
+        "conn_id": "postgres_default",
+        "conn_type": "postgres",
+        "host": "db.internal",
+        "port": 5433,
+        "schema": "transactions",
+        "login": "batch",
+        "password": DB_PASSWORD,
+    }
+    return Connection(**{**fields, **overrides})
+
+
+def sqlite(path: str = "/data/results.db") -> Connection:
+    return Connection(conn_id="postgres_default", conn_type="sqlite", host=path)
+
+
+def ml_api(**overrides) -> Connection:
+    fields = {"conn_id": "ml_api_default", "conn_type": "http", "host": "ml-api", "port": 8000}
+    return Connection(**{**fields, **overrides})
+
+
+def connections(minio=None, database=None, ml=None) -> PipelineConnections:
+    return PipelineConnections(
+        minio=minio or s3_source(), postgres=database or postgres(), ml_api=ml or ml_api()
+    )
+
+
+def test_production_connections_give_the_contract_environment():
+    assert job_environment(connections()) == {
+        "BATCH_SOURCE_URI": "s3://transactions/incoming",
+        "BATCH_S3_ENDPOINT_URL": "http://minio:9000",
+        "BATCH_DATABASE_URL": "postgresql+psycopg2://batch@db.internal:5433/transactions",
+        "BATCH_ML_API_URL": "http://ml-api:8000",
+    }
+
+
+def test_production_secrets_go_only_into_the_secret_environment():
+    conns = connections(ml=ml_api(password=ML_KEY))
+    assert secret_job_environment(conns) == {
+        "BATCH_S3_ACCESS_KEY_ID": "pipeline-reader",
+        "BATCH_S3_SECRET_ACCESS_KEY": S3_SECRET,
+        "BATCH_DATABASE_PASSWORD": DB_PASSWORD,
+        "BATCH_ML_API_KEY": ML_KEY,
+    }
+    public = json.dumps(job_environment(conns))
+    for secret in (S3_SECRET, DB_PASSWORD, ML_KEY, "pipeline-reader"):
+        assert secret not in public
+
+
+def test_embedded_default_reads_a_local_directory_and_a_sqlite_file_without_credentials():
+    conns = connections(
+        minio=local_source(), database=sqlite(), ml=ml_api(host="http://127.0.0.1", port=8765)
+    )
+    assert job_environment(conns) == {
+        "BATCH_SOURCE_URI": "file:///data/landing",
+        "BATCH_DATABASE_URL": "sqlite:////data/results.db",
+        "BATCH_ML_API_URL": "http://127.0.0.1:8765",
+    }
+    assert secret_job_environment(conns) == {}
+
+
+def test_secure_minio_is_reached_over_https():
+    minio = s3_source(extra=json.dumps({"bucket": "transactions", "secure": True}))
+    env = job_environment(connections(minio=minio))
+    assert env["BATCH_S3_ENDPOINT_URL"] == "https://minio:9000"
+    assert env["BATCH_SOURCE_URI"] == "s3://transactions"
+
+
+def test_ml_tuning_extras_become_job_variables():
+    ml = ml_api(extra=json.dumps({"timeout_seconds": 5, "batch_size": 100, "max_retries": 0}))
+    env = job_environment(connections(ml=ml))
+    assert env["BATCH_ML_TIMEOUT_SECONDS"] == "5"
+    assert env["BATCH_ML_BATCH_SIZE"] == "100"
+    assert env["BATCH_ML_MAX_RETRIES"] == "0"
+
+
+def test_a_login_with_url_characters_is_quoted_in_the_database_url():
+    env = job_environment(connections(database=postgres(login="batch@corp")))
+    assert env["BATCH_DATABASE_URL"] == "postgresql+psycopg2://batch%40corp@db.internal:5433/transactions"
+
+
+@pytest.mark.parametrize(
+    ("conns", "message"),
+    [
+        (
+            connections(minio=s3_source(password=None)),
+            "'minio_default' is missing required field(s): password",
+        ),
+        (connections(minio=s3_source(host=None, login=None)), "'minio_default' is missing .*: host, login"),
+        (
+            connections(minio=s3_source(extra=json.dumps({"prefix": "x"}))),
+            "'minio_default' .* extra key(s): bucket",
+        ),
+        (connections(database=postgres(password=None)), "'postgres_default' is missing .*: password"),
+        (connections(database=postgres(schema=None)), "'postgres_default' is missing .*: schema"),
+        (connections(ml=ml_api(host=None)), "'ml_api_default' is missing required field(s): host"),
+    ],
+    ids=[
+        "minio-password",
+        "minio-host-login",
+        "minio-bucket",
+        "postgres-password",
+        "postgres-schema",
+        "ml-host",
+    ],
+)
+def test_a_missing_required_field_is_named_with_its_connection(conns, message):
+    with pytest.raises(ConnectionConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        job_environment(conns)
+
+
+def test_a_relative_landing_path_is_refused():
+    with pytest.raises(
+        ConnectionConfigError, match="'minio_default': extra 'path' must be an absolute directory"
+    ):
+        job_environment(connections(minio=local_source("landing")))
+
+
+def test_a_relative_sqlite_path_is_refused():
+    with pytest.raises(ConnectionConfigError, match="'postgres_default' \\(sqlite\\): field 'host' must be"):
+        job_environment(connections(database=sqlite("results.db")))
+
+
+def test_an_unsupported_database_type_is_refused():
+    with pytest.raises(ConnectionConfigError, match="conn_type 'mysql' is not supported"):
+        job_environment(connections(database=postgres(conn_type="mysql")))
+
+
+def test_an_extra_that_is_not_json_is_refused_without_echoing_it():
+    with pytest.raises(ConnectionConfigError, match="'minio_default': extra is not valid JSON") as raised:
+        job_environment(connections(minio=s3_source(extra="{bucket: transactions")))
+    assert "bucket: transactions" not in str(raised.value)
+
+
+def test_validation_errors_never_contain_a_secret():
+    with pytest.raises(ConnectionConfigError) as raised:
+        job_environment(connections(database=postgres(host=None)))
+    assert DB_PASSWORD not in str(raised.value)

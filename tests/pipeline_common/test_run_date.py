@@ -1,0 +1,60 @@
+"""Which business date a run processes."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta, timezone
+
+import pytest
+
+from pipeline_common.errors import PipelineConfigError
+from pipeline_common.run_date import business_date, parse_run_date
+
+RUN_AFTER = datetime(2026, 3, 10, 9, 30, tzinfo=UTC)
+
+
+def test_scheduled_run_at_0200_processes_the_previous_day():
+    logical = datetime(2026, 1, 15, 2, 0, tzinfo=UTC)
+    assert business_date(logical_date=logical, run_after=logical, run_date_param=None) == date(2026, 1, 14)
+
+
+def test_scheduled_run_on_the_first_of_the_month_processes_the_last_day_of_the_previous_month():
+    logical = datetime(2026, 3, 1, 2, 0, tzinfo=UTC)
+    assert business_date(logical_date=logical, run_after=logical, run_date_param=None) == date(2026, 2, 28)
+
+
+def test_manual_run_without_logical_date_processes_the_day_before_run_after():
+    assert business_date(logical_date=None, run_after=RUN_AFTER, run_date_param=None) == date(2026, 3, 9)
+
+
+def test_run_date_param_wins_over_the_logical_date():
+    logical = datetime(2026, 1, 15, 2, 0, tzinfo=UTC)
+    chosen = business_date(logical_date=logical, run_after=RUN_AFTER, run_date_param="2025-12-31")
+    assert chosen == date(2025, 12, 31)
+
+
+def test_run_date_param_wins_on_a_manual_run():
+    assert business_date(logical_date=None, run_after=RUN_AFTER, run_date_param="2026-01-02") == date(
+        2026, 1, 2
+    )
+
+
+def test_the_day_is_taken_in_utc_not_in_the_dates_own_time_zone():
+    # 01:30 on the 15th in UTC+2 is 23:30 on the 14th in UTC: the day before that is the 13th.
+    logical = datetime(2026, 1, 15, 1, 30, tzinfo=timezone(timedelta(hours=2)))
+    assert business_date(logical_date=logical, run_after=RUN_AFTER, run_date_param=None) == date(2026, 1, 13)
+
+
+@pytest.mark.parametrize("bad", ["2026-1-5", "15/01/2026", "2026-01-15T00:00", "yesterday", " 2026-01-15"])
+def test_run_date_param_in_another_format_is_refused_naming_the_param(bad):
+    with pytest.raises(PipelineConfigError, match=r"param run_date=.* is not a date in the form YYYY-MM-DD"):
+        parse_run_date(bad)
+
+
+def test_run_date_param_that_is_no_calendar_day_is_refused():
+    with pytest.raises(PipelineConfigError, match=r"param run_date='2026-02-30' is not a valid date"):
+        parse_run_date("2026-02-30")
+
+
+def test_naive_datetime_is_refused():
+    with pytest.raises(PipelineConfigError, match="has no time zone"):
+        business_date(logical_date=datetime(2026, 1, 15, 2), run_after=RUN_AFTER, run_date_param=None)

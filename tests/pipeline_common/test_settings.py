@@ -1,0 +1,79 @@
+"""DAG configuration from BATCH_PIPELINE_* variables."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from pipeline_common.errors import PipelineConfigError
+from pipeline_common.settings import DEFAULT_IMAGE, Runner, load_settings
+
+
+def test_defaults_run_the_job_locally_with_five_minute_retries():
+    settings = load_settings({"AIRFLOW_HOME": "/opt/airflow"})
+    assert settings.runner is Runner.LOCAL
+    assert settings.image == DEFAULT_IMAGE
+    assert settings.retry_delay == timedelta(minutes=5)
+    assert settings.max_retry_delay == timedelta(minutes=30)
+    assert settings.auto_remove == "success"
+    assert settings.reports_dir == Path("/opt/airflow/reports")
+
+
+def test_a_docker_url_selects_the_docker_runner():
+    settings = load_settings({"BATCH_PIPELINE_DOCKER_URL": "unix:///run/docker.sock"})
+    assert settings.runner is Runner.DOCKER
+    assert settings.docker_url == "unix:///run/docker.sock"
+
+
+def test_every_setting_is_read_from_its_variable():
+    settings = load_settings(
+        {
+            "BATCH_PIPELINE_IMAGE": "registry.bank.internal:5000/batch-job:1.4.2",
+            "BATCH_PIPELINE_DOCKER_NETWORK": "pipeline",
+            "BATCH_PIPELINE_MEM_LIMIT": "512m",
+            "BATCH_PIPELINE_AUTO_REMOVE": "force",
+            "BATCH_PIPELINE_REPORTS_DIR": "/srv/reports",
+            "BATCH_PIPELINE_RETRY_DELAY_SECONDS": "0.5",
+            "BATCH_PIPELINE_MAX_RETRY_DELAY_SECONDS": "60",
+        }
+    )
+    assert settings.image == "registry.bank.internal:5000/batch-job:1.4.2"
+    assert settings.docker_network == "pipeline"
+    assert settings.mem_limit == "512m"
+    assert settings.auto_remove == "force"
+    assert settings.reports_dir == Path("/srv/reports")
+    assert settings.retry_delay == timedelta(milliseconds=500)
+    assert settings.max_retry_delay == timedelta(minutes=1)
+
+
+def test_an_image_pinned_by_digest_is_accepted():
+    image = "batch-job@sha256:" + "a" * 64
+    assert load_settings({"BATCH_PIPELINE_IMAGE": image}).image == image
+
+
+@pytest.mark.parametrize("image", ["batch-job", "registry.bank.internal:5000/batch-job"])
+def test_an_image_without_tag_is_refused(image):
+    with pytest.raises(PipelineConfigError, match=r"BATCH_PIPELINE_IMAGE=.* has no tag"):
+        load_settings({"BATCH_PIPELINE_IMAGE": image})
+
+
+def test_the_latest_tag_is_refused():
+    with pytest.raises(PipelineConfigError, match=r"BATCH_PIPELINE_IMAGE=.*':latest'"):
+        load_settings({"BATCH_PIPELINE_IMAGE": "batch-job:latest"})
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("BATCH_PIPELINE_MEM_LIMIT", "2 gigabytes", "is not a Docker memory limit"),
+        ("BATCH_PIPELINE_AUTO_REMOVE", "always", "must be one of never, success, force"),
+        ("BATCH_PIPELINE_REPORTS_DIR", "reports", "must be an absolute path"),
+        ("BATCH_PIPELINE_RETRY_DELAY_SECONDS", "five", "is not a number of seconds"),
+        ("BATCH_PIPELINE_MAX_RETRY_DELAY_SECONDS", "-1", "must be positive"),
+    ],
+)
+def test_a_bad_value_is_refused_naming_the_variable(variable, value, message):
+    with pytest.raises(PipelineConfigError, match=f"{variable}=.*{message}"):
+        load_settings({variable: value})
