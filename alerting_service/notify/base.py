@@ -35,6 +35,7 @@ class Reason(StrEnum):
     DESTINATION_DISABLED = "destination_disabled"
     UNKNOWN_RECEIVER = "unknown_receiver"
     HORIZON_EXCEEDED = "horizon_exceeded"
+    INTERNAL_ERROR = "internal_error"
 
 
 class DeliveryError(Exception):

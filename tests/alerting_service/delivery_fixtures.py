@@ -1,4 +1,5 @@
-"""Real peers for the delivery tests: an SMTP server (aiosmtpd) and an HTTP receiver, both on loopback.
+"""Real peers for the delivery tests: an SMTP server (aiosmtpd) and an HTTP receiver, both on loopback, and
+the database (SQLite in a temporary directory, or a uniquely named PostgreSQL database dropped afterwards).
 
 Both run in their own threads, so a receiver told to answer slowly is slow the way a remote server is, without
 holding up the event loop of the code under test.
@@ -8,38 +9,50 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import email
 import email.policy
+import inspect
 import secrets
 import socket
 import threading
 import time
 import uuid
 from collections import defaultdict, deque
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from alerting_service.config import EmailReceiver, WebhookReceiver
-from alerting_service.models import DeliveryKind
+from alerting_service.config import EmailReceiver, Settings, WebhookReceiver, load_settings
+from alerting_service.db import create_engine, create_schema, create_session_factory
+from alerting_service.models import Delivery, DeliveryKind, DeliveryStatus, Event
 from alerting_service.notify.base import AlertEvent, Notification
+from alerting_service.store import deliveries
+
+Receiver = EmailReceiver | WebhookReceiver
 
 SMTP_USER = "alerts"
 SMTP_PASSWORD = "s3cret-smtp-password"
 
 
 async def eventually(condition: Callable[[], Any], within: float = 10.0, interval: float = 0.02) -> Any:
-    """Poll until `condition()` is truthy and return its value; fail after `within` seconds."""
+    """Poll until `condition()` (a value or an awaitable) is truthy and return it; fail after `within` s."""
     deadline = time.monotonic() + within
     while True:
         value = condition()
+        if inspect.isawaitable(value):
+            value = await value
         if value:
             return value
         if time.monotonic() > deadline:
@@ -163,6 +176,8 @@ class Reply:
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
+    # The reply waits until the test sets this: a destination that hangs exactly as long as the test wants.
+    hold: threading.Event | None = None
 
 
 @dataclass(frozen=True)
@@ -174,11 +189,12 @@ class Receipt:
 
 
 class HttpReceiver:
-    """Records every POST; answers each path from its script of replies, then 200 once the script runs out."""
+    """Records every POST; answers each path from its script of replies, then with its default reply."""
 
     def __init__(self) -> None:
         self.receipts: list[Receipt] = []
         self._scripts: dict[str, deque[Reply]] = defaultdict(deque)
+        self._defaults: dict[str, Reply] = {}
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
@@ -196,6 +212,11 @@ class HttpReceiver:
     def script(self, path: str, *replies: Reply) -> None:
         with self._lock:
             self._scripts[path].extend(replies)
+
+    def answer_by_default(self, path: str, reply: Reply) -> None:
+        """The reply once the script for `path` has run out (200 unless set)."""
+        with self._lock:
+            self._defaults[path] = reply
 
     def received(self, path: str) -> list[Receipt]:
         with self._lock:
@@ -221,7 +242,7 @@ class HttpReceiver:
     def _next_reply(self, path: str) -> Reply:
         with self._lock:
             script = self._scripts[path]
-            return script.popleft() if script else Reply()
+            return script.popleft() if script else self._defaults.get(path, Reply())
 
     def _record(self, receipt: Receipt) -> None:
         with self._lock:
@@ -240,6 +261,8 @@ class HttpReceiver:
                 receiver._record(Receipt(self.path, headers, body, arrived))
                 reply = receiver._next_reply(self.path)
                 time.sleep(reply.delay)
+                if reply.hold is not None:
+                    reply.hold.wait(timeout=60)
                 self.send_response(reply.status)
                 for name, value in reply.headers.items():
                     self.send_header(name, value)
@@ -296,3 +319,103 @@ def notification_for(
         event=event or failure_event(),
         receiver=receiver,
     )
+
+
+# --- the database -----------------------------------------------------------------------------------------
+
+POSTGRES_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+@dataclass
+class Database:
+    settings: Settings
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+
+    async def add_event(self, *receivers: Receiver, kind: DeliveryKind = DeliveryKind.FIRING) -> list[str]:
+        """One stored failure event with a pending delivery to each receiver; the delivery ids."""
+        now = datetime.now(UTC)
+        event_id = str(uuid.uuid4())
+        event = failure_event(id=event_id, received_at=now)
+        rows = [
+            deliveries.new_delivery_row(
+                event_id=event_id,
+                receiver=receiver.name,
+                integration=receiver.integration,
+                kind=kind,
+                now=now,
+            )
+            for receiver in receivers
+        ]
+        async with self.sessions() as session, session.begin():
+            session.add(
+                Event(
+                    idempotency_key=f"test/{event_id}",
+                    body_hash="0" * 64,
+                    fingerprint=f"{event.dag_id}/{event.task_id}",
+                    **dataclasses.asdict(event),
+                )
+            )
+            await session.flush()
+            await deliveries.insert_deliveries(session, rows)
+        return [row["id"] for row in rows]
+
+    async def delivery(self, delivery_id: str) -> Delivery:
+        async with self.sessions() as session:
+            found = await deliveries.get(session, delivery_id)
+        assert found is not None
+        return found
+
+    async def status(self, delivery_id: str) -> str:
+        return (await self.delivery(delivery_id)).status
+
+    async def until_status(self, delivery_id: str, status: DeliveryStatus) -> None:
+        async def reached() -> bool:
+            return await self.status(delivery_id) == status
+
+        await eventually(reached)
+
+
+async def _create_postgres_database() -> str:
+    name = f"alerting_delivery_{uuid.uuid4().hex[:12]}"
+    connection = await asyncpg.connect(POSTGRES_ADMIN_DSN)
+    try:
+        await connection.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await connection.close()
+    return name
+
+
+async def _drop_postgres_database(name: str) -> None:
+    connection = await asyncpg.connect(POSTGRES_ADMIN_DSN)
+    try:
+        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await connection.close()
+
+
+@asynccontextmanager
+async def database_url(backend: str, tmp_path: Path) -> AsyncGenerator[str]:
+    if backend == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'alerts.db'}"
+        return
+    name = await _create_postgres_database()
+    try:
+        yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        await _drop_postgres_database(name)
+
+
+@pytest.fixture(
+    name="database",
+    params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)],
+)
+async def database_fixture(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
+    async with database_url(request.param, tmp_path) as url:
+        settings = load_settings(database_url=url, data_dir=tmp_path)
+        engine = create_engine(settings)
+        await create_schema(engine)
+        try:
+            yield Database(settings, engine, create_session_factory(engine))
+        finally:
+            await engine.dispose()

@@ -1,0 +1,359 @@
+"""The dispatcher: claims due deliveries from the outbox, sends them, and records what happened.
+
+Shaped like procrastinate's worker: one class, small named coroutines. It runs inside the API process (woken
+by ingest right after a commit) or as `alerting-service worker` processes (polling); several may run against
+one PostgreSQL database, since claims are leased rows.
+
+- Every send runs as its own task, under its receiver's `max_concurrency`: a slow or dead destination holds
+  only its own slots. A claimed delivery whose receiver has no free slot is handed back at once instead of
+  waiting in memory behind the slow one.
+- Database transactions are short (one claim, one outcome): ingest shares the event loop and the database.
+- A send never outlives its lease (it is cut off before), so a live worker's delivery is never claimed twice.
+  A crashed worker's leases expire and its deliveries are claimed again (at-least-once; the stable
+  webhook-id lets a receiver drop the duplicate).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from alerting_service import metrics
+from alerting_service.config import (
+    AlertingConfig,
+    EmailReceiver,
+    Settings,
+    WebhookReceiver,
+    load_alerting_config,
+)
+from alerting_service.db import create_engine, create_schema, create_session_factory
+from alerting_service.dispatch.retry import Dead, RetryPolicy
+from alerting_service.models import Delivery, DeliveryKind, DeliveryStatus
+from alerting_service.notify.base import AlertEvent, DeliveryError, Notification, Notifier, Reason
+from alerting_service.notify.email import EmailNotifier
+from alerting_service.notify.webhook import WebhookNotifier
+from alerting_service.store import deliveries
+
+log = logging.getLogger(__name__)
+
+Receiver = EmailReceiver | WebhookReceiver
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchTuning:
+    # How often to look for due deliveries when nothing wakes the dispatcher (retries, other processes).
+    poll_interval: float = 1.0
+    # How long a claim is exclusive; a send is cut off `LEASE_MARGIN` before it ends.
+    lease: timedelta = timedelta(minutes=5)
+    # Graceful stop: how long in-flight sends may finish before they are cut off and handed back.
+    shutdown_timeout: float = 10.0
+    # A delivery handed back for want of a free slot is due again after this.
+    hand_back_delay: timedelta = timedelta(seconds=1)
+
+
+LEASE_MARGIN = timedelta(seconds=10)
+
+
+def retry_policy(config: AlertingConfig) -> RetryPolicy:
+    return RetryPolicy(
+        initial_backoff=config.retry.initial_backoff,
+        max_backoff=config.retry.max_backoff,
+        horizon=config.retry.horizon,
+    )
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        settings: Settings,
+        session_factory: async_sessionmaker[AsyncSession],
+        routing_config: AlertingConfig,
+        tuning: DispatchTuning = DispatchTuning(),
+    ) -> None:
+        """`settings` belongs to the signature every caller shares; nothing in it is needed yet."""
+        del settings
+        self._sessions = session_factory
+        self._receivers: dict[str, Receiver] = {
+            receiver.name: receiver for receiver in routing_config.receivers
+        }
+        self._policy = retry_policy(routing_config)
+        self._tuning = tuning
+        self._email = EmailNotifier()
+        self._webhook = WebhookNotifier()
+        self._wake = asyncio.Event()
+        self._sends: dict[asyncio.Task[None], Delivery] = {}
+        self._busy: Counter[str] = Counter()  # receiver name -> sends in flight
+        self._last_error: dict[str, str] = {}  # receiver name -> last logged error, to log only changes
+
+    def wake(self) -> None:
+        """Look for due deliveries now (called by ingest after it committed new ones)."""
+        self._wake.set()
+
+    async def run(self, stop_event: asyncio.Event) -> None:
+        """Dispatch until `stop_event` is set, then let in-flight sends finish (up to shutdown_timeout)."""
+        stopping = asyncio.create_task(stop_event.wait())
+        try:
+            while not stop_event.is_set():
+                self._wake.clear()  # before claiming: a wake during the claim is not lost
+                if not await self._claim_and_start():
+                    await self._wait_for_work(stopping)
+        finally:
+            stopping.cancel()
+            await self._shutdown()
+
+    # --- claiming ---------------------------------------------------------------------------------------
+
+    async def _claim_and_start(self) -> bool:
+        """Claim as many due deliveries as there are free slots and start them; False if none was due."""
+        free = self._free_slots()
+        if free == 0:
+            return False
+        now = _now()
+        async with self._sessions() as session, session.begin():
+            claimed = await deliveries.claim_due(session, now=now, limit=free, lease=self._tuning.lease)
+            disabled = await deliveries.disabled_receivers(session) if claimed else {}
+        for_later: list[Delivery] = []
+        for delivery in claimed:
+            receiver = self._receivers.get(delivery.receiver)
+            if receiver is None:
+                await self._give_up(delivery, Reason.UNKNOWN_RECEIVER, "receiver is not in the configuration")
+            elif delivery.receiver in disabled:
+                await self._give_up(
+                    delivery, Reason.DESTINATION_DISABLED, f"receiver disabled: {disabled[delivery.receiver]}"
+                )
+            elif self._busy[receiver.name] >= _max_concurrency(receiver):
+                for_later.append(delivery)
+            else:
+                self._start(delivery, receiver)
+        await self._hand_back(for_later)
+        return bool(claimed)
+
+    def _free_slots(self) -> int:
+        free = sum(max(_max_concurrency(r) - self._busy[name], 0) for name, r in self._receivers.items())
+        # With no receiver configured, deliveries left from an older config are still claimed (and given up).
+        return free if self._receivers else 1
+
+    async def _wait_for_work(self, stopping: asyncio.Task[bool]) -> None:
+        woken = asyncio.create_task(self._wake.wait())
+        await asyncio.wait(
+            {woken, stopping}, timeout=self._tuning.poll_interval, return_when=asyncio.FIRST_COMPLETED
+        )
+        woken.cancel()
+
+    async def _hand_back(self, claimed: list[Delivery]) -> None:
+        """Return claims no slot is free for: due again shortly; the claim does not count as an attempt."""
+        if not claimed:
+            return
+        async with self._sessions() as session, session.begin():
+            await session.execute(
+                update(Delivery)
+                .where(Delivery.id.in_([d.id for d in claimed]), Delivery.status == DeliveryStatus.IN_FLIGHT)
+                .values(
+                    status=DeliveryStatus.PENDING,
+                    lease_until=None,
+                    next_attempt_at=_now() + self._tuning.hand_back_delay,
+                    attempts=Delivery.attempts - 1,
+                )
+                .execution_options(synchronize_session=False)
+            )
+
+    # --- sending ----------------------------------------------------------------------------------------
+
+    def _start(self, delivery: Delivery, receiver: Receiver) -> None:
+        self._busy[receiver.name] += 1
+        task = asyncio.create_task(self._deliver(delivery, receiver), name=f"deliver-{delivery.id}")
+        self._sends[task] = delivery
+        task.add_done_callback(lambda done: self._finished(done, receiver.name))
+
+    def _finished(self, task: asyncio.Task[None], receiver_name: str) -> None:
+        self._sends.pop(task, None)
+        self._busy[receiver_name] -= 1
+        self.wake()  # a slot is free: there may be deliveries waiting for it
+
+    async def _deliver(self, delivery: Delivery, receiver: Receiver) -> None:
+        integration = receiver.integration.value
+        metrics.notifications_total.labels(integration=integration).inc()
+        try:
+            async with asyncio.timeout((self._tuning.lease - LEASE_MARGIN).total_seconds()):
+                await self._notifier(receiver).send(_notification(delivery, receiver))
+        except DeliveryError as error:
+            await self._failed(delivery, receiver, error)
+        except TimeoutError:
+            error = DeliveryError(Reason.TIMEOUT, retryable=True, message="send outlasted its lease")
+            await self._failed(delivery, receiver, error)
+        except (
+            Exception
+        ) as exc:  # a bug must not kill the dispatcher; the message may hold secrets: type only
+            log.error(
+                "unexpected send failure", extra={"delivery_id": delivery.id, "error": type(exc).__name__}
+            )
+            error = DeliveryError(Reason.INTERNAL_ERROR, retryable=True, message=type(exc).__name__)
+            await self._failed(delivery, receiver, error)
+        else:
+            await self._sent(delivery, receiver)
+
+    def _notifier(self, receiver: Receiver) -> Notifier:
+        return self._email if isinstance(receiver, EmailReceiver) else self._webhook
+
+    # --- outcomes ---------------------------------------------------------------------------------------
+
+    async def _sent(self, delivery: Delivery, receiver: Receiver) -> None:
+        now = _now()
+        async with self._sessions() as session, session.begin():
+            recorded = await deliveries.mark_sent(session, delivery.id, now=now)
+        latency = (now - delivery.event.received_at).total_seconds()
+        metrics.notification_latency_seconds.labels(integration=receiver.integration.value).observe(latency)
+        if self._last_error.pop(receiver.name, None) is not None:
+            log.info("receiver recovered", extra={"receiver": receiver.name, "delivery_id": delivery.id})
+        _warn_if_lease_lost(recorded, delivery)
+
+    async def _failed(self, delivery: Delivery, receiver: Receiver, error: DeliveryError) -> None:
+        metrics.notifications_failed_total.labels(
+            integration=receiver.integration.value, reason=error.reason.value
+        ).inc()
+        self._log_if_changed(delivery, receiver, error)
+        now = _now()
+        decision = self._policy.decide(
+            error, attempts=delivery.attempts, created_at=delivery.horizon_starts_at, now=now
+        )
+        async with self._sessions() as session, session.begin():
+            if isinstance(decision, Dead):
+                recorded = await deliveries.mark_dead(
+                    session, delivery.id, reason=decision.reason, error=error.message
+                )
+                if error.disables_receiver:
+                    await deliveries.disable_receiver(session, receiver.name, reason=error.message, now=now)
+            else:
+                recorded = await deliveries.mark_retry(
+                    session,
+                    delivery.id,
+                    next_attempt_at=decision.retry_at,
+                    reason=error.reason,
+                    error=error.message,
+                )
+        if isinstance(decision, Dead):
+            log.warning(
+                "delivery dead",
+                extra={
+                    "delivery_id": delivery.id,
+                    "receiver": receiver.name,
+                    "reason": decision.reason.value,
+                },
+            )
+        else:
+            self._wake_at(decision.retry_at, now)
+        _warn_if_lease_lost(recorded, delivery)
+
+    async def _give_up(self, delivery: Delivery, reason: Reason, message: str) -> None:
+        async with self._sessions() as session, session.begin():
+            recorded = await deliveries.mark_dead(session, delivery.id, reason=reason, error=message)
+        log.warning(
+            "delivery dead without sending",
+            extra={"delivery_id": delivery.id, "receiver": delivery.receiver, "reason": reason.value},
+        )
+        _warn_if_lease_lost(recorded, delivery)
+
+    def _log_if_changed(self, delivery: Delivery, receiver: Receiver, error: DeliveryError) -> None:
+        """One line per change of a receiver's error (as Alertmanager does), not one per failed attempt."""
+        summary = f"{error.reason.value}: {error.message}"
+        if self._last_error.get(receiver.name) == summary:
+            return
+        self._last_error[receiver.name] = summary
+        log.warning(
+            "delivery failed",
+            extra={
+                "delivery_id": delivery.id,
+                "receiver": receiver.name,
+                "reason": error.reason.value,
+                "error": error.message,
+                "attempts": delivery.attempts,
+            },
+        )
+
+    def _wake_at(self, retry_at: datetime, now: datetime) -> None:
+        """A retry due before the next poll gets its own wake-up (tests use millisecond backoffs)."""
+        delay = (retry_at - now).total_seconds()
+        if delay < self._tuning.poll_interval:
+            asyncio.get_running_loop().call_later(max(delay, 0.0), self.wake)
+
+    # --- stopping ---------------------------------------------------------------------------------------
+
+    async def _shutdown(self) -> None:
+        """Let in-flight sends finish; cut off the rest and hand them back rather than wait for the lease."""
+        if self._sends:
+            _, unfinished = await asyncio.wait(set(self._sends), timeout=self._tuning.shutdown_timeout)
+            cut_off = [self._sends[task] for task in unfinished]
+            for task in unfinished:
+                task.cancel()
+            await asyncio.gather(*unfinished, return_exceptions=True)
+            await self._hand_back(cut_off)
+        await self._webhook.aclose()
+
+
+def _notification(delivery: Delivery, receiver: Receiver) -> Notification:
+    event = delivery.event
+    return Notification(
+        delivery_id=delivery.id,
+        webhook_id=delivery.webhook_id,
+        kind=DeliveryKind(delivery.kind),
+        receiver=receiver,
+        event=AlertEvent(
+            id=event.id,
+            type=event.type,
+            severity=event.severity,
+            dag_id=event.dag_id,
+            task_id=event.task_id,
+            run_id=event.run_id,
+            map_index=event.map_index,
+            try_number=event.try_number,
+            max_tries=event.max_tries,
+            logical_date=event.logical_date,
+            occurred_at=event.occurred_at,
+            received_at=event.received_at,
+            exception=event.exception,
+            log_url=event.log_url,
+            next_retry_at=event.next_retry_at,
+            labels=dict(event.labels),
+        ),
+    )
+
+
+def _max_concurrency(receiver: Receiver) -> int:
+    return (
+        receiver.email.max_concurrency
+        if isinstance(receiver, EmailReceiver)
+        else receiver.webhook.max_concurrency
+    )
+
+
+def _warn_if_lease_lost(recorded: bool, delivery: Delivery) -> None:
+    if not recorded:
+        log.warning("lease lost before the outcome was recorded", extra={"delivery_id": delivery.id})
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+async def run_worker(settings: Settings, tuning: DispatchTuning = DispatchTuning()) -> None:
+    """`alerting-service worker`: a dispatcher in its own process until SIGTERM or SIGINT."""
+    engine = create_engine(settings)
+    try:
+        await create_schema(engine)
+        dispatcher = Dispatcher(
+            settings, create_session_factory(engine), load_alerting_config(settings), tuning
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await dispatcher.run(stop)
+    finally:
+        await engine.dispose()

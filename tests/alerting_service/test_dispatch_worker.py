@@ -1,0 +1,278 @@
+"""The dispatcher in-process, against the real database (SQLite and PostgreSQL) and real peers on loopback."""
+
+import asyncio
+import json
+import logging
+import threading
+from collections.abc import AsyncGenerator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from alerting_service.config import AlertingConfig, RetryConfig
+from alerting_service.dispatch.worker import Dispatcher, DispatchTuning
+from alerting_service.metrics import REGISTRY
+from alerting_service.models import DeliveryStatus
+from alerting_service.store import deliveries
+from tests.alerting_service.delivery_fixtures import (  # ruff: ignore[unused-import]
+    Database,
+    HttpReceiver,
+    Receiver,
+    Reply,
+    SmtpServer,
+    database_fixture,
+    eventually,
+    http_receiver_fixture,
+    smtp_server_fixture,
+)
+
+# The database fixture's engine lives in the session loop (the project's fixture loop scope); so do the tests.
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+FAST = DispatchTuning(poll_interval=0.05, hand_back_delay=timedelta(milliseconds=20), shutdown_timeout=2.0)
+MS = timedelta(milliseconds=1)
+
+
+@asynccontextmanager
+async def dispatching(
+    database: Database,
+    *receivers: Receiver,
+    horizon: timedelta = timedelta(hours=1),
+    tuning: DispatchTuning = FAST,
+) -> AsyncGenerator[Dispatcher]:
+    """A running dispatcher with millisecond backoffs; stopped gracefully on exit."""
+    config = AlertingConfig(
+        receivers=list(receivers),
+        retry=RetryConfig(initial_backoff=10 * MS, max_backoff=50 * MS, horizon=horizon),
+    )
+    dispatcher = Dispatcher(database.settings, database.sessions, config, tuning)
+    stop = asyncio.Event()
+    running = asyncio.create_task(dispatcher.run(stop))
+    try:
+        yield dispatcher
+    finally:
+        stop.set()
+        await running
+
+
+async def test_an_event_reaches_email_and_webhook(
+    database: Database, smtp_server: SmtpServer, http_receiver: HttpReceiver
+) -> None:
+    email, webhook = smtp_server.receiver(), http_receiver.receiver("/hook")
+    async with dispatching(database, email, webhook) as dispatcher:
+        email_id, webhook_id = await database.add_event(email, webhook)
+        dispatcher.wake()
+        await database.until_status(email_id, DeliveryStatus.SENT)
+        await database.until_status(webhook_id, DeliveryStatus.SENT)
+
+    assert len(smtp_server.mails) == 1
+    [receipt] = http_receiver.received("/hook")
+    assert receipt.headers["webhook-id"] == (await database.delivery(webhook_id)).webhook_id
+
+
+async def test_a_webhook_answering_500_then_200_is_delivered_exactly_once(
+    database: Database, http_receiver: HttpReceiver
+) -> None:
+    http_receiver.script("/hook", Reply(500))
+    webhook = http_receiver.receiver("/hook")
+    async with dispatching(database, webhook):
+        [delivery_id] = await database.add_event(webhook)
+        await database.until_status(delivery_id, DeliveryStatus.SENT)
+
+    delivery = await database.delivery(delivery_id)
+    receipts = http_receiver.received("/hook")
+    assert len(receipts) == 2
+    assert {receipt.headers["webhook-id"] for receipt in receipts} == {delivery.webhook_id}
+    assert (delivery.attempts, delivery.reason, delivery.last_error) == (2, None, None)
+
+
+async def test_an_smtp_server_that_was_down_gets_the_mail_once_it_is_back(
+    database: Database, smtp_server: SmtpServer
+) -> None:
+    smtp_server.stop()
+    email = smtp_server.receiver()
+    async with dispatching(database, email):
+        [delivery_id] = await database.add_event(email)
+
+        async def retried_after_connection_errors() -> bool:
+            delivery = await database.delivery(delivery_id)
+            return delivery.attempts >= 2 and delivery.reason == "connection"
+
+        await eventually(retried_after_connection_errors)
+        smtp_server.start()
+        await database.until_status(delivery_id, DeliveryStatus.SENT)
+
+    assert len(smtp_server.mails) == 1
+
+
+async def test_a_429_retry_after_is_waited_for(database: Database, http_receiver: HttpReceiver) -> None:
+    http_receiver.script("/hook", Reply(429, {"Retry-After": "1"}))
+    webhook = http_receiver.receiver("/hook")
+    async with dispatching(database, webhook):
+        [delivery_id] = await database.add_event(webhook)
+        await database.until_status(delivery_id, DeliveryStatus.SENT)
+
+    first, second = http_receiver.received("/hook")
+    assert second.at - first.at >= 1.0
+
+
+async def test_a_410_disables_the_receiver_and_dead_letters_the_delivery(
+    database: Database, http_receiver: HttpReceiver
+) -> None:
+    http_receiver.script("/hook", Reply(410))
+    webhook = http_receiver.receiver("/hook")
+    async with dispatching(database, webhook):
+        [gone_id] = await database.add_event(webhook)
+        await database.until_status(gone_id, DeliveryStatus.DEAD)
+
+    assert (await database.delivery(gone_id)).reason == "destination_disabled"
+    async with database.sessions() as session:
+        assert webhook.name in await deliveries.disabled_receivers(session)
+
+
+async def test_deliveries_to_a_disabled_receiver_die_unsent_and_replay_after_re_enabling(
+    database: Database, http_receiver: HttpReceiver
+) -> None:
+    webhook = http_receiver.receiver("/hook")
+    async with database.sessions() as session, session.begin():
+        await deliveries.disable_receiver(session, webhook.name, reason="HTTP 410", now=datetime.now(UTC))
+    async with dispatching(database, webhook) as dispatcher:
+        [delivery_id] = await database.add_event(webhook)
+        await database.until_status(delivery_id, DeliveryStatus.DEAD)
+        assert (await database.delivery(delivery_id)).reason == "destination_disabled"
+        assert http_receiver.received("/hook") == []
+
+        async with database.sessions() as session, session.begin():
+            await deliveries.enable_receiver(session, webhook.name)
+            await deliveries.replay(session, delivery_id, now=datetime.now(UTC))
+        dispatcher.wake()
+        await database.until_status(delivery_id, DeliveryStatus.SENT)
+    assert len(http_receiver.received("/hook")) == 1
+
+
+async def test_past_the_horizon_a_delivery_is_dead_and_a_replay_delivers_it(
+    database: Database, http_receiver: HttpReceiver
+) -> None:
+    http_receiver.answer_by_default("/hook", Reply(500))
+    webhook = http_receiver.receiver("/hook")
+    async with dispatching(database, webhook, horizon=300 * MS) as dispatcher:
+        [delivery_id] = await database.add_event(webhook)
+        await database.until_status(delivery_id, DeliveryStatus.DEAD)
+        assert (await database.delivery(delivery_id)).reason == "horizon_exceeded"
+
+        http_receiver.answer_by_default("/hook", Reply(200))
+        async with database.sessions() as session, session.begin():
+            assert await deliveries.replay(session, delivery_id, now=datetime.now(UTC)) is not None
+        dispatcher.wake()
+        await database.until_status(delivery_id, DeliveryStatus.SENT)
+
+
+async def test_a_hung_receiver_does_not_delay_another(
+    database: Database, http_receiver: HttpReceiver
+) -> None:
+    hang = threading.Event()
+    http_receiver.answer_by_default("/slow", Reply(hold=hang))
+    slow = http_receiver.receiver("/slow", name="slow", max_concurrency=1, timeout_seconds=30)
+    fast = http_receiver.receiver("/fast", name="fast")
+    try:
+        async with dispatching(database, slow, fast):
+            [held_id] = await database.add_event(slow)
+            await eventually(lambda: http_receiver.received("/slow"))
+            waiting = [(await database.add_event(slow))[0] for _ in range(3)]
+            [fast_id] = await database.add_event(fast)
+
+            await database.until_status(fast_id, DeliveryStatus.SENT)
+            assert await database.status(held_id) == DeliveryStatus.IN_FLIGHT
+            for delivery_id in waiting:  # handed back for want of a slot: not counted as attempts
+                assert (await database.delivery(delivery_id)).attempts == 0
+            hang.set()
+            for delivery_id in [held_id, *waiting]:
+                await database.until_status(delivery_id, DeliveryStatus.SENT)
+    finally:
+        hang.set()
+
+
+async def test_a_graceful_stop_lets_an_in_flight_send_finish(
+    database: Database, http_receiver: HttpReceiver
+) -> None:
+    http_receiver.script("/hook", Reply(200, delay=0.3))
+    webhook = http_receiver.receiver("/hook")
+    async with dispatching(database, webhook):
+        [delivery_id] = await database.add_event(webhook)
+        await eventually(lambda: http_receiver.received("/hook"))
+    assert await database.status(delivery_id) == DeliveryStatus.SENT
+
+
+async def test_a_send_cut_off_by_the_shutdown_timeout_is_handed_back(
+    database: Database, http_receiver: HttpReceiver
+) -> None:
+    hang = threading.Event()
+    http_receiver.script("/hook", Reply(hold=hang))
+    webhook = http_receiver.receiver("/hook", timeout_seconds=30)
+    tuning = DispatchTuning(poll_interval=0.05, shutdown_timeout=0.1)
+    try:
+        async with dispatching(database, webhook, tuning=tuning):
+            [delivery_id] = await database.add_event(webhook)
+            await eventually(lambda: http_receiver.received("/hook"))
+    finally:
+        hang.set()
+    delivery = await database.delivery(delivery_id)
+    assert (delivery.status, delivery.lease_until) == (DeliveryStatus.PENDING, None)
+
+
+async def test_a_delivery_to_a_receiver_no_longer_configured_is_dead(
+    database: Database, http_receiver: HttpReceiver
+) -> None:
+    configured, removed = (
+        http_receiver.receiver("/a", name="configured"),
+        http_receiver.receiver("/b", name="removed"),
+    )
+    async with dispatching(database, configured):
+        [delivery_id] = await database.add_event(removed)
+        await database.until_status(delivery_id, DeliveryStatus.DEAD)
+    assert (await database.delivery(delivery_id)).reason == "unknown_receiver"
+    assert http_receiver.receipts == []
+
+
+async def test_attempts_failures_and_latency_are_counted(
+    database: Database, http_receiver: HttpReceiver
+) -> None:
+    def sample(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, {"integration": "webhook", **labels}) or 0.0
+
+    before = (
+        sample("alerting_notifications_total"),
+        sample("alerting_notifications_failed_total", reason="server_error"),
+        sample("alerting_notification_latency_seconds_count"),
+    )
+    http_receiver.script("/hook", Reply(503))
+    webhook = http_receiver.receiver("/hook")
+    async with dispatching(database, webhook):
+        [delivery_id] = await database.add_event(webhook)
+        await database.until_status(delivery_id, DeliveryStatus.SENT)
+
+    after = (
+        sample("alerting_notifications_total"),
+        sample("alerting_notifications_failed_total", reason="server_error"),
+        sample("alerting_notification_latency_seconds_count"),
+    )
+    assert [a - b for a, b in zip(after, before, strict=True)] == [2, 1, 1]
+
+
+async def test_a_repeated_error_is_logged_once_and_without_the_url_token(
+    database: Database, http_receiver: HttpReceiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = "/services/T0/B0/s3cr3t-t0ken"
+    http_receiver.script(path, Reply(500), Reply(500), Reply(500))
+    webhook = http_receiver.receiver(path)
+    with caplog.at_level(logging.INFO, logger="alerting_service"):
+        async with dispatching(database, webhook):
+            [delivery_id] = await database.add_event(webhook)
+            await database.until_status(delivery_id, DeliveryStatus.SENT)
+
+    failures = [record for record in caplog.records if record.getMessage() == "delivery failed"]
+    assert len(failures) == 1
+    assert failures[0].delivery_id == delivery_id  # type: ignore[attr-defined]
+    everything_logged = "\n".join(json.dumps(record.__dict__, default=str) for record in caplog.records)
+    assert "s3cr3t-t0ken" not in everything_logged
