@@ -208,13 +208,10 @@ def _ids_loaded_for_other_dates(
     ]
     owners: dict[str, dt.date] = {}
     for chunk in _chunks(not_written, ROWS_PER_STATEMENT):
-        owners.update(
-            connection.execute(
-                select(scored_transactions.c.transaction_id, scored_transactions.c.run_date).where(
-                    scored_transactions.c.transaction_id.in_(chunk)
-                )
-            ).tuples()
+        query = select(scored_transactions.c.transaction_id, scored_transactions.c.run_date).where(
+            scored_transactions.c.transaction_id.in_(chunk)
         )
+        owners.update({transaction_id: owner for transaction_id, owner in connection.execute(query)})
     return owners
 
 

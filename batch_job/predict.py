@@ -74,7 +74,9 @@ class MLApiClient:
         self._predict_url = predict_url
         self._api_key = api_key
         self._max_attempts = max_retries + 1
-        self._backoff_seconds = backoff_seconds
+        self._backoff = wait_exponential_jitter(
+            multiplier=backoff_seconds, max=MAX_BACKOFF_SECONDS, jitter=backoff_seconds
+        )
         headers = {"Authorization": f"Bearer {api_key.get_secret_value()}"} if api_key else {}
         self._http = httpx.Client(timeout=httpx.Timeout(timeout_seconds), headers=headers)
 
@@ -151,9 +153,7 @@ class MLApiClient:
         return response
 
     def _wait_before_retry(self, state: RetryCallState) -> float:
-        backoff = wait_exponential_jitter(
-            initial=self._backoff_seconds, max=MAX_BACKOFF_SECONDS, jitter=self._backoff_seconds
-        )(state)
+        backoff = self._backoff(state)
         error = state.outcome.exception() if state.outcome else None
         retry_after = error.retry_after_seconds if isinstance(error, RetryableResponseError) else None
         return max(backoff, min(retry_after or 0.0, MAX_RETRY_AFTER_SECONDS))

@@ -186,7 +186,8 @@ class ScriptedMLApi:
         self._script: deque[Answer] = deque()
         self._lock = threading.Lock()
         self._server = _QuietServer((LOOPBACK, 0), self._handler_class())
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        # A short poll interval: shutdown() waits for the serving loop to notice it.
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
 
     @property
     def url(self) -> str:

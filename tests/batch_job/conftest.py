@@ -81,17 +81,19 @@ def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'results.db'}"
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """Each test using it runs on SQLite and on the PostgreSQL database, which is emptied afterwards."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'results.db'}"
-        return
-    url = request.getfixturevalue("postgres_database")
-    yield url
-    engine = create_engine(url)
+@pytest.fixture
+def clean_postgres_database(postgres_database: str) -> Iterator[str]:
+    """The session's PostgreSQL database, its job tables dropped after the test."""
+    yield postgres_database
+    engine = create_engine(postgres_database)
     metadata.drop_all(engine)
     engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, sqlite_url: str) -> str:
+    """Each test using it runs on SQLite and on the PostgreSQL database."""
+    return sqlite_url if request.param == "sqlite" else request.getfixturevalue("clean_postgres_database")
 
 
 @pytest.fixture

@@ -1,0 +1,172 @@
+"""load_day on SQLite and on the local PostgreSQL: one transaction per run, re-runs leave the same rows."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from decimal import Decimal
+
+import pytest
+from sqlalchemy import Engine, create_engine, select
+from sqlalchemy.exc import DataError
+
+from batch_job.errors import ConfigError, TransientError
+from batch_job.load import build_engine, load_day, rejected_transactions, scored_transactions
+from batch_job.predict import ScoredTransaction
+from batch_job.settings import load_settings
+from batch_job.validate import RejectedRow, Transaction
+
+DAY = dt.date(2026, 1, 14)
+OTHER_DAY = dt.date(2026, 1, 15)
+PASSWORD = "db-password-that-must-not-leak"
+
+
+def scored(transaction_id: str, run_date: dt.date = DAY, amount: str = "12.3456") -> ScoredTransaction:
+    transaction = Transaction(
+        transaction_id=transaction_id,
+        account_id="ACC1",
+        merchant_id="MER1",
+        amount=Decimal(amount),
+        currency="EUR",
+        occurred_at=dt.datetime.combine(run_date, dt.time(9, 30), tzinfo=dt.UTC),
+        country="DE",
+        source_file="file:///landing/a.csv",
+        line_number=int(transaction_id.rsplit("-", 1)[1]) + 1,
+        raw_record=f"{transaction_id},ACC1,MER1,{amount},EUR,...,DE",
+    )
+    return ScoredTransaction(transaction=transaction, fraud_score=0.25, is_fraud=False, model_version="m1")
+
+
+def rejected(line_number: int, reason: str = "amount '0' is not positive") -> RejectedRow:
+    return RejectedRow(
+        source_file="file:///landing/a.csv",
+        line_number=line_number,
+        transaction_id=f"T-{line_number}",
+        raw_record=f"T-{line_number},ACC1,MER1,0,EUR,...,DE",
+        reasons=(reason,),
+    )
+
+
+def scored_rows(engine: Engine, run_date: dt.date = DAY) -> list[tuple]:
+    table = scored_transactions
+    query = (
+        select(table.c.transaction_id, table.c.amount, table.c.fraud_score, table.c.model_version)
+        .where(table.c.run_date == run_date)
+        .order_by(table.c.transaction_id)
+    )
+    with engine.connect() as connection:
+        return [tuple(row) for row in connection.execute(query)]
+
+
+def rejected_rows(engine: Engine, run_date: dt.date = DAY) -> list[tuple]:
+    table = rejected_transactions
+    query = (
+        select(table.c.line_number, table.c.transaction_id, table.c.reasons)
+        .where(table.c.run_date == run_date)
+        .order_by(table.c.line_number)
+    )
+    with engine.connect() as connection:
+        return [tuple(row) for row in connection.execute(query)]
+
+
+def test_scored_and_rejected_rows_are_loaded_with_exact_amounts(engine: Engine) -> None:
+    result = load_day(engine, DAY, [scored("T-1"), scored("T-2")], [rejected(4)])
+    assert (result.loaded, result.rejected) == (2, 1)
+    assert scored_rows(engine) == [
+        ("T-1", Decimal("12.3456"), 0.25, "m1"),
+        ("T-2", Decimal("12.3456"), 0.25, "m1"),
+    ]
+    assert rejected_rows(engine) == [(4, "T-4", ["amount '0' is not positive"])]
+
+
+def test_a_rerun_of_a_date_leaves_the_same_rows(engine: Engine) -> None:
+    load_day(engine, DAY, [scored("T-1"), scored("T-2")], [rejected(4)])
+    first = (scored_rows(engine), rejected_rows(engine))
+    result = load_day(engine, DAY, [scored("T-1"), scored("T-2")], [rejected(4)])
+    assert (scored_rows(engine), rejected_rows(engine)) == first
+    assert (result.loaded, result.rejected) == (2, 1)
+
+
+def test_a_rerun_replaces_the_dates_rows_with_this_runs(engine: Engine) -> None:
+    load_day(engine, DAY, [scored("T-1"), scored("T-2")], [rejected(4), rejected(5)])
+    load_day(engine, DAY, [scored("T-2", amount="99.00"), scored("T-3")], [rejected(5, "other reason")])
+    assert [(row[0], row[1]) for row in scored_rows(engine)] == [
+        ("T-2", Decimal("99.00")),
+        ("T-3", Decimal("12.3456")),
+    ]
+    assert rejected_rows(engine) == [(5, "T-5", ["other reason"])]
+
+
+def test_an_empty_run_empties_the_date(engine: Engine) -> None:
+    load_day(engine, DAY, [scored("T-1")], [rejected(4)])
+    result = load_day(engine, DAY, [], [])
+    assert (result.loaded, result.rejected) == (0, 0)
+    assert scored_rows(engine) == rejected_rows(engine) == []
+
+
+def test_other_dates_are_left_alone(engine: Engine) -> None:
+    load_day(engine, OTHER_DAY, [scored("T-9", OTHER_DAY)], [rejected(4)])
+    load_day(engine, DAY, [scored("T-1")], [rejected(4)])
+    load_day(engine, DAY, [], [])
+    assert [row[0] for row in scored_rows(engine, OTHER_DAY)] == ["T-9"]
+    assert len(rejected_rows(engine, OTHER_DAY)) == 1
+
+
+def test_an_id_loaded_for_another_date_is_rejected_not_moved(engine: Engine) -> None:
+    load_day(engine, OTHER_DAY, [scored("T-1", OTHER_DAY)], [])
+    result = load_day(engine, DAY, [scored("T-1"), scored("T-2")], [])
+    assert (result.loaded, result.rejected, result.rejected_as_loaded_for_other_date) == (1, 1, 1)
+    assert [row[0] for row in scored_rows(engine, OTHER_DAY)] == ["T-1"]
+    assert [row[0] for row in scored_rows(engine)] == ["T-2"]
+    assert rejected_rows(engine) == [
+        (2, "T-1", ["transaction_id was already loaded for run date 2026-01-15"])
+    ]
+
+
+@pytest.mark.postgres
+def test_a_failed_load_leaves_the_previous_rows(clean_postgres_database: str) -> None:
+    engine = create_engine(clean_postgres_database)
+    load_day(engine, DAY, [scored("T-1")], [])
+    # Longer than the column: PostgreSQL refuses it half-way through the load (SQLite does not check lengths).
+    too_long_id = "T-" + "9" * 100 + "-2"
+    with pytest.raises(DataError, match="value too long"):
+        load_day(engine, DAY, [scored("T-3"), scored(too_long_id)], [])
+    assert [row[0] for row in scored_rows(engine)] == ["T-1"]
+    engine.dispose()
+
+
+@pytest.mark.postgres
+def test_an_unreachable_database_is_transient(
+    job_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BATCH_DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:1/transactions")
+    with pytest.raises(TransientError, match="database unavailable: OperationalError"):
+        load_day(build_engine(load_settings()), DAY, [], [])
+
+
+def test_a_missing_sqlite_directory_is_a_config_error(
+    job_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BATCH_DATABASE_URL", "sqlite:////no/such/directory/results.db")
+    with pytest.raises(
+        ConfigError, match="the directory /no/such/directory of the SQLite file does not exist"
+    ):
+        build_engine(load_settings())
+
+
+@pytest.mark.postgres
+def test_the_password_reaches_the_database_but_not_the_log(
+    job_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    clean_postgres_database: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setenv("BATCH_DATABASE_URL", clean_postgres_database)
+    monkeypatch.setenv("BATCH_DATABASE_PASSWORD", PASSWORD)  # the local server trusts loopback, so any works
+    engine = build_engine(load_settings())
+    with caplog.at_level(logging.DEBUG):
+        load_day(engine, DAY, [scored("T-1")], [])
+    engine.dispose()
+    assert engine.url.password == PASSWORD
+    assert "load: writing run date 2026-01-14 to postgresql+psycopg2://postgres:***@" in caplog.text
+    assert PASSWORD not in caplog.text

@@ -1,0 +1,159 @@
+"""MLApiClient against real HTTP servers on loopback: batching, the bearer token, what is retried."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+
+import pytest
+from batch_job_support import (
+    Body,
+    Delay,
+    EchoAuthorization,
+    Predict,
+    ScriptedMLApi,
+    Status,
+    refused_url,
+)
+from pydantic import SecretStr
+
+from batch_job.errors import ConfigError, TransientError
+from batch_job.predict import MLApiClient
+from batch_job.validate import Transaction
+
+API_KEY = "ml-api-key-that-must-not-leak"
+TIMEOUT_SECONDS = 0.3
+MAX_RETRIES = 2
+
+
+def transactions(count: int) -> list[Transaction]:
+    return [
+        Transaction(
+            transaction_id=f"T-{index}",
+            account_id="ACC1",
+            merchant_id="MER1",
+            amount=Decimal("12.50"),
+            currency="EUR",
+            occurred_at=dt.datetime(2026, 1, 14, 9, 30, tzinfo=dt.UTC),
+            country="DE",
+            source_file="file:///a.csv",
+            line_number=index + 2,
+            raw_record="",
+        )
+        for index in range(count)
+    ]
+
+
+def client(url: str, api_key: str | None = None) -> MLApiClient:
+    return MLApiClient(
+        predict_url=f"{url}/predict",
+        api_key=SecretStr(api_key) if api_key else None,
+        timeout_seconds=TIMEOUT_SECONDS,
+        max_retries=MAX_RETRIES,
+        backoff_seconds=0.0,
+    )
+
+
+def score(url: str, count: int = 3, batch_size: int = 100, api_key: str | None = None) -> list:
+    with client(url, api_key) as ml_api:
+        return ml_api.score(transactions(count), batch_size)
+
+
+def test_every_transaction_gets_its_score(example_ml_api_url: str) -> None:
+    scored = score(example_ml_api_url, count=3)
+    assert [s.transaction.transaction_id for s in scored] == ["T-0", "T-1", "T-2"]
+    assert all(0.0 <= s.fraud_score <= 1.0 for s in scored)
+    assert {s.model_version for s in scored} == {"example-rules-1"}
+
+
+def test_transactions_are_posted_in_batches_of_the_configured_size(scripted_ml_api: ScriptedMLApi) -> None:
+    score(scripted_ml_api.url, count=5, batch_size=2)
+    assert [r.transaction_ids for r in scripted_ml_api.requests] == [["T-0", "T-1"], ["T-2", "T-3"], ["T-4"]]
+    assert {r.path for r in scripted_ml_api.requests} == {"/predict"}
+
+
+def test_predictions_are_matched_by_transaction_id_not_position(scripted_ml_api: ScriptedMLApi) -> None:
+    scripted_ml_api.script(Predict(reverse=True))
+    scored = score(scripted_ml_api.url, count=3)
+    expected = score(scripted_ml_api.url, count=3)  # answered in order
+    assert [s.fraud_score for s in scored] == [s.fraud_score for s in expected]
+
+
+def test_the_api_key_is_sent_as_a_bearer_token(scripted_ml_api: ScriptedMLApi) -> None:
+    score(scripted_ml_api.url, api_key=API_KEY)
+    assert scripted_ml_api.requests[0].headers["Authorization"] == f"Bearer {API_KEY}"
+
+
+def test_no_authorization_header_is_sent_without_an_api_key(scripted_ml_api: ScriptedMLApi) -> None:
+    score(scripted_ml_api.url)
+    assert "Authorization" not in scripted_ml_api.requests[0].headers
+
+
+def test_server_errors_are_retried_until_the_api_answers(scripted_ml_api: ScriptedMLApi) -> None:
+    scripted_ml_api.script(Status(500), Status(503))
+    assert len(score(scripted_ml_api.url)) == 3
+    assert len(scripted_ml_api.requests) == 3
+
+
+def test_timeouts_are_retried_until_the_api_answers(scripted_ml_api: ScriptedMLApi) -> None:
+    scripted_ml_api.script(Delay(TIMEOUT_SECONDS * 2), Delay(TIMEOUT_SECONDS * 2))
+    assert len(score(scripted_ml_api.url)) == 3
+    assert len(scripted_ml_api.requests) == 3
+
+
+def test_too_many_requests_is_retried(scripted_ml_api: ScriptedMLApi) -> None:
+    scripted_ml_api.script(Status(429, headers={"Retry-After": "0"}))
+    assert len(score(scripted_ml_api.url)) == 3
+    assert len(scripted_ml_api.requests) == 2
+
+
+def test_a_server_error_that_persists_is_transient_after_the_retries(scripted_ml_api: ScriptedMLApi) -> None:
+    scripted_ml_api.script(*[Status(502)] * (MAX_RETRIES + 1))
+    with pytest.raises(TransientError, match=f"unavailable after {MAX_RETRIES + 1} attempts: HTTP 502"):
+        score(scripted_ml_api.url)
+    assert len(scripted_ml_api.requests) == MAX_RETRIES + 1
+
+
+def test_timeouts_that_persist_are_transient_after_the_retries(scripted_ml_api: ScriptedMLApi) -> None:
+    scripted_ml_api.script(*[Delay(TIMEOUT_SECONDS * 2)] * (MAX_RETRIES + 1))
+    with pytest.raises(TransientError, match="ReadTimeout"):
+        score(scripted_ml_api.url)
+    assert len(scripted_ml_api.requests) == MAX_RETRIES + 1
+
+
+def test_a_refused_connection_is_transient_after_the_retries() -> None:
+    with pytest.raises(TransientError, match=f"unavailable after {MAX_RETRIES + 1} attempts: ConnectError"):
+        score(refused_url())
+
+
+def test_a_client_error_is_not_retried(scripted_ml_api: ScriptedMLApi) -> None:
+    scripted_ml_api.script(Status(422, '{"detail": "transactions: field required"}'))
+    with pytest.raises(ConfigError, match="refused the request with HTTP 422"):
+        score(scripted_ml_api.url)
+    assert len(scripted_ml_api.requests) == 1
+
+
+def test_a_wrong_api_key_is_a_config_error_that_does_not_repeat_the_key(
+    scripted_ml_api: ScriptedMLApi,
+) -> None:
+    scripted_ml_api.script(EchoAuthorization())
+    with pytest.raises(ConfigError, match="HTTP 401") as raised:
+        score(scripted_ml_api.url, api_key=API_KEY)
+    assert API_KEY not in str(raised.value)
+
+
+def test_an_answer_missing_a_prediction_is_transient(scripted_ml_api: ScriptedMLApi) -> None:
+    scripted_ml_api.script(Predict(drop_last=True))
+    with pytest.raises(TransientError, match="broke the contract: 2 predictions for 3 transactions"):
+        score(scripted_ml_api.url)
+
+
+def test_an_answer_that_is_not_json_is_transient(scripted_ml_api: ScriptedMLApi) -> None:
+    scripted_ml_api.script(Body("<html>maintenance</html>"))
+    with pytest.raises(TransientError, match="answered a body that breaks the contract"):
+        score(scripted_ml_api.url)
+
+
+def test_an_empty_list_of_transactions_sends_nothing(scripted_ml_api: ScriptedMLApi) -> None:
+    assert score(scripted_ml_api.url, count=0) == []
+    assert scripted_ml_api.requests == []
