@@ -82,14 +82,22 @@ class KeyRing:
         return found
 
 
-def load_key_ring(settings: Settings) -> KeyRing:
+def configured_keys(settings: Settings) -> tuple[ApiKey, ...] | None:
+    """The keys the settings give; None when the embedded default is to generate them. Raises ConfigError."""
     if settings.api_keys is not None:
-        return KeyRing(parse_api_keys(settings.api_keys.get_secret_value(), f"{ENV_PREFIX}API_KEYS"))
+        return parse_api_keys(settings.api_keys.get_secret_value(), f"{ENV_PREFIX}API_KEYS")
     if not settings.uses_embedded_database:
         raise ConfigError(
             f"{ENV_PREFIX}API_KEYS: no API key configured (set it or {ENV_PREFIX}API_KEYS_FILE); "
             "the service does not run without authentication"
         )
+    return None
+
+
+def load_key_ring(settings: Settings) -> KeyRing:
+    keys = configured_keys(settings)
+    if keys is not None:
+        return KeyRing(keys)
     path = settings.data_dir / GENERATED_KEYS_FILE
     if not path.exists():
         try:

@@ -24,6 +24,7 @@ from alerting_service.api.routes import deliveries, events, health, silences
 from alerting_service.auth import load_key_ring
 from alerting_service.config import AlertingConfig, Settings, load_alerting_config
 from alerting_service.db import create_engine, create_schema, create_session_factory
+from alerting_service.dispatch.worker import Dispatcher
 from alerting_service.ingest import Ingestor
 from alerting_service.schemas import EventIn
 
@@ -60,12 +61,7 @@ async def _lifespan(app: FastAPI, settings: Settings, config: AlertingConfig) ->
     await create_schema(engine)
     sessions = create_session_factory(engine)
     stop = asyncio.Event()
-    dispatcher: Any = None
-    if settings.run_dispatcher:
-        # Imported here: the delivery half of the service is only loaded by the processes that deliver.
-        from alerting_service.dispatch.worker import Dispatcher
-
-        dispatcher = Dispatcher(settings, sessions, config)
+    dispatcher = Dispatcher(settings, sessions, config) if settings.run_dispatcher else None
     wake = dispatcher.wake if dispatcher is not None else _nothing_to_wake
     ingestor = Ingestor(
         sessions,

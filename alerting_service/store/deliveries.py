@@ -55,7 +55,8 @@ def new_delivery_row(
 
 async def insert_deliveries(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
     if rows:
-        await session.execute(insert(Delivery), rows)
+        connection = await session.connection()
+        await connection.execute(insert(Delivery.__table__), rows)
 
 
 def _due(now: datetime) -> Any:
