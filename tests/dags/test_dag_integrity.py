@@ -81,7 +81,7 @@ def test_every_task_retries_three_times_with_capped_exponential_backoff_within_a
         assert task.depends_on_past is False
         assert task.retries == 3
         assert task.retry_delay == timedelta(minutes=5)
-        assert task.retry_exponential_backoff == 2.0
+        assert task.retry_exponential_backoff == pytest.approx(2.0)
         assert task.max_retry_delay == timedelta(minutes=30)
         assert task.execution_timeout == timedelta(hours=1)
         assert not task.email, "alerts go through the alert service, not Airflow email"

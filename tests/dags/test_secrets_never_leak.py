@@ -1,4 +1,4 @@
-"""Connection secrets never reach the metadata DB (XCom, rendered fields, asset events, any table) or task logs.
+"""Connection secrets never reach the metadata DB (XCom, rendered fields, asset events, any table) nor logs.
 
 A successful run and a run whose ML API key is refused (exit 78) are made, then every table of the SQLite
 metadata DB, its raw file bytes (WAL included) and the task output of both runs are searched for each made-up
