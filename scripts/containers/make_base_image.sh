@@ -15,8 +15,12 @@ mirror="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 # HTTPS to S3 and the ML API; tini reaps zombies and forwards signals as PID 1.
 packages=python3,python3-venv,ca-certificates,tini
 
-if [[ -z "${BASE_IMAGE_REBUILD:-}" ]] && podman image exists "$image"; then
-    echo "make_base_image: $image exists, nothing to do" >&2
+# The image carries the hash of this recipe: an edited recipe rebuilds, an unchanged one is reused.
+recipe="$(sha256sum "$0" | cut -c1-16)"
+label=org.batch-orchestration.base-recipe
+if [[ -z "${BASE_IMAGE_REBUILD:-}" ]] && podman image exists "$image" \
+    && [[ "$(podman image inspect --format "{{index .Labels \"$label\"}}" "$image")" == "$recipe" ]]; then
+    echo "make_base_image: $image is up to date, nothing to do" >&2
     exit 0
 fi
 [[ $(id -u) -eq 0 ]] || { echo "make_base_image: debootstrap needs root" >&2; exit 1; }
@@ -39,6 +43,7 @@ rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/*.bin "$rootfs"/var
 
 tar -C "$rootfs" --numeric-owner -c . | podman import --quiet \
     --change 'ENV LANG=C.UTF-8' \
+    --change "LABEL $label=$recipe" \
     --change 'CMD ["/usr/bin/python3"]' \
     --message "debootstrap minbase bookworm + $packages" \
     - "$image" >/dev/null
