@@ -91,12 +91,16 @@ def csv_text(rows: Sequence[Mapping[str, str]], columns: Sequence[str] = REQUIRE
     return out.getvalue()
 
 
-def refused_url() -> str:
-    """A loopback URL nothing listens on: the port was free a moment ago and is closed again."""
+def free_port() -> int:
+    """A loopback port that was free a moment ago."""
     with socket.socket() as sock:
         sock.bind((LOOPBACK, 0))
-        port = sock.getsockname()[1]
-    return f"http://{LOOPBACK}:{port}"
+        return sock.getsockname()[1]
+
+
+def refused_url() -> str:
+    """A loopback URL nothing listens on."""
+    return f"http://{LOOPBACK}:{free_port()}"
 
 
 def wait_until(condition: Callable[[], bool], what: str) -> None:

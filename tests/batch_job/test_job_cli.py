@@ -1,0 +1,157 @@
+"""`main()`: exit codes of the batch job contract and the JSON summary as the last line of stdout.
+
+These run the CLI in-process against real peers (the example ML API in a thread, SQLite, the S3 server) for
+speed, so its log lines are read from caplog; test_job_end_to_end.py runs it as a real subprocess and reads
+stderr.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from batch_job_support import (
+    S3_ACCESS_KEY_ID,
+    S3_SECRET_ACCESS_KEY,
+    Landing,
+    S3Bucket,
+    ScriptedMLApi,
+    Status,
+    csv_text,
+    refused_url,
+    row,
+)
+
+from batch_job.cli import main
+
+
+def summary(capsys: pytest.CaptureFixture[str]) -> dict:
+    return json.loads(capsys.readouterr().out.splitlines()[-1])
+
+
+def test_a_good_day_exits_0_and_prints_the_summary_last(
+    job_env: dict[str, str], landing: Landing, capsys: pytest.CaptureFixture[str]
+) -> None:
+    landing.write("a.csv", csv_text([row(1), row(2)]))
+    assert main([]) == 0
+    result = summary(capsys)
+    assert result["counts"] == {"read": 2, "valid": 2, "rejected": 0, "scored": 2, "loaded": 2}
+    assert result["run_date"] == "2026-01-14"
+    assert result["source"] == f"{landing.uri}/2026-01-14/"
+    assert (result["table"], result["rejects_table"]) == ("scored_transactions", "rejected_transactions")
+    assert result["duration_seconds"] >= 0
+
+
+def test_rejected_rows_do_not_fail_the_job(
+    job_env: dict[str, str], landing: Landing, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows = [row(1), row(2, amount="abc"), row(3, currency="ABC"), row(1), row(4, amount="-1")]
+    landing.write("a.csv", csv_text(rows))
+    assert main([]) == 0
+    assert summary(capsys)["counts"] == {"read": 5, "valid": 1, "rejected": 4, "scored": 1, "loaded": 1}
+
+
+def test_malformed_csv_exits_65(
+    job_env: dict[str, str], landing: Landing, caplog: pytest.LogCaptureFixture
+) -> None:
+    landing.write("a.csv", csv_text([row(1)]) + 'T-2,ACC,"unterminated\n')
+    assert main([]) == 65
+    assert "batch job failed (exit 65): " in caplog.text
+    assert "is not valid CSV" in caplog.text
+
+
+def test_a_missing_column_exits_65(
+    job_env: dict[str, str], landing: Landing, caplog: pytest.LogCaptureFixture
+) -> None:
+    landing.write("a.csv", csv_text([row(1)], columns=["transaction_id", "amount"]))
+    assert main([]) == 65
+    assert (
+        "lacks the required column(s): account_id, merchant_id, currency, timestamp, country" in caplog.text
+    )
+
+
+def test_an_empty_day_exits_0_with_zero_counts_without_asking_the_ml_api(
+    job_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("BATCH_ML_API_URL", refused_url())
+    assert main([]) == 0
+    assert summary(capsys)["counts"] == {"read": 0, "valid": 0, "rejected": 0, "scored": 0, "loaded": 0}
+
+
+def test_bad_configuration_exits_78_naming_the_variable(
+    job_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.delenv("BATCH_DATABASE_URL")
+    assert main([]) == 78
+    assert "BATCH_DATABASE_URL: is not set" in caplog.text
+    assert capsys.readouterr().out == ""
+
+
+def test_an_unavailable_ml_api_exits_1(
+    job_env: dict[str, str],
+    landing: Landing,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    landing.write("a.csv", csv_text([row(1)]))
+    monkeypatch.setenv("BATCH_ML_API_URL", refused_url())
+    assert main([]) == 1
+    assert "is unavailable after 2 attempts: ConnectError" in caplog.text
+    assert capsys.readouterr().out == ""
+
+
+def test_an_ml_api_failing_after_the_retries_exits_1(
+    job_env: dict[str, str],
+    landing: Landing,
+    monkeypatch: pytest.MonkeyPatch,
+    scripted_ml_api: ScriptedMLApi,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    landing.write("a.csv", csv_text([row(1)]))
+    monkeypatch.setenv("BATCH_ML_API_URL", scripted_ml_api.url)
+    scripted_ml_api.script(Status(500), Status(500))
+    assert main([]) == 1
+    assert len(scripted_ml_api.requests) == 2
+    assert "is unavailable after 2 attempts: HTTP 500" in caplog.text
+
+
+def test_an_ml_api_refusing_the_request_exits_78(
+    job_env: dict[str, str],
+    landing: Landing,
+    monkeypatch: pytest.MonkeyPatch,
+    scripted_ml_api: ScriptedMLApi,
+) -> None:
+    landing.write("a.csv", csv_text([row(1)]))
+    monkeypatch.setenv("BATCH_ML_API_URL", scripted_ml_api.url)
+    scripted_ml_api.script(Status(403))
+    assert main([]) == 78
+
+
+def test_a_day_in_s3_is_processed(
+    job_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    s3_bucket: S3Bucket,
+    s3_endpoint_url: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    s3_bucket.put("incoming/2026-01-14/part-1.csv", csv_text([row(1), row(2)]))
+    s3_bucket.put("incoming/2026-01-14/part-2.csv", csv_text([row(3), row(1)]))
+    monkeypatch.setenv("BATCH_SOURCE_URI", f"{s3_bucket.uri}/incoming")
+    monkeypatch.setenv("BATCH_S3_ENDPOINT_URL", s3_endpoint_url)
+    monkeypatch.setenv("BATCH_S3_ACCESS_KEY_ID", S3_ACCESS_KEY_ID)
+    monkeypatch.setenv("BATCH_S3_SECRET_ACCESS_KEY", S3_SECRET_ACCESS_KEY)
+    assert main([]) == 0
+    result = summary(capsys)
+    assert result["source"] == f"{s3_bucket.uri}/incoming/2026-01-14/"
+    assert result["counts"] == {"read": 4, "valid": 3, "rejected": 1, "scored": 3, "loaded": 3}
+
+
+def test_the_command_takes_no_arguments(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--date", "2026-01-14"])
+    assert exited.value.code == 2
+    assert "unrecognized arguments: --date" in capsys.readouterr().err
