@@ -8,6 +8,7 @@ the tests that need it (tests/dags, tests/pipeline_common).
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -28,6 +29,10 @@ os.environ.update(
         "AIRFLOW__CORE__PARALLELISM": "4",
     }
 )
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(AIRFLOW_HOME, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
