@@ -41,7 +41,7 @@ class EventType(StrEnum):
 
 
 DEFAULT_SEVERITY = {
-    EventType.TASK_FAILURE: "critical",
+    EventType.TASK_FAILURE: "error",
     EventType.TASK_RETRY: "warning",
     EventType.TASK_SUCCESS: "info",
     EventType.DAG_RUN_FAILURE: "critical",

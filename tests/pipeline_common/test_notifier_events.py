@@ -124,11 +124,11 @@ def test_an_explicit_event_type_wins_over_the_context() -> None:
     assert event_for(task_context(state="failed"), event_type="task_retry").type is EventType.TASK_RETRY
 
 
-def test_a_failure_is_critical_unless_the_notifier_says_otherwise() -> None:
+def test_a_task_failure_is_an_error_unless_the_notifier_says_otherwise() -> None:
     context = task_context(state="failed")
 
-    assert event_for(context).severity == "critical"
-    assert event_for(context, severity="error").severity == "error"
+    assert event_for(context).severity == "error"
+    assert event_for(context, severity="critical").severity == "critical"
 
 
 def test_the_final_failure_says_try_n_of_n_and_has_no_next_retry() -> None:
