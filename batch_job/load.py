@@ -8,7 +8,8 @@ duplicates, and a failure part-way leaves the previous rows untouched.
 A `transaction_id` is unique across dates too: when the id was already loaded for another run date, the row is
 not moved; it is rejected with that reason instead (the first date loaded keeps it).
 
-Tables are created when missing. PostgreSQL (`postgresql+psycopg2`) and SQLite are supported.
+Tables are created when missing. PostgreSQL (`postgresql+psycopg2`) and SQLite are supported; on PostgreSQL
+concurrent loads take turns on an advisory lock.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from sqlalchemy import (
     delete,
     func,
     select,
+    text,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import InterfaceError, OperationalError
@@ -56,6 +58,7 @@ T = TypeVar("T")
 
 ROWS_PER_STATEMENT = 1_000
 POSTGRES_CONNECT_TIMEOUT_SECONDS = 10
+LOAD_LOCK_KEY = 0x62617463686A6F62  # "batchjob": the advisory lock every load of these tables takes
 
 metadata = MetaData()
 
@@ -136,6 +139,7 @@ def load_day(
     )
     try:
         with engine.begin() as connection:
+            _serialise_loads(connection)
             metadata.create_all(connection)
             _upsert_scored(connection, [_scored_row(row, run_date, load_id, loaded_at) for row in scored])
             owned_elsewhere = _ids_loaded_for_other_dates(connection, run_date, load_id, scored)
@@ -152,6 +156,13 @@ def load_day(
             )
     except (OperationalError, InterfaceError) as exc:
         raise TransientError(f"database unavailable: {_first_line(exc.orig)}") from None
+
+
+def _serialise_loads(connection: Connection) -> None:
+    # Two loads at once (a manual run beside the scheduled one) would race on CREATE TABLE and on each other's
+    # rows; a transaction-scoped advisory lock makes them take turns. SQLite already allows one writer only.
+    if connection.dialect.name == "postgresql":
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": LOAD_LOCK_KEY})
 
 
 def _upsert_scored(connection: Connection, rows: list[dict[str, Any]]) -> None:

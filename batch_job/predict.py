@@ -53,10 +53,8 @@ class RetryableResponseError(Exception):
         self.retry_after_seconds = retry_after_seconds
 
 
-RETRYABLE_ERRORS = (
-    httpx.TransportError,
-    RetryableResponseError,
-)  # TransportError covers timeouts and refusals
+# httpx.TransportError covers timeouts, refused connections and connections dropped mid-answer.
+RETRYABLE_ERRORS = (httpx.TransportError, RetryableResponseError)
 
 
 class MLApiClient:

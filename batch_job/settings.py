@@ -1,5 +1,4 @@
-"""The batch job's configuration: the `BATCH_*` environment variables of the batch job contract
-(docs/architecture.md).
+"""The batch job's configuration: the `BATCH_*` environment variables of docs/architecture.md.
 
 `load_settings()` is the only way in: it turns every missing or malformed variable into a `ConfigError` (exit
 78) whose message names the variables and what is wrong with them, and never their values, since some of them

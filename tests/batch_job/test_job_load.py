@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
 from decimal import Decimal
 
 import pytest
-from sqlalchemy import Engine, create_engine, select
+from batch_job_support import wait_until
+from sqlalchemy import Engine, create_engine, select, text
 from sqlalchemy.exc import DataError
 
 from batch_job.errors import ConfigError, TransientError
-from batch_job.load import build_engine, load_day, rejected_transactions, scored_transactions
+from batch_job.load import (
+    LOAD_LOCK_KEY,
+    build_engine,
+    load_day,
+    rejected_transactions,
+    scored_transactions,
+)
 from batch_job.predict import ScoredTransaction
 from batch_job.settings import load_settings
 from batch_job.validate import RejectedRow, Transaction
@@ -170,3 +178,27 @@ def test_the_password_reaches_the_database_but_not_the_log(
     assert engine.url.password == PASSWORD
     assert "load: writing run date 2026-01-14 to postgresql+psycopg2://postgres:***@" in caplog.text
     assert PASSWORD not in caplog.text
+
+
+@pytest.mark.postgres
+def test_a_load_waits_for_a_concurrent_load_to_finish(clean_postgres_database: str) -> None:
+    engine = create_engine(clean_postgres_database)
+    load_day(engine, DAY, [scored("T-1")], [])
+    finished = threading.Event()
+    with engine.connect() as other_load:
+        other_load.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": LOAD_LOCK_KEY})
+        waiter = threading.Thread(target=lambda: (load_day(engine, DAY, [scored("T-2")], []), finished.set()))
+        waiter.start()
+        wait_until(lambda: _advisory_lock_waiters(engine) == 1, "the second load waiting on the lock")
+        assert not finished.is_set()
+        other_load.commit()  # the first load's transaction ends: the lock is released
+    waiter.join(timeout=10)
+    assert finished.is_set()
+    assert [row[0] for row in scored_rows(engine)] == ["T-2"]
+    engine.dispose()
+
+
+def _advisory_lock_waiters(engine: Engine) -> int:
+    with engine.connect() as connection:
+        query = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+        return connection.scalar(text(query)) or 0
