@@ -40,7 +40,7 @@ async def find_keys(session: AsyncSession, keys: Collection[str]) -> dict[str, S
     rows = await session.execute(
         select(Event.idempotency_key, Event.id, Event.body_hash).where(Event.idempotency_key.in_(keys))
     )
-    return {key: StoredKey(event_id, body_hash) for key, event_id, body_hash in rows.tuples()}
+    return {key: StoredKey(event_id, body_hash) for key, event_id, body_hash in rows}
 
 
 async def insert_events(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
@@ -63,7 +63,7 @@ async def open_alerts(session: AsyncSession, fingerprints: Collection[str]) -> l
         )
         .order_by(Event.received_at)
     )
-    alerts = {event_id: OpenAlert(event_id, fp, []) for event_id, fp in events.tuples()}
+    alerts = {event_id: OpenAlert(event_id, fp, []) for event_id, fp in events}
     if alerts:
         targets = await session.execute(
             select(Delivery.event_id, Delivery.receiver, Delivery.integration).where(

@@ -1,0 +1,236 @@
+"""POST /v1/events: what is stored, idempotency, refused input; and reading the event log."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from tests.alerting_service.conftest import ADMIN, INGEST, Api, SettingsFactory, running_api
+from tests.alerting_service.delivery_fixtures import Database, new_whsec
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+ROUTING = {
+    "receivers": [
+        {"name": "oncall-email", "email": {"to": ["oncall@bank.example"], "from": "af@bank.example",
+                                           "smarthost": {"host": "127.0.0.1", "port": 2525}, "tls": "none"}},
+        {"name": "incident-webhook", "webhook": {"url": "http://127.0.0.1:9/hook", "secrets": [new_whsec()]}},
+    ]
+}  # fmt: skip
+
+
+async def test_an_accepted_event_is_stored_with_the_id_answered(api: Api) -> None:
+    answer = await api.post_event(idempotency_key="k1", task_id="load", run_id="r1", labels={"team": "de"})
+
+    assert answer.status_code == 202
+    assert answer.json()["duplicate"] is False
+    stored = await api.event(answer.json()["id"])
+    assert (stored["idempotency_key"], stored["task_id"], stored["labels"]) == ("k1", "load", {"team": "de"})
+
+
+@pytest.mark.parametrize(
+    ("event_type", "severity"),
+    [
+        ("task_failure", "error"),
+        ("task_retry", "warning"),
+        ("dag_run_failure", "critical"),
+        ("task_success", "info"),
+    ],
+)
+async def test_severity_defaults_by_type(api: Api, event_type: str, severity: str) -> None:
+    answer = await api.post_event(type=event_type)
+
+    assert (await api.event(answer.json()["id"]))["severity"] == severity
+
+
+async def test_a_given_severity_is_kept(api: Api) -> None:
+    answer = await api.post_event(type="task_retry", severity="critical")
+
+    assert (await api.event(answer.json()["id"]))["severity"] == "critical"
+
+
+async def test_the_same_key_and_body_again_answers_the_same_id_and_stores_nothing_new(
+    make_settings: SettingsFactory, database: Database
+) -> None:
+    async with running_api(make_settings(routing=ROUTING), database) as api:
+        first = await api.post_event(idempotency_key="again", task_id="t")
+        counts = await api.row_counts()
+        second = await api.post_event(idempotency_key="again", task_id="t")
+
+        assert second.status_code == 202
+        assert second.json() == {"id": first.json()["id"], "duplicate": True}
+        assert await api.row_counts() == counts
+        assert counts["deliveries"] == 2
+
+
+async def test_the_same_body_with_keys_in_another_order_is_a_duplicate(api: Api) -> None:
+    body = (
+        '{"idempotency_key": "order", "type": "task_failure", "dag_id": "d", "labels": {"a": "1", "b": "2"}}'
+    )
+    reordered = (
+        '{"labels": {"b": "2", "a": "1"}, "dag_id": "d", "type": "task_failure", "idempotency_key": "order"}'
+    )
+    first = await api.client.post("/v1/events", content=body, headers=INGEST)
+    second = await api.client.post("/v1/events", content=reordered, headers=INGEST)
+
+    assert second.json() == {"id": first.json()["id"], "duplicate": True}
+
+
+async def test_the_same_key_with_another_body_is_a_409_naming_the_key(api: Api) -> None:
+    await api.post_event(idempotency_key="reused", try_number=1)
+    counts = await api.row_counts()
+
+    answer = await api.post_event(idempotency_key="reused", try_number=2)
+
+    assert answer.status_code == 409
+    assert "reused" in answer.json()["detail"]
+    assert await api.row_counts() == counts
+
+
+async def test_concurrent_events_are_each_stored_under_their_own_id(api: Api) -> None:
+    answers = await asyncio.gather(
+        *(api.post_event(idempotency_key=f"burst/{n}", task_id=f"t{n}") for n in range(200))
+    )
+
+    assert {answer.status_code for answer in answers} == {202}
+    assert len({answer.json()["id"] for answer in answers}) == 200
+    assert (await api.row_counts())["events"] == 200
+
+
+async def test_concurrent_repeats_of_one_key_store_one_event(api: Api) -> None:
+    answers = await asyncio.gather(*(api.post_event(idempotency_key="storm", task_id="t") for _ in range(20)))
+
+    assert len({answer.json()["id"] for answer in answers}) == 1
+    assert sorted(answer.json()["duplicate"] for answer in answers) == [False] + [True] * 19
+    assert (await api.row_counts())["events"] == 1
+
+
+async def test_a_failure_gets_one_pending_delivery_per_routed_receiver(
+    make_settings: SettingsFactory, database: Database
+) -> None:
+    async with running_api(make_settings(routing=ROUTING), database) as api:
+        answer = await api.post_event(type="task_failure")
+
+        deliveries = (await api.event(answer.json()["id"]))["deliveries"]
+        assert sorted((d["receiver"], d["kind"], d["status"]) for d in deliveries) == [
+            ("incident-webhook", "firing", "pending"),
+            ("oncall-email", "firing", "pending"),
+        ]
+
+
+async def test_a_retry_goes_to_webhooks_only_by_default(
+    make_settings: SettingsFactory, database: Database
+) -> None:
+    async with running_api(make_settings(routing=ROUTING), database) as api:
+        answer = await api.post_event(type="task_retry")
+
+        deliveries = (await api.event(answer.json()["id"]))["deliveries"]
+        assert [d["receiver"] for d in deliveries] == ["incident-webhook"]
+
+
+# --- refused input: a clear answer, and nothing written ---------------------------------------------------
+
+VALID = {"idempotency_key": "k", "type": "task_failure", "dag_id": "d"}
+
+
+def without(field: str) -> dict[str, Any]:
+    return {name: value for name, value in VALID.items() if name != field}
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (without("idempotency_key"), "idempotency_key"),
+        (without("type"), "type"),
+        (without("dag_id"), "dag_id"),
+        (VALID | {"type": "task_exploded"}, "type"),
+        (VALID | {"dag_id": 42}, "dag_id"),
+        (VALID | {"try_number": "2"}, "try_number"),
+        (VALID | {"occurred_at": "2026-01-14T02:07:12"}, "occurred_at"),
+        (VALID | {"labels": {"team": 1}}, "labels"),
+        (VALID | {"dag_id": "d\u0000"}, "dag_id"),
+        (VALID | {"unexpected": 1}, "unexpected"),
+    ],
+)
+async def test_an_invalid_event_is_a_422_naming_the_field_and_nothing_is_written(
+    api: Api, body: dict[str, Any], field: str
+) -> None:
+    answer = await api.client.post("/v1/events", json=body, headers=INGEST)
+
+    assert answer.status_code == 422
+    assert any(error["loc"][:2] == ["body", field] for error in answer.json()["detail"]), answer.json()
+    assert (await api.row_counts())["events"] == 0
+
+
+@pytest.mark.parametrize("content", [b"{", b"not json", b"[1, 2]", b""])
+async def test_a_body_that_is_not_a_json_object_is_a_422_saying_why(api: Api, content: bytes) -> None:
+    answer = await api.client.post("/v1/events", content=content, headers=INGEST)
+
+    assert answer.status_code == 422
+    [error] = answer.json()["detail"]
+    assert error["loc"] == ["body"] and error["msg"]
+    assert (await api.row_counts())["events"] == 0
+
+
+async def test_a_body_declared_over_the_limit_is_a_413_before_it_is_read(api: Api) -> None:
+    oversized = (
+        b'{"idempotency_key": "big", "type": "task_failure", "dag_id": "d", "exception": "' + b"x" * 70_000
+    )
+    answer = await api.client.post("/v1/events", content=oversized + b'"}', headers=INGEST)
+
+    assert answer.status_code == 413
+    assert "65536" in answer.json()["detail"]
+    assert (await api.row_counts())["events"] == 0
+
+
+async def test_a_streamed_body_over_the_limit_is_a_413(api: Api) -> None:
+    async def chunks() -> Any:
+        yield b'{"idempotency_key": "big", "type": "task_failure", "dag_id": "d", "exception": "'
+        for _ in range(10):
+            await asyncio.sleep(0)  # each chunk its own write, as from a slow client
+            yield b"x" * 10_000
+        yield b'"}'
+
+    answer = await api.client.post("/v1/events", content=chunks(), headers=INGEST)
+
+    assert answer.status_code == 413
+    assert (await api.row_counts())["events"] == 0
+
+
+# --- the event log ----------------------------------------------------------------------------------------
+
+
+async def test_the_event_log_filters_by_dag_and_type_and_counts_all_matches(api: Api) -> None:
+    for n in range(3):
+        await api.post_event(idempotency_key=f"a{n}", dag_id="dag_a", type="task_failure")
+    await api.post_event(idempotency_key="a-retry", dag_id="dag_a", type="task_retry")
+    await api.post_event(idempotency_key="b", dag_id="dag_b", type="task_failure")
+
+    page = await api.client.get(
+        "/v1/events", params={"dag_id": "dag_a", "type": "task_failure", "limit": 2}, headers=ADMIN
+    )
+
+    assert page.status_code == 200
+    assert page.json()["count"] == 3
+    assert [event["dag_id"] for event in page.json()["data"]] == ["dag_a", "dag_a"]
+
+
+async def test_the_event_log_filters_by_time_received(api: Api) -> None:
+    first = await api.post_event(idempotency_key="early")
+    boundary = (await api.event(first.json()["id"]))["received_at"]
+    await asyncio.sleep(0.01)
+    await api.post_event(idempotency_key="late")
+
+    before = await api.client.get("/v1/events", params={"until": boundary}, headers=ADMIN)
+    after = await api.client.get("/v1/events", params={"since": boundary}, headers=ADMIN)
+
+    assert before.json()["count"] == 0
+    assert after.json()["count"] == 2
+
+
+async def test_an_unknown_event_id_is_a_404(api: Api) -> None:
+    answer = await api.client.get("/v1/events/no-such-id", headers=ADMIN)
+
+    assert answer.status_code == 404
