@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from decimal import Decimal
 
 import pytest
@@ -105,6 +106,15 @@ def test_too_many_requests_is_retried(scripted_ml_api: ScriptedMLApi) -> None:
     scripted_ml_api.script(Status(429, headers={"Retry-After": "0"}))
     assert len(score(scripted_ml_api.url)) == 3
     assert len(scripted_ml_api.requests) == 2
+
+
+def test_the_wait_before_a_retry_is_at_least_the_retry_after(
+    scripted_ml_api: ScriptedMLApi, caplog: pytest.LogCaptureFixture
+) -> None:
+    scripted_ml_api.script(Status(503, headers={"Retry-After": "1"}))
+    with caplog.at_level(logging.WARNING, logger="batch_job.predict"):
+        score(scripted_ml_api.url)
+    assert "attempt 1/3 failed (HTTP 503); retrying in 1.0 s" in caplog.text
 
 
 def test_a_server_error_that_persists_is_transient_after_the_retries(scripted_ml_api: ScriptedMLApi) -> None:
