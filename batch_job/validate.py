@@ -17,7 +17,8 @@ Surrounding whitespace in values and column names is ignored; extra columns are 
 A problem with a whole file (not UTF-8, not parseable as CSV, no header, a required column missing, a column
 twice) raises `InvalidInputError`: the job exits 65. A problem with one row rejects that row with every reason
 found, and the row is kept as a `RejectedRow`. The first row of a `transaction_id` (in file-then-line order)
-is kept; every later row with that id is rejected as a duplicate.
+is kept; every later row with that id is rejected as a duplicate, even when the first was itself rejected
+(which of two rows is the right one is not the job's guess to make).
 """
 
 from __future__ import annotations

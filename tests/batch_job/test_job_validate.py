@@ -173,3 +173,9 @@ def test_a_rejected_row_keeps_its_raw_record_and_line_number() -> None:
 def test_read_counts_valid_and_rejected_rows() -> None:
     result = validate(csv_text([row(1), row(2, amount="0")]))
     assert result.read == 2
+
+
+def test_a_duplicate_of_a_rejected_row_is_rejected_too() -> None:
+    result = validate(csv_text([row(1, amount="abc"), row(1)]))
+    assert result.valid == []
+    assert result.rejected[1].reasons == (f"duplicate transaction_id: first seen at line 2 of {FILE}",)
