@@ -1,0 +1,130 @@
+"""Real containers for the tests: podman (set up by scripts/containers/), the images built from docker/,
+the Docker API served by podman on a unix socket, and the batch job's peers on loopback.
+
+Nothing is faked on the container side: podman runs the image built by the project's Dockerfile, and the
+DockerOperator talks Docker API 1.41 to `podman system service`. The object store is moto's S3 server on
+loopback (MinIO cannot run on these machines; moto speaks the same S3 API over real HTTP, so boto3 in the job
+is exercised unchanged). The results database is a fresh database of the local PostgreSQL; the ML API is the
+example one, requiring an API key.
+
+Podman is installed by the fixtures when missing. Where it cannot be installed at all (no root, no apt), the
+tests skip saying so, except under CI=true, where they fail.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+
+import psycopg2
+import pytest
+from containers_support import (
+    BUCKET,
+    ML_API_KEY,
+    PG_DSN,
+    SCRIPTS,
+    Landing,
+    MlApi,
+    free_port,
+    run,
+    stop,
+    wait_until_up,
+)
+
+
+@pytest.fixture(scope="session")
+def podman_env() -> dict[str, str]:
+    """The environment every podman call uses (CONTAINERS_CONF), after setup_podman.sh made podman work."""
+    env = {**os.environ, "CONTAINERS_CONF": str(SCRIPTS / "containers.conf")}
+    result = subprocess.run(
+        ["bash", str(SCRIPTS / "setup_podman.sh")], env=env, capture_output=True, text=True, timeout=900
+    )
+    if result.returncode != 0:
+        message = f"scripts/containers/setup_podman.sh failed:\n{result.stderr[-2000:]}"
+        # Skipping is only for a machine where podman cannot be installed at all, and never in CI.
+        if shutil.which("podman") is None and os.environ.get("CI") != "true":
+            pytest.skip(f"podman is not installed and cannot be installed here: {message}")
+        pytest.fail(message)
+    return env
+
+
+@pytest.fixture(scope="session")
+def batch_job_image(podman_env: dict[str, str]) -> str:
+    """The image of docker/batch-job.Dockerfile on the local base; reused while its inputs are unchanged."""
+    return run(["bash", str(SCRIPTS / "build_image.sh"), "batch-job"], env=podman_env, timeout=1200).strip()
+
+
+@pytest.fixture(scope="session")
+def docker_api(podman_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`podman system service` speaking the Docker API on a unix socket of its own; yields its unix:// URL."""
+    socket_path = tmp_path_factory.mktemp("podman-api") / "podman.sock"
+    process = subprocess.Popen(
+        ["bash", str(SCRIPTS / "serve_docker_api.sh"), str(socket_path)],
+        env=podman_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not socket_path.exists():
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"podman system service did not create {socket_path}")
+            time.sleep(0.1)
+        wait_until_up("http://podman/_ping", process, uds=str(socket_path))
+        yield f"unix://{socket_path}"
+    finally:
+        stop(process)
+
+
+@pytest.fixture(scope="session")
+def ml_api() -> Iterator[MlApi]:
+    """The example ML API as its own process, requiring ML_API_KEY."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "batch_job.example_ml_api", "--host", "127.0.0.1", "--port", str(port)],
+        env={**os.environ, "EXAMPLE_ML_API_KEY": ML_API_KEY},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_up(f"{url}/healthz", process)
+        yield MlApi(url=url, port=port)
+    finally:
+        stop(process)
+
+
+@pytest.fixture(scope="session")
+def landing(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Landing]:
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        landing = Landing(endpoint=f"http://127.0.0.1:{port}", scratch=tmp_path_factory.mktemp("landing"))
+        landing.client().create_bucket(Bucket=BUCKET)
+        yield landing
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def results_db() -> Iterator[str]:
+    """A PostgreSQL database of its own for the session's scored rows; dropped at the end."""
+    name = f"containers_tests_{uuid.uuid4().hex[:12]}"
+    admin = psycopg2.connect(PG_DSN)
+    admin.autocommit = True
+    with admin.cursor() as cursor:
+        cursor.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield name
+    finally:
+        with admin.cursor() as cursor:
+            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
