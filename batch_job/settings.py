@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from pydantic import Field, HttpUrl, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -61,7 +61,7 @@ def parse_source_uri(uri: str) -> SourceLocation:
     if parts.scheme == "file":
         if parts.netloc or not parts.path.startswith("/"):
             raise ValueError("a file URI needs an absolute path with three slashes: file:///abs/dir")
-        return LocalLocation(directory=Path(parts.path))
+        return LocalLocation(directory=Path(unquote(parts.path)))  # as Path.as_uri() percent-encodes
     raise ValueError("must be s3://bucket/prefix or file:///abs/dir")
 
 

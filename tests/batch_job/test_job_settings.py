@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import pytest
 
@@ -76,6 +77,13 @@ def test_an_s3_uri_without_prefix_reads_days_at_the_bucket_root(
 
 def test_a_file_uri_gives_a_local_directory(job_env: dict[str, str]) -> None:
     assert isinstance(load_settings().source, LocalLocation)
+
+
+def test_a_percent_encoded_file_uri_gives_the_decoded_directory(
+    job_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BATCH_SOURCE_URI", Path("/data/landing zone").as_uri())
+    assert load_settings().source == LocalLocation(Path("/data/landing zone"))
 
 
 def test_a_database_url_with_a_password_is_refused_without_echoing_it(
