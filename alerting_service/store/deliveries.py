@@ -180,11 +180,8 @@ class QueueStats:
 
 
 async def queue_stats(session: AsyncSession) -> QueueStats:
-    counts = dict(
-        (await session.execute(select(Delivery.status, func.count()).group_by(Delivery.status)))
-        .tuples()
-        .all()
-    )
+    rows = await session.execute(select(Delivery.status, func.count()).group_by(Delivery.status))
+    counts: dict[str, int] = {status: count for status, count in rows}
     oldest = await session.scalar(
         select(func.min(Delivery.created_at)).where(
             Delivery.status.in_([DeliveryStatus.PENDING, DeliveryStatus.IN_FLIGHT])
@@ -219,4 +216,4 @@ async def enable_receiver(session: AsyncSession, name: str) -> bool:
 async def disabled_receivers(session: AsyncSession) -> dict[str, str]:
     """Disabled receiver name -> the reason it was disabled."""
     rows = await session.execute(select(ReceiverState.name, ReceiverState.disabled_reason))
-    return {name: reason or "" for name, reason in rows.tuples()}
+    return {name: reason or "" for name, reason in rows}

@@ -70,7 +70,7 @@ async def open_alerts(session: AsyncSession, fingerprints: Collection[str]) -> l
                 Delivery.event_id.in_(alerts), Delivery.kind == DeliveryKind.FIRING
             )
         )
-        for event_id, receiver, integration in targets.tuples():
+        for event_id, receiver, integration in targets:
             alerts[event_id].targets.append(FiringTarget(receiver, integration))
     return list(alerts.values())
 

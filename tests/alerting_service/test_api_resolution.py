@@ -1,0 +1,124 @@
+"""Resolve on success: a later success closes the open failures and tells the receivers that were alerted."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import pytest
+
+from tests.alerting_service.conftest import ADMIN, Api, SettingsFactory, running_api
+from tests.alerting_service.delivery_fixtures import Database, new_whsec
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+RUN = "scheduled__2026-01-14T02:00:00+00:00"
+# Failures to the email and the webhook, retries to the webhook only, successes nowhere (the default route).
+ROUTING = {
+    "receivers": [
+        {
+            "name": "mail",
+            "email": {"to": ["a@bank.example"], "from": "b@bank.example", "smarthost": {"host": "h"}},
+        },
+        {"name": "hook", "webhook": {"url": "http://127.0.0.1:9/h", "secrets": [new_whsec()]}},
+    ]
+}
+
+
+@pytest.fixture
+async def api(make_settings: SettingsFactory, database: Database) -> AsyncGenerator[Api]:
+    async with running_api(make_settings(routing=ROUTING), database) as running:
+        yield running
+
+
+async def post(api: Api, key: str, event_type: str, **fields: Any) -> str:
+    body = {"idempotency_key": key, "type": event_type, "dag_id": "batch", "run_id": RUN} | fields
+    answer = await api.client.post("/v1/events", json=body, headers=ADMIN)
+    assert answer.status_code == 202, answer.text
+    return answer.json()["id"]
+
+
+def targets(event: dict[str, Any]) -> list[tuple[str, str]]:
+    return sorted((delivery["receiver"], delivery["kind"]) for delivery in event["deliveries"])
+
+
+async def test_a_task_success_resolves_the_failure_of_the_same_task_instance(api: Api) -> None:
+    failure = await post(api, "f", "task_failure", task_id="load")
+
+    success = await post(api, "s", "task_success", task_id="load")
+
+    assert (await api.event(failure))["resolved_by"] == success
+
+
+async def test_resolved_notices_go_only_to_the_receivers_that_got_the_alert(api: Api) -> None:
+    await post(api, "r", "task_retry", task_id="load")  # to the webhook only
+
+    success = await post(api, "s", "task_success", task_id="load")
+
+    assert targets(await api.event(success)) == [("hook", "resolved")]
+
+
+async def test_a_success_closing_a_retry_and_a_failure_notifies_each_receiver_once(api: Api) -> None:
+    retry = await post(api, "r", "task_retry", task_id="load")
+    failure = await post(api, "f", "task_failure", task_id="load")
+
+    success = await post(api, "s", "task_success", task_id="load")
+
+    assert targets(await api.event(success)) == [("hook", "resolved"), ("mail", "resolved")]
+    assert [(await api.event(e))["resolved_by"] for e in (retry, failure)] == [success, success]
+
+
+@pytest.mark.parametrize(
+    "other", [{"task_id": "extract"}, {"map_index": 3}, {"run_id": "manual__2026-01-15"}, {"dag_id": "other"}]
+)
+async def test_a_success_of_another_task_instance_resolves_nothing(api: Api, other: dict[str, Any]) -> None:
+    failure = await post(api, "f", "task_failure", task_id="load")
+
+    success = await post(api, "s", "task_success", **({"task_id": "load"} | other))
+
+    assert (await api.event(failure))["resolved_by"] is None
+    assert targets(await api.event(success)) == []
+
+
+async def test_a_resolved_failure_is_not_resolved_again(api: Api) -> None:
+    await post(api, "f", "task_failure", task_id="load")
+    await post(api, "s1", "task_success", task_id="load", try_number=2)
+
+    second = await post(api, "s2", "task_success", task_id="load", try_number=3)
+
+    assert targets(await api.event(second)) == []
+
+
+async def test_a_dag_run_success_resolves_the_run_failure_and_its_missed_deadline(api: Api) -> None:
+    run_failure = await post(api, "rf", "dag_run_failure")
+    deadline = await post(api, "dl", "deadline_missed")
+    task_failure = await post(api, "tf", "task_failure", task_id="load")
+
+    success = await post(api, "ok", "dag_run_success")
+
+    assert [(await api.event(e))["resolved_by"] for e in (run_failure, deadline)] == [success, success]
+    assert (await api.event(task_failure))[
+        "resolved_by"
+    ] is None  # closed by its task's success, not the run's
+
+
+async def test_a_dag_run_success_resolves_an_alert_about_the_dag_itself(api: Api) -> None:
+    # A missed deadline without a run (a dead man's switch) is fingerprinted dag:<dag_id>.
+    overdue = await post(api, "overdue", "deadline_missed", run_id=None)
+
+    success = await post(api, "ok", "dag_run_success")
+
+    assert (await api.event(overdue))["fingerprint"] == "dag:batch"
+    assert (await api.event(overdue))["resolved_by"] == success
+    assert targets(await api.event(success)) == [("hook", "resolved"), ("mail", "resolved")]
+
+
+async def test_a_muted_failure_is_resolved_without_a_resolved_notice(api: Api) -> None:
+    silence = {"matchers": [{"name": "task_id", "value": "load"}], "ends_at": "2999-01-01T00:00:00Z"}
+    assert (await api.client.post("/v1/silences", json=silence, headers=ADMIN)).status_code == 201
+    failure = await post(api, "f", "task_failure", task_id="load")
+
+    success = await post(api, "s", "task_success", task_id="load")
+
+    assert (await api.event(failure))["resolved_by"] == success
+    assert targets(await api.event(success)) == []

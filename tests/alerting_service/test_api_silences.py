@@ -1,0 +1,138 @@
+"""Silences through the API: muted events are stored but not delivered, until the silence ends."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from tests.alerting_service.conftest import ADMIN, Api, SettingsFactory, running_api
+from tests.alerting_service.delivery_fixtures import Database, new_whsec
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+ROUTING = {
+    "receivers": [{"name": "hook", "webhook": {"url": "http://127.0.0.1:9/h", "secrets": [new_whsec()]}}]
+}
+
+
+def iso(delta: timedelta) -> str:
+    return (datetime.now(UTC) + delta).isoformat()
+
+
+async def silence(api: Api, **fields: Any) -> dict[str, Any]:
+    body = {
+        "matchers": [{"name": "dag_id", "value": "noisy_dag"}],
+        "ends_at": iso(timedelta(hours=1)),
+    } | fields
+    answer = await api.client.post("/v1/silences", json=body, headers=ADMIN)
+    assert answer.status_code == 201, answer.text
+    return answer.json()
+
+
+@pytest.fixture
+async def routed_api(make_settings: SettingsFactory, database: Database) -> Any:
+    async with running_api(make_settings(routing=ROUTING), database) as api:
+        yield api
+
+
+async def test_a_muted_event_is_recorded_with_its_silence_and_not_delivered(routed_api: Api) -> None:
+    created = await silence(routed_api)
+
+    answer = await routed_api.post_event(dag_id="noisy_dag")
+
+    stored = await routed_api.event(answer.json()["id"])
+    assert answer.status_code == 202
+    assert stored["muted_by"] == created["id"]
+    assert stored["deliveries"] == []
+
+
+async def test_an_event_the_silence_does_not_match_is_delivered(routed_api: Api) -> None:
+    await silence(routed_api)
+
+    answer = await routed_api.post_event(dag_id="quiet_dag")
+
+    stored = await routed_api.event(answer.json()["id"])
+    assert stored["muted_by"] is None
+    assert [d["receiver"] for d in stored["deliveries"]] == ["hook"]
+
+
+async def test_an_expired_silence_no_longer_mutes(routed_api: Api) -> None:
+    created = await silence(routed_api)
+    expired = await routed_api.client.delete(f"/v1/silences/{created['id']}", headers=ADMIN)
+
+    answer = await routed_api.post_event(dag_id="noisy_dag")
+
+    assert expired.json()["state"] == "expired"
+    stored = await routed_api.event(answer.json()["id"])
+    assert (stored["muted_by"], len(stored["deliveries"])) == (None, 1)
+
+
+async def test_a_silence_starting_later_does_not_mute_yet(routed_api: Api) -> None:
+    created = await silence(routed_api, starts_at=iso(timedelta(hours=1)), ends_at=iso(timedelta(hours=2)))
+
+    answer = await routed_api.post_event(dag_id="noisy_dag")
+
+    assert created["state"] == "pending"
+    assert (await routed_api.event(answer.json()["id"]))["muted_by"] is None
+
+
+async def test_a_label_matcher_with_a_regex_mutes(routed_api: Api) -> None:
+    await silence(routed_api, matchers=[{"name": "labels.team", "value": "data-.*", "regex": True}])
+
+    answer = await routed_api.post_event(labels={"team": "data-engineering"})
+
+    assert (await routed_api.event(answer.json()["id"]))["muted_by"] is not None
+
+
+async def test_silences_are_listed_with_their_state(api: Api) -> None:
+    created = await silence(api)
+
+    listed = await api.client.get("/v1/silences", headers=ADMIN)
+
+    assert listed.json()["count"] == 1
+    assert [(s["id"], s["state"], s["created_by"]) for s in listed.json()["data"]] == [
+        (created["id"], "active", "admin")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        ({"matchers": [], "ends_at": iso(timedelta(hours=1))}, "matchers"),
+        ({"matchers": [{"name": "dag_id", "value": "x"}]}, "ends_at"),
+        (
+            {
+                "matchers": [{"name": "dag_id", "value": "x"}],
+                "starts_at": iso(timedelta(hours=2)),
+                "ends_at": iso(timedelta(hours=1)),
+            },
+            "ends_at must be after starts_at",
+        ),
+        ({"matchers": [{"name": "dag_id", "value": "x"}], "ends_at": iso(-timedelta(hours=1))}, "ends_at"),
+        (
+            {"matchers": [{"name": "colour", "value": "x"}], "ends_at": iso(timedelta(hours=1))},
+            "labels.<name>",
+        ),
+        (
+            {
+                "matchers": [{"name": "dag_id", "value": "(", "regex": True}],
+                "ends_at": iso(timedelta(hours=1)),
+            },
+            "regular expression",
+        ),
+    ],
+)
+async def test_an_invalid_silence_is_a_422_saying_what_is_wrong_and_nothing_is_stored(
+    api: Api, body: dict[str, Any], problem: str
+) -> None:
+    answer = await api.client.post("/v1/silences", json=body, headers=ADMIN)
+
+    assert answer.status_code == 422
+    assert problem in str(answer.json()["detail"])
+    assert (await api.row_counts())["silences"] == 0
+
+
+async def test_expiring_an_unknown_silence_is_a_404(api: Api) -> None:
+    assert (await api.client.delete("/v1/silences/nope", headers=ADMIN)).status_code == 404
