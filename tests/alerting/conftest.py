@@ -82,9 +82,7 @@ class AlertStack:
 
     def mails_to(self, recipient: str, containing: str) -> list[Mail]:
         return [
-            mail
-            for mail in self.smtp.mails
-            if recipient in mail.recipients and containing in mail.message.as_string()
+            mail for mail in self.smtp.mails if recipient in mail.recipients and containing in _text_of(mail)
         ]
 
     def webhooks_about(self, event_id: str) -> list[Receipt]:
@@ -93,6 +91,12 @@ class AlertStack:
             for receipt in self.webhook.received(WEBHOOK_PATH)
             if json.loads(receipt.body)["data"]["event"]["id"] == event_id
         ]
+
+
+def _text_of(mail: Mail) -> str:
+    """Subject and every text part, decoded (bodies travel base64 or quoted-printable)."""
+    parts = [part.get_content() for part in mail.message.walk() if part.get_content_maintype() == "text"]
+    return "\n".join([mail.message["Subject"], *parts])
 
 
 def _service_config(smtp: SmtpServer, webhook: HttpReceiver, secret: str) -> dict[str, Any]:
