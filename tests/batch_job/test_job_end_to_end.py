@@ -198,3 +198,13 @@ def test_malformed_input_exits_65(job_environment: dict[str, str], tmp_path: Pat
     run = run_job(BATCH_JOB_COMMAND, job_environment | {"BATCH_SOURCE_URI": tmp_path.as_uri()})
     assert run.returncode == 65
     assert "broken.csv is not valid CSV" in run.stderr
+
+
+def test_an_unreachable_database_exits_1_without_printing_the_password(
+    job_environment: dict[str, str],
+) -> None:
+    unreachable = f"postgresql+psycopg2://postgres@{LOOPBACK}:{free_port()}/transactions"
+    run = run_job(PYTHON_MODULE_COMMAND, job_environment | {"BATCH_DATABASE_URL": unreachable})
+    assert run.returncode == 1
+    assert "database unavailable: OperationalError" in run.stderr
+    assert DB_PASSWORD not in run.stdout + run.stderr
