@@ -8,7 +8,8 @@ one PostgreSQL database, since claims are leased rows.
   only its own slots. A claimed delivery whose receiver has no free slot is handed back at once instead of
   waiting in memory behind the slow one.
 - Database transactions are short (one claim, one outcome): ingest shares the event loop and the database.
-- A send never outlives its lease (it is cut off before), so a live worker's delivery is never claimed twice.
+- A send never outlives its lease (it is cut off at its deadline, before the lease ends), so a live worker's
+  delivery is never claimed twice.
   A crashed worker's leases expire and its deliveries are claimed again (at-least-once; the stable
   webhook-id lets a receiver drop the duplicate).
 """
@@ -19,6 +20,7 @@ import asyncio
 import logging
 import signal
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -50,15 +52,29 @@ Receiver = EmailReceiver | WebhookReceiver
 class DispatchTuning:
     # How often to look for due deliveries when nothing wakes the dispatcher (retries, other processes).
     poll_interval: float = 1.0
-    # How long a claim is exclusive; a send is cut off `LEASE_MARGIN` before it ends.
-    lease: timedelta = timedelta(minutes=5)
     # Graceful stop: how long in-flight sends may finish before they are cut off and handed back.
     shutdown_timeout: float = 10.0
     # A delivery handed back for want of a free slot is due again after this.
     hand_back_delay: timedelta = timedelta(seconds=1)
 
 
-LEASE_MARGIN = timedelta(seconds=10)
+# A send is cut off after this many times its receiver's timeout: the timeout bounds each step (connect,
+# each SMTP command, reading the reply), not the whole send.
+SEND_DEADLINE_FACTOR = 4
+# A claim's lease outlasts the longest send by this much, time enough to record the outcome.
+LEASE_MARGIN = timedelta(seconds=5)
+# The lease when no receiver is configured (deliveries are then only given up, never sent).
+MINIMUM_LEASE = timedelta(seconds=30)
+
+
+def send_deadline(receiver: Receiver) -> timedelta:
+    config = receiver.email if isinstance(receiver, EmailReceiver) else receiver.webhook
+    return timedelta(seconds=config.timeout_seconds * SEND_DEADLINE_FACTOR)
+
+
+def lease_for(receivers: Iterable[Receiver]) -> timedelta:
+    """Long enough for the slowest receiver's longest send: a live worker's claim never expires mid-send."""
+    return max((send_deadline(receiver) + LEASE_MARGIN for receiver in receivers), default=MINIMUM_LEASE)
 
 
 def retry_policy(config: AlertingConfig) -> RetryPolicy:
@@ -84,6 +100,7 @@ class Dispatcher:
             receiver.name: receiver for receiver in routing_config.receivers
         }
         self._policy = retry_policy(routing_config)
+        self._lease = lease_for(routing_config.receivers)
         self._tuning = tuning
         self._email = EmailNotifier()
         self._webhook = WebhookNotifier()
@@ -117,7 +134,7 @@ class Dispatcher:
             return False
         now = _now()
         async with self._sessions() as session, session.begin():
-            claimed = await deliveries.claim_due(session, now=now, limit=free, lease=self._tuning.lease)
+            claimed = await deliveries.claim_due(session, now=now, limit=free, lease=self._lease)
             disabled = await deliveries.disabled_receivers(session) if claimed else {}
         for_later: list[Delivery] = []
         for delivery in claimed:
@@ -181,12 +198,12 @@ class Dispatcher:
         integration = receiver.integration.value
         metrics.notifications_total.labels(integration=integration).inc()
         try:
-            async with asyncio.timeout((self._tuning.lease - LEASE_MARGIN).total_seconds()):
+            async with asyncio.timeout(send_deadline(receiver).total_seconds()):
                 await self._notifier(receiver).send(_notification(delivery, receiver))
         except DeliveryError as error:
             await self._failed(delivery, receiver, error)
         except TimeoutError:
-            error = DeliveryError(Reason.TIMEOUT, retryable=True, message="send outlasted its lease")
+            error = DeliveryError(Reason.TIMEOUT, retryable=True, message="send outlasted its deadline")
             await self._failed(delivery, receiver, error)
         except (
             Exception

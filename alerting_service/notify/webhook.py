@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import logging
 import socket
 from datetime import UTC, datetime
 from typing import Any
@@ -28,6 +29,8 @@ USER_AGENT = "alerting-service/1"
 
 class WebhookNotifier:
     def __init__(self) -> None:
+        # httpx logs each request's full URL at INFO; webhook URLs carry tokens (Slack's is the credential).
+        logging.getLogger("httpx").setLevel(logging.WARNING)
         self._client = httpx.AsyncClient(follow_redirects=False, headers={"user-agent": USER_AGENT})
 
     async def aclose(self) -> None:

@@ -13,8 +13,13 @@ import dataclasses
 import email
 import email.policy
 import inspect
+import json
+import os
 import secrets
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -29,7 +34,9 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import httpx
 import pytest
+import yaml
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -256,7 +263,11 @@ class HttpReceiver:
 
             def do_POST(self) -> None:
                 arrived = time.monotonic()
-                body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                length = int(self.headers.get("content-length", 0))
+                body = self.rfile.read(length)
+                if len(body) < length:  # the sender died mid-request: nothing was received
+                    self.close_connection = True
+                    return
                 headers = {name.lower(): value for name, value in self.headers.items()}
                 receiver._record(Receipt(self.path, headers, body, arrived))
                 reply = receiver._next_reply(self.path)
@@ -419,3 +430,113 @@ async def database_fixture(request: pytest.FixtureRequest, tmp_path: Path) -> As
             yield Database(settings, engine, create_session_factory(engine))
         finally:
             await engine.dispose()
+
+
+# --- the service as a real process ------------------------------------------------------------------------
+
+INGEST_KEY = "ingest-key-for-the-delivery-tests-0123456789"
+ADMIN_KEY = "admin-key-for-the-delivery-tests-0123456789"
+
+
+def write_service_config(path: Path, *receivers: Receiver) -> Path:
+    """The YAML the service reads: these receivers get every task failure; millisecond retry backoffs."""
+    document = {
+        "receivers": [_receiver_yaml(receiver) for receiver in receivers],
+        "route": {
+            "receivers": [],
+            "routes": [{"match": {"type": "task_failure"}, "receivers": [r.name for r in receivers]}],
+        },
+        "retry": {"initial_backoff": "10ms", "max_backoff": "100ms", "horizon": "1h"},
+    }
+    path.write_text(yaml.safe_dump(document), encoding="utf-8")
+    return path
+
+
+def _receiver_yaml(receiver: Receiver) -> dict[str, Any]:
+    """The receiver as YAML would give it, secrets included (the test owns them)."""
+    dumped = receiver.model_dump(mode="json", by_alias=True, exclude_none=True)
+    if isinstance(receiver, WebhookReceiver):
+        dumped["webhook"]["url"] = receiver.webhook.url.get_secret_value() if receiver.webhook.url else None
+        dumped["webhook"]["secrets"] = [secret.get_secret_value() for secret in receiver.webhook.secrets]
+    return dumped
+
+
+class ServiceProcess:
+    """`alerting-service <command>` in its own process, with the settings given as ALERTING_* variables."""
+
+    def __init__(self, command: str, environment: dict[str, str], log_path: Path) -> None:
+        self.command = command
+        self.port = free_port()
+        self._environment = {
+            k: v for k, v in os.environ.items() if not k.startswith("ALERTING_")
+        } | environment
+        self._log_path = log_path
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        arguments = [sys.executable, "-m", "alerting_service.cli", self.command]
+        if self.command == "serve":
+            arguments += ["--port", str(self.port)]
+        with self._log_path.open("ab") as log_file:
+            self._process = subprocess.Popen(
+                arguments, env=self._environment, stdout=log_file, stderr=log_file
+            )
+
+    async def until_ready(self) -> None:
+        async with httpx.AsyncClient() as client:
+
+            async def ready() -> bool:
+                assert self._process is not None and self._process.poll() is None, self.log()
+                try:
+                    return (await client.get(f"{self.url}/readyz")).status_code == 200
+                except httpx.TransportError:
+                    return False
+
+            await eventually(ready, within=30)
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown code runs, as in a crash or an OOM kill."""
+        assert self._process is not None
+        self._process.kill()
+        self._process.wait()
+
+    def stop(self) -> int:
+        """SIGTERM, then wait for the graceful stop; the exit code."""
+        assert self._process is not None
+        if self._process.poll() is None:
+            self._process.send_signal(signal.SIGTERM)
+        return self._process.wait(timeout=30)
+
+    def log(self) -> str:
+        return self._log_path.read_text(encoding="utf-8", errors="replace")
+
+
+async def post_failure_events(service_url: str, count: int) -> list[str]:
+    """POST `count` distinct task failures; the event ids of the 202 answers."""
+    async with httpx.AsyncClient(headers={"authorization": f"Bearer {INGEST_KEY}"}) as client:
+        answers = await asyncio.gather(
+            *(
+                client.post(
+                    f"{service_url}/v1/events",
+                    json={
+                        "idempotency_key": f"delivery-test/{uuid.uuid4()}",
+                        "type": "task_failure",
+                        "dag_id": "batch_pipeline_dag",
+                        "task_id": f"task_{n}",
+                        "try_number": 1,
+                        "max_tries": 1,
+                    },
+                )
+                for n in range(count)
+            )
+        )
+    assert [answer.status_code for answer in answers] == [202] * count
+    return [answer.json()["id"] for answer in answers]
+
+
+def delivered_event_ids(receipts: list[Receipt]) -> list[str]:
+    return [json.loads(receipt.body)["data"]["event"]["id"] for receipt in receipts]

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from alerting_service.config import AlertingConfig, RetryConfig
-from alerting_service.dispatch.worker import Dispatcher, DispatchTuning
+from alerting_service.dispatch.worker import Dispatcher, DispatchTuning, lease_for, send_deadline
 from alerting_service.metrics import REGISTRY
 from alerting_service.models import DeliveryStatus
 from alerting_service.store import deliveries
@@ -184,11 +184,12 @@ async def test_a_hung_receiver_does_not_delay_another(
 
             await database.until_status(fast_id, DeliveryStatus.SENT)
             assert await database.status(held_id) == DeliveryStatus.IN_FLIGHT
-            for delivery_id in waiting:  # handed back for want of a slot: not counted as attempts
-                assert (await database.delivery(delivery_id)).attempts == 0
+            assert len(http_receiver.received("/slow")) == 1  # the others wait for the one slot
             hang.set()
             for delivery_id in [held_id, *waiting]:
                 await database.until_status(delivery_id, DeliveryStatus.SENT)
+        # Each was sent on its first attempt: waiting for a slot is not counted as one.
+        assert [(await database.delivery(d)).attempts for d in [held_id, *waiting]] == [1, 1, 1, 1]
     finally:
         hang.set()
 
@@ -266,7 +267,7 @@ async def test_a_repeated_error_is_logged_once_and_without_the_url_token(
     path = "/services/T0/B0/s3cr3t-t0ken"
     http_receiver.script(path, Reply(500), Reply(500), Reply(500))
     webhook = http_receiver.receiver(path)
-    with caplog.at_level(logging.INFO, logger="alerting_service"):
+    with caplog.at_level(logging.DEBUG):  # every logger, the HTTP client's included
         async with dispatching(database, webhook):
             [delivery_id] = await database.add_event(webhook)
             await database.until_status(delivery_id, DeliveryStatus.SENT)
@@ -276,3 +277,10 @@ async def test_a_repeated_error_is_logged_once_and_without_the_url_token(
     assert failures[0].delivery_id == delivery_id  # type: ignore[attr-defined]
     everything_logged = "\n".join(json.dumps(record.__dict__, default=str) for record in caplog.records)
     assert "s3cr3t-t0ken" not in everything_logged
+
+
+def test_the_lease_outlasts_the_slowest_receivers_send_deadline(http_receiver: HttpReceiver) -> None:
+    fast = http_receiver.receiver("/a", name="fast", timeout_seconds=1)
+    slow = http_receiver.receiver("/b", name="slow", timeout_seconds=20)
+    assert lease_for([fast, slow]) > send_deadline(slow) > send_deadline(fast)
+    assert send_deadline(slow) >= timedelta(seconds=20)
