@@ -30,6 +30,7 @@ import httpx
 import pytest
 import yaml
 from pydantic import SecretStr
+from pytest_asyncio import is_async_test
 from sqlalchemy import func, select, text
 
 from alerting_service.api.app import create_app
@@ -52,6 +53,15 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 INGEST = {"Authorization": f"Bearer {INGEST_KEY}"}
 
 SettingsFactory = Callable[..., Settings]
+HERE = Path(__file__).parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every async test here runs in the session's event loop, where the shared async fixtures live."""
+    session_loop = pytest.mark.asyncio(loop_scope="session")
+    for item in items:
+        if is_async_test(item) and item.path.is_relative_to(HERE):
+            item.add_marker(session_loop, append=False)
 
 
 @pytest.fixture(scope="session")

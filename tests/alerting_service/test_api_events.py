@@ -10,8 +10,6 @@ import pytest
 from tests.alerting_service.conftest import ADMIN, INGEST, Api, SettingsFactory, running_api
 from tests.alerting_service.delivery_fixtures import Database, new_whsec
 
-pytestmark = pytest.mark.asyncio(loop_scope="session")
-
 ROUTING = {
     "receivers": [
         {"name": "oncall-email", "email": {"to": ["oncall@bank.example"], "from": "af@bank.example",

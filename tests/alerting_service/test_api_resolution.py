@@ -10,8 +10,6 @@ import pytest
 from tests.alerting_service.conftest import ADMIN, Api, SettingsFactory, running_api
 from tests.alerting_service.delivery_fixtures import Database, new_whsec
 
-pytestmark = pytest.mark.asyncio(loop_scope="session")
-
 RUN = "scheduled__2026-01-14T02:00:00+00:00"
 # Failures to the email and the webhook, retries to the webhook only, successes nowhere (the default route).
 ROUTING = {

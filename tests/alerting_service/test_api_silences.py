@@ -10,8 +10,6 @@ import pytest
 from tests.alerting_service.conftest import ADMIN, Api, SettingsFactory, running_api
 from tests.alerting_service.delivery_fixtures import Database, new_whsec
 
-pytestmark = pytest.mark.asyncio(loop_scope="session")
-
 ROUTING = {
     "receivers": [{"name": "hook", "webhook": {"url": "http://127.0.0.1:9/h", "secrets": [new_whsec()]}}]
 }
