@@ -1,0 +1,102 @@
+"""fraud_report_dag: one report per date announced by the scored_transactions events, from the results DB."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import date
+
+import pytest
+from airflow.sdk import Connection
+
+from pipeline_common.fraud_report import ScoredEventError, scored_day_from_extra, write_reports
+from tests.dags.conftest import metadata_rows, query_results
+
+PRODUCER = "batch_pipeline_dag"
+CONSUMER = "fraud_report_dag"
+
+
+def results_connection() -> Connection:
+    return Connection.from_json(os.environ["AIRFLOW_CONN_POSTGRES_DEFAULT"], conn_id="postgres_default")
+
+
+def events_of(airflow_db, run_id: str) -> list[dict]:
+    rows = metadata_rows(airflow_db, "SELECT extra FROM asset_event WHERE source_run_id = ?", run_id)
+    return [json.loads(row["extra"]) for row in rows]
+
+
+def test_a_report_is_written_for_every_date_the_events_announce(
+    fresh_dags, landing, airflow_db, results_db, tmp_path
+):
+    days = [date(2026, 1, 21), date(2026, 1, 22)]
+    extras = []
+    for day in days:
+        landing.put_sample_day(day, rows=80, bad_share=0.05)
+        dag_run = fresh_dags()[PRODUCER].test(logical_date=None, run_conf={"run_date": day.isoformat()})
+        extras += events_of(airflow_db, dag_run.run_id)
+
+    paths = write_reports(extras, results_connection(), tmp_path)
+
+    assert [path.name for path in paths] == ["fraud_report_2026-01-21.json", "fraud_report_2026-01-22.json"]
+    for day, extra, path in zip(days, extras, paths, strict=True):
+        report = json.loads(path.read_text())
+        [(flagged,)] = query_results(
+            results_db, "SELECT count(*) FROM scored_transactions WHERE run_date = %s AND is_fraud", day
+        )
+        assert report["run_date"] == day.isoformat()
+        assert report["event_counts"] == extra["counts"]
+        assert report["rows_in_table"] == extra["counts"]["loaded"]
+        assert report["flagged"] == flagged
+        scores = [suspect["fraud_score"] for suspect in report["top_suspects"]]
+        assert scores == sorted(scores, reverse=True) and len(scores) == 10
+
+
+def test_several_events_for_one_date_give_one_report(landing, fresh_dags, airflow_db, tmp_path):
+    day = date(2026, 1, 23)
+    landing.put_sample_day(day, rows=5)
+    dag_run = fresh_dags()[PRODUCER].test(logical_date=None, run_conf={"run_date": day.isoformat()})
+    [extra] = events_of(airflow_db, dag_run.run_id)
+
+    paths = write_reports([extra, extra], results_connection(), tmp_path)
+
+    assert [path.name for path in paths] == ["fraud_report_2026-01-23.json"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"run_date": "2026-01-14", "table": "scored_transactions", "source": "s3://x"}, "lack counts"),
+        (
+            {"run_date": "2026-01-14", "table": "scored; DROP TABLE x", "counts": {}, "source": "s3://x"},
+            "invalid table",
+        ),
+        (
+            {
+                "run_date": "2026-01-14",
+                "table": "scored_transactions",
+                "counts": {"read": 1},
+                "source": "s3://x",
+            },
+            "counts are incomplete",
+        ),
+    ],
+    ids=["no-counts", "bad-table", "partial-counts"],
+)
+def test_an_event_breaking_the_asset_contract_is_refused_saying_why(extra, message):
+    with pytest.raises(ScoredEventError, match=message):
+        scored_day_from_extra(extra)
+
+
+def test_a_manual_run_of_the_consumer_without_events_is_skipped(fresh_dags, airflow_db):
+    dag_run = fresh_dags()[CONSUMER].test(logical_date=None)
+
+    [(state,)] = [
+        tuple(row)
+        for row in metadata_rows(
+            airflow_db,
+            "SELECT state FROM task_instance WHERE run_id = ? AND dag_id = ?",
+            dag_run.run_id,
+            CONSUMER,
+        )
+    ]
+    assert state == "skipped"
