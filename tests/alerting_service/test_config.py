@@ -1,0 +1,208 @@
+"""Configuration: a bad setting stops the start with a message naming the key, and never a secret."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import yaml
+
+from alerting_service.cli import EX_CONFIG, main
+from alerting_service.config import ConfigError, load_alerting_config, load_settings, parse_alerting_config
+from tests.alerting_service.delivery_fixtures import new_whsec
+
+SECRET = "hunter2-smtp-password"
+EMAIL = {"to": ["oncall@bank.example"], "from": "af@bank.example", "smarthost": {"host": "smtp.bank.example"}}
+WEBHOOK = {"url": "https://hooks.bank.example/airflow", "secrets": [new_whsec()]}
+GOOD = {
+    "receivers": [
+        {"name": "oncall-email", "email": EMAIL | {"username": "alerts", "password": SECRET}},
+        {"name": "incident-webhook", "webhook": WEBHOOK},
+    ],
+    "route": {
+        "receivers": [],
+        "routes": [
+            {
+                "match": {"type": ["task_failure", "dag_run_failure"]},
+                "receivers": ["oncall-email", "incident-webhook"],
+            },
+            {"match": {"type": "task_retry"}, "receivers": ["incident-webhook"]},
+        ],
+    },
+    "retry": {"horizon": "24h", "initial_backoff": "5s", "max_backoff": "2h"},
+}
+
+
+def parse(document: object) -> None:
+    parse_alerting_config(yaml.safe_dump(document), "alerting.yaml")
+
+
+def test_the_design_documents_example_is_valid() -> None:
+    config = parse_alerting_config(yaml.safe_dump(GOOD), "alerting.yaml")
+
+    assert [receiver.integration for receiver in config.receivers] == ["email", "webhook"]
+    assert config.retry.horizon == timedelta(hours=24)
+    assert config.retry.initial_backoff == timedelta(seconds=5)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            {
+                "route": {
+                    "receivers": [],
+                    "routes": [{"receivers": ["oncall-email"]}, {"receivers": ["pager"]}],
+                }
+            },
+            "route.routes[1].receivers: unknown receiver 'pager'",
+        ),
+        (
+            {"receivers": [{"name": "x", "webhook": WEBHOOK}, {"name": "x", "email": EMAIL}]},
+            "receivers: duplicate name 'x'",
+        ),
+        ({"receivers": [{"name": "x"}]}, "receivers[0]: a receiver has exactly one of: email, webhook"),
+        (
+            {"receivers": [{"name": "x", "email": EMAIL, "webhook": WEBHOOK}]},
+            "receivers[0]: a receiver has exactly",
+        ),
+        ({"receivers": [{"name": "x", "email": EMAIL | {"to": ["nobody"]}}]}, "receivers[0].email.to"),
+        ({"receivers": [{"name": "x", "email": EMAIL | {"tls": "ssl"}}]}, "receivers[0].email.tls"),
+        (
+            {"receivers": [{"name": "x", "webhook": WEBHOOK | {"url": "ftp://hooks.example"}}]},
+            "receivers[0].webhook.url: must be an http(s) URL with a host",
+        ),
+        (
+            {"receivers": [{"name": "x", "webhook": {"url": "https://h.example"}}]},
+            "receivers[0].webhook: a standard webhook is signed: set secrets or secrets_file",
+        ),
+        (
+            {"receivers": [{"name": "x", "webhook": WEBHOOK | {"secrets": ["not-a-whsec"]}}]},
+            "receivers[0].webhook.secrets: secret #1 is not whsec_",
+        ),
+        ({"route": {"match": {"colour": "red"}}}, "route.match: unknown match key 'colour'"),
+        ({"route": {"match": {"type": "task_exploded"}}}, "route.match: match key 'type'"),
+        ({"retry": {"horizon": "soon"}}, "retry.horizon: use a duration like 30s, 5m, 2h or 1h30m"),
+        ({"retry": {"initial_backoff": "1h", "max_backoff": "1m"}}, "retry: max_backoff must not be shorter"),
+        ({"surprise": 1}, "surprise: Extra inputs are not permitted"),
+    ],
+)
+def test_a_bad_config_names_the_key(change: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse(GOOD | change)
+
+    assert message in str(raised.value)
+
+
+def test_a_secret_read_from_a_file_is_used(tmp_path: Path) -> None:
+    (tmp_path / "smtp_password").write_text(SECRET + "\n")
+    email = EMAIL | {"password_file": str(tmp_path / "smtp_password")}
+
+    config = parse_alerting_config(yaml.safe_dump({"receivers": [{"name": "m", "email": email}]}), "a.yaml")
+
+    assert config.receivers[0].email.password.get_secret_value() == SECRET
+
+
+def test_webhook_secrets_from_a_file_are_one_per_line(tmp_path: Path) -> None:
+    rotated = [new_whsec(), new_whsec()]
+    (tmp_path / "secrets").write_text("\n".join(rotated) + "\n")
+    webhook = {"url": "https://h.example/x", "secrets_file": str(tmp_path / "secrets")}
+
+    config = parse_alerting_config(
+        yaml.safe_dump({"receivers": [{"name": "w", "webhook": webhook}]}), "a.yaml"
+    )
+
+    assert [s.get_secret_value() for s in config.receivers[0].webhook.secrets] == rotated
+
+
+@pytest.mark.parametrize(
+    ("email", "message"),
+    [
+        (EMAIL | {"password_file": "/nonexistent/secret"}, "receivers[0].email.password_file: cannot read"),
+        (EMAIL | {"password": SECRET, "password_file": "FILE"}, "set either password or password_file"),
+    ],
+)
+def test_a_secret_file_problem_names_the_key(email: dict[str, object], message: str, tmp_path: Path) -> None:
+    (tmp_path / "password").write_text(SECRET)
+    if email.get("password_file") == "FILE":
+        email = email | {"password_file": str(tmp_path / "password")}
+
+    with pytest.raises(ConfigError) as raised:
+        parse({"receivers": [{"name": "m", "email": email}]})
+
+    assert message in str(raised.value)
+    assert SECRET not in str(raised.value)
+
+
+def test_secrets_never_appear_in_errors_or_in_the_printed_config() -> None:
+    whsec = new_whsec()
+    document = {
+        "receivers": [{"name": "w", "webhook": {"url": "https://h.example/T0k3n", "secrets": [whsec]}}]
+    }
+    config = parse_alerting_config(yaml.safe_dump(document), "a.yaml")
+    with pytest.raises(ConfigError) as raised:
+        parse(
+            document
+            | {"route": {"receivers": ["nope"]}}
+            | {"receivers": [document["receivers"][0] | {"x": 1}]}
+        )
+
+    for text in (repr(config), str(config.model_dump()), str(raised.value)):
+        assert whsec not in text and "T0k3n" not in text
+
+
+def test_invalid_yaml_names_the_file_and_line() -> None:
+    with pytest.raises(ConfigError, match=r"alerting.yaml: line 2 column \d+ not valid YAML"):
+        parse_alerting_config("receivers: []\nroute: receivers: x\n", "alerting.yaml")
+
+
+def test_a_missing_config_file_names_the_variable(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="ALERTING_CONFIG_FILE: cannot read"):
+        load_alerting_config(load_settings(config_file=tmp_path / "absent.yaml"))
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("ALERTING_MAX_BODY_BYTES", "lots", "ALERTING_MAX_BODY_BYTES: Input should be a valid integer"),
+        ("ALERTING_DATABASE_URL", "mysql://db/alerts", "ALERTING_DATABASE_URL: use a sqlite"),
+        ("ALERTING_DATABASE_URL", "postgresql+asyncpg://u:S3cr3tPw@db/a", "keep the password out of the URL"),
+        ("ALERTING_API_KEYS_FILE", "/nonexistent/keys", "ALERTING_API_KEYS_FILE: cannot read"),
+    ],
+)
+def test_a_bad_environment_variable_is_named(
+    variable: str, value: str, message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(variable, value)
+
+    with pytest.raises(ConfigError) as raised:
+        load_settings()
+
+    assert message in str(raised.value)
+    assert "S3cr3tPw" not in str(raised.value)
+
+
+def test_check_config_exits_78_naming_the_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config_file = tmp_path / "alerting.yaml"
+    config_file.write_text(yaml.safe_dump(GOOD | {"route": {"receivers": ["pager"]}}))
+    monkeypatch.setenv("ALERTING_DATA_DIR", str(tmp_path))
+
+    assert main(["check-config", "--config", str(config_file)]) == EX_CONFIG
+    assert "route.receivers: unknown receiver 'pager'" in capsys.readouterr().err
+
+
+def test_check_config_accepts_a_good_config_and_prints_no_secret(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config_file = tmp_path / "alerting.yaml"
+    config_file.write_text(yaml.safe_dump(GOOD))
+    monkeypatch.setenv("ALERTING_DATA_DIR", str(tmp_path))
+
+    assert main(["check-config", "--config", str(config_file)]) == 0
+    output = capsys.readouterr().out
+    assert "oncall-email (email), incident-webhook (webhook)" in output
+    assert SECRET not in output
+    assert not (tmp_path / "api-keys").exists()  # checking writes nothing
