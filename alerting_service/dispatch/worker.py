@@ -119,13 +119,20 @@ class Dispatcher:
         try:
             while not stop_event.is_set():
                 self._wake.clear()  # before claiming: a wake during the claim is not lost
-                if not await self._claim_and_start():
+                if not await self._claim_and_start_logging_errors():
                     await self._wait_for_work(stopping)
         finally:
             stopping.cancel()
             await self._shutdown()
 
     # --- claiming ---------------------------------------------------------------------------------------
+
+    async def _claim_and_start_logging_errors(self) -> bool:
+        try:
+            return await self._claim_and_start()
+        except Exception as exc:  # e.g. the database restarting: keep polling, never stop delivering
+            log.error("claiming due deliveries failed", extra={"error": type(exc).__name__})
+            return False
 
     async def _claim_and_start(self) -> bool:
         """Claim as many due deliveries as there are free slots and start them; False if none was due."""
@@ -195,26 +202,36 @@ class Dispatcher:
         self.wake()  # a slot is free: there may be deliveries waiting for it
 
     async def _deliver(self, delivery: Delivery, receiver: Receiver) -> None:
-        integration = receiver.integration.value
-        metrics.notifications_total.labels(integration=integration).inc()
+        error = await self._attempt(delivery, receiver)
+        try:
+            if error is None:
+                await self._sent(delivery, receiver)
+            else:
+                await self._failed(delivery, receiver, error)
+        except Exception as exc:  # the database is unreachable: the lease expires and the delivery is retried
+            log.error(
+                "could not record the outcome",
+                extra={"delivery_id": delivery.id, "error": type(exc).__name__},
+            )
+
+    async def _attempt(self, delivery: Delivery, receiver: Receiver) -> DeliveryError | None:
+        """One send, cut off at its deadline; the error, or None when the destination accepted it."""
+        metrics.notifications_total.labels(integration=receiver.integration.value).inc()
         try:
             async with asyncio.timeout(send_deadline(receiver).total_seconds()):
                 await self._notifier(receiver).send(_notification(delivery, receiver))
         except DeliveryError as error:
-            await self._failed(delivery, receiver, error)
+            return error
         except TimeoutError:
-            error = DeliveryError(Reason.TIMEOUT, retryable=True, message="send outlasted its deadline")
-            await self._failed(delivery, receiver, error)
+            return DeliveryError(Reason.TIMEOUT, retryable=True, message="send outlasted its deadline")
         except (
             Exception
-        ) as exc:  # a bug must not kill the dispatcher; the message may hold secrets: type only
+        ) as exc:  # a bug must not stop the dispatcher; its message may hold secrets: type only
             log.error(
                 "unexpected send failure", extra={"delivery_id": delivery.id, "error": type(exc).__name__}
             )
-            error = DeliveryError(Reason.INTERNAL_ERROR, retryable=True, message=type(exc).__name__)
-            await self._failed(delivery, receiver, error)
-        else:
-            await self._sent(delivery, receiver)
+            return DeliveryError(Reason.INTERNAL_ERROR, retryable=True, message=type(exc).__name__)
+        return None
 
     def _notifier(self, receiver: Receiver) -> Notifier:
         return self._email if isinstance(receiver, EmailReceiver) else self._webhook

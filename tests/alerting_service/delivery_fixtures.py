@@ -13,11 +13,13 @@ import dataclasses
 import email
 import email.policy
 import inspect
+import ipaddress
 import json
 import os
 import secrets
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -27,7 +29,7 @@ from collections import defaultdict, deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -39,6 +41,10 @@ import pytest
 import yaml
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from alerting_service.config import EmailReceiver, Settings, WebhookReceiver, load_settings
@@ -94,6 +100,7 @@ class Mail:
     sender: str
     recipients: list[str]
     message: EmailMessage
+    encrypted: bool
 
     def part(self, content_type: str) -> str:
         body = self.message.get_body(preferencelist=(content_type.split("/")[1],))
@@ -117,7 +124,8 @@ class _SmtpHandler:
 
     async def handle_DATA(self, server: Any, session: Session, envelope: Envelope) -> str:
         message = email.message_from_bytes(envelope.content, policy=email.policy.default)
-        self.mails.append(Mail(str(envelope.mail_from), list(envelope.rcpt_tos), message))  # type: ignore[arg-type]
+        encrypted = server.transport.get_extra_info("ssl_object") is not None
+        self.mails.append(Mail(str(envelope.mail_from), list(envelope.rcpt_tos), message, encrypted))  # type: ignore[arg-type]
         return "250 Message accepted"
 
 
@@ -130,11 +138,16 @@ def _authenticate(server: Any, session: Session, envelope: Envelope, mechanism: 
 
 
 class SmtpServer:
-    """aiosmtpd on a fixed loopback port, so it can be stopped and started again at the same address."""
+    """aiosmtpd on a fixed loopback port, so it can be stopped and started again at the same address.
 
-    def __init__(self) -> None:
+    `tls`: "none" (plain AUTH allowed on loopback), "starttls" (required before MAIL and AUTH) or "implicit".
+    """
+
+    def __init__(self, tls: str = "none", certificate: ssl.SSLContext | None = None) -> None:
         self.port = free_port()
+        self.tls = tls
         self.handler = _SmtpHandler()
+        self._certificate = certificate
         self._controller: Controller | None = None
 
     @property
@@ -142,12 +155,14 @@ class SmtpServer:
         return self.handler.mails
 
     def start(self) -> None:
+        # aiosmtpd only counts STARTTLS as TLS when deciding whether to offer AUTH.
+        options: dict[str, Any] = {"auth_require_tls": self.tls == "starttls"}
+        if self.tls == "starttls":
+            options |= {"tls_context": self._certificate, "require_starttls": True}
+        elif self.tls == "implicit":
+            options |= {"ssl_context": self._certificate}
         self._controller = Controller(
-            self.handler,
-            hostname="127.0.0.1",
-            port=self.port,
-            authenticator=_authenticate,
-            auth_require_tls=False,  # plain AUTH on loopback only; TLS is the production setting
+            self.handler, hostname="127.0.0.1", port=self.port, authenticator=_authenticate, **options
         )
         self._controller.start()
 
@@ -161,10 +176,63 @@ class SmtpServer:
             "to": ["oncall@bank.example"],
             "from": "airflow-alerts@bank.example",
             "smarthost": {"host": "127.0.0.1", "port": self.port},
-            "tls": "none",
+            "tls": self.tls,
             "timeout_seconds": 5,
         }
         return EmailReceiver.model_validate({"name": name, "email": options | email_options})
+
+
+@dataclass(frozen=True)
+class Certificates:
+    ca_file: Path  # what a client must trust (set SSL_CERT_FILE to it)
+    server: ssl.SSLContext  # a server context whose certificate (for 127.0.0.1) that CA signed
+
+
+@pytest.fixture(name="certificates", scope="session")
+def certificates_fixture(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
+    directory = tmp_path_factory.mktemp("tls")
+    ca_key, server_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "delivery tests CA")])
+    now = datetime.now(UTC)
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    server = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_name)
+        .public_key(server_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    ca_file, cert_file, key_file = directory / "ca.pem", directory / "server.pem", directory / "server.key"
+    ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    cert_file.write_bytes(server.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        server_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_file, key_file)
+    return Certificates(ca_file, context)
 
 
 @pytest.fixture(name="smtp_server")

@@ -8,7 +8,9 @@ from alerting_service.notify.email import EmailNotifier
 from tests.alerting_service.delivery_fixtures import (  # ruff: ignore[unused-import]
     SMTP_PASSWORD,
     SMTP_USER,
+    Certificates,
     SmtpServer,
+    certificates_fixture,
     failure_event,
     notification_for,
     silent_port_fixture,
@@ -131,3 +133,42 @@ async def test_a_server_that_never_answers_times_out_as_retryable(silent_port: i
     with pytest.raises(DeliveryError) as caught:
         await EmailNotifier().send(notification_for(receiver))
     assert (caught.value.reason, caught.value.retryable) == (Reason.TIMEOUT, True)
+
+
+@pytest.mark.parametrize("tls", ["starttls", "implicit"])
+async def test_tls_encrypts_the_session_before_authenticating(
+    certificates: Certificates, monkeypatch: pytest.MonkeyPatch, tls: str
+) -> None:
+    monkeypatch.setenv("SSL_CERT_FILE", str(certificates.ca_file))  # how a private CA is trusted
+    server = SmtpServer(tls, certificates.server)
+    server.start()
+    try:
+        await EmailNotifier().send(
+            notification_for(server.receiver(username=SMTP_USER, password=SMTP_PASSWORD))
+        )
+    finally:
+        server.stop()
+    [mail] = server.mails
+    assert mail.encrypted
+
+
+@pytest.mark.parametrize("tls", ["starttls", "implicit"])
+async def test_an_untrusted_certificate_is_refused_and_retried_later(
+    certificates: Certificates, tls: str
+) -> None:
+    server = SmtpServer(tls, certificates.server)
+    server.start()
+    try:
+        with pytest.raises(DeliveryError) as caught:
+            await EmailNotifier().send(notification_for(server.receiver()))
+    finally:
+        server.stop()
+    assert (caught.value.reason, caught.value.retryable) == (Reason.CONNECTION, True)
+    assert server.mails == []
+
+
+async def test_starttls_is_never_skipped_when_the_server_does_not_offer_it(smtp_server: SmtpServer) -> None:
+    with pytest.raises(DeliveryError) as caught:
+        await EmailNotifier().send(notification_for(smtp_server.receiver(tls="starttls")))
+    assert caught.value.retryable
+    assert smtp_server.mails == []
