@@ -254,6 +254,18 @@ class AirflowRunner:
             self.home / "airflow.db",
         )
 
+    def python(self, script: Path, *arguments: str, environment: dict[str, str]) -> str:
+        """Run a script in this Airflow's environment; its stdout."""
+        completed = subprocess.run(
+            [sys.executable, str(script), *arguments],
+            env=self.environment | environment,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert completed.returncode == 0, completed.stderr[-3000:]
+        return completed.stdout
+
     def _airflow(self, *arguments: str, extra: dict[str, str] | None = None, check: bool = False) -> Any:
         return subprocess.run(
             [sys.executable, "-m", "airflow", *arguments],
@@ -270,3 +282,12 @@ def airflow_runner(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Airflow
     runner = AirflowRunner(tmp_path_factory.mktemp("airflow-home-alerting"))
     runner.migrate()
     yield runner
+
+
+@pytest.fixture(scope="session")
+def scenarios(alert_stack: AlertStack, airflow_runner: AirflowRunner) -> DagTest:
+    """One run of `alert_scenarios` with the service up, read by several test modules."""
+    connections = airflow_runner.connections(
+        service_url=alert_stack.service.url, smtp_port=alert_stack.smtp.port
+    )
+    return airflow_runner.dags_test("alert_scenarios", connections)

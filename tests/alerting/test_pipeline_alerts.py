@@ -11,17 +11,9 @@ from typing import Any
 import pytest
 from standardwebhooks import Webhook
 
-from tests.alerting.conftest import ONCALL, AirflowRunner, AlertStack, DagTest, eventually
+from tests.alerting.conftest import ONCALL, AlertStack, DagTest, eventually
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def scenarios(alert_stack: AlertStack, airflow_runner: AirflowRunner) -> DagTest:
-    connections = airflow_runner.connections(
-        service_url=alert_stack.service.url, smtp_port=alert_stack.smtp.port
-    )
-    return airflow_runner.dags_test("alert_scenarios", connections)
 
 
 def task_events(stack: AlertStack, run: DagTest, task_id: str) -> list[dict[str, Any]]:
