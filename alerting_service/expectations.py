@@ -26,11 +26,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -38,6 +39,10 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from alerting_service.models import Event, EventType, Severity
+from alerting_service.schemas import EventIn
+
+if TYPE_CHECKING:
+    from alerting_service.ingest import Ingestor
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +185,46 @@ class ExpectationWatcher:
     async def _succeeded(self, check: Check) -> bool:
         async with self._session_factory() as session:
             return await dag_succeeded_since(session, check.expectation.dag_id, check.window_start)
+
+
+def record_through(ingestor: Ingestor) -> RecordEvent:
+    """Record a body the way `POST /v1/events` does: validated from JSON, then submitted to the ingestor."""
+
+    async def record(body: dict[str, Any]) -> Any:
+        return await ingestor.submit(EventIn.model_validate_json(json.dumps(body)))
+
+    return record
+
+
+@contextlib.asynccontextmanager
+async def watching(
+    expectations: Iterable[Expectation],
+    *,
+    session_factory: async_sessionmaker[AsyncSession],
+    ingestor: Ingestor,
+    interval: float = CHECK_INTERVAL_SECONDS,
+) -> AsyncGenerator[None]:
+    """Run the watcher for the app's lifetime; nothing when no expectation is configured.
+
+    Leave the block before stopping the ingestor: the watcher's last round may still be submitting.
+    """
+    expectations = tuple(expectations)
+    if not expectations:
+        yield
+        return
+    stop = asyncio.Event()
+    watcher = ExpectationWatcher(
+        expectations,
+        session_factory=session_factory,
+        record_event=record_through(ingestor),
+        interval=interval,
+    )
+    running = asyncio.create_task(watcher.run(stop), name="expectation-watcher")
+    try:
+        yield
+    finally:
+        stop.set()
+        await running
 
 
 def _iso(moment: datetime) -> str:

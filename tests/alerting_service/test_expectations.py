@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from alerting_service.config import Settings
+from alerting_service.config import AlertingConfig, Settings
 from alerting_service.db import create_engine, create_schema, create_session_factory
 from alerting_service.expectations import (
     Expectation,
@@ -20,7 +20,9 @@ from alerting_service.expectations import (
     deadline_on,
     latest_passed_check,
     missed_event,
+    record_through,
 )
+from alerting_service.ingest import Ingestor
 from alerting_service.models import Event
 
 PIPELINE = Expectation(dag_id="batch_pipeline_dag", succeed_by=time(4, 0), labels={"team": "data"})
@@ -201,3 +203,65 @@ async def test_run_checks_until_stopped_and_survives_a_failing_round(session_fac
     assert [body["idempotency_key"] for body in recorder.bodies] == [
         "expectation/batch_pipeline_dag/2026-01-14"
     ]
+
+
+# --- through the real ingestor ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def ingestor(session_factory: Any) -> AsyncIterator[Ingestor]:
+    ingestor = Ingestor(
+        session_factory, AlertingConfig(), batch_max=16, silence_refresh_seconds=60, on_commit=lambda: None
+    )
+    await ingestor.start()
+    yield ingestor
+    await ingestor.stop()
+
+
+async def stored(session_factory: Any, event_id: str) -> Event:
+    async with session_factory() as session:
+        event = await session.get(Event, event_id)
+    assert event is not None
+    return event
+
+
+async def test_the_missed_event_is_ingested_as_a_dag_level_alert(
+    session_factory: Any, ingestor: Ingestor
+) -> None:
+    record = record_through(ingestor)
+
+    accepted = await record(missed_event(latest_passed_check(PIPELINE, utc("2026-01-14T04:01:00"))))
+
+    event = await stored(session_factory, accepted.id)
+    assert (event.type, event.fingerprint, event.run_id) == (
+        "deadline_missed",
+        "dag:batch_pipeline_dag",
+        None,
+    )
+
+
+async def test_recording_the_same_day_again_is_a_duplicate(session_factory: Any, ingestor: Ingestor) -> None:
+    record = record_through(ingestor)
+    body = missed_event(latest_passed_check(PIPELINE, utc("2026-01-14T04:01:00")))
+
+    first, again = await record(body), await record(body)
+
+    assert (again.id, again.duplicate) == (first.id, True)
+
+
+async def test_the_next_successful_run_resolves_the_missed_day(
+    session_factory: Any, ingestor: Ingestor
+) -> None:
+    record = record_through(ingestor)
+    missed = await record(missed_event(latest_passed_check(PIPELINE, utc("2026-01-14T04:01:00"))))
+
+    success = await record(
+        {
+            "idempotency_key": "batch_pipeline_dag/manual__late/-/-1/1/dag_run_success",
+            "type": "dag_run_success",
+            "dag_id": "batch_pipeline_dag",
+            "run_id": "manual__late",
+        }
+    )
+
+    assert (await stored(session_factory, missed.id)).resolved_by == success.id
