@@ -1,0 +1,104 @@
+"""The delivery log through the API: dead letters, replay, re-enabling a receiver."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from alerting_service.store import deliveries as delivery_store
+from tests.alerting_service.conftest import ADMIN, Api, SettingsFactory, running_api
+from tests.alerting_service.delivery_fixtures import Database, new_whsec
+
+ROUTING = {
+    "receivers": [{"name": "hook", "webhook": {"url": "http://127.0.0.1:9/h", "secrets": [new_whsec()]}}]
+}
+
+
+@pytest.fixture
+async def api(make_settings: SettingsFactory, database: Database) -> AsyncGenerator[Api]:
+    async with running_api(make_settings(routing=ROUTING), database) as running:
+        yield running
+
+
+async def dead_delivery(api: Api) -> str:
+    """A failure whose one delivery was tried twice and dead-lettered, as the dispatcher would leave it."""
+    await api.post_event(idempotency_key="dead")
+    async with api.database.sessions() as session, session.begin():
+        now = datetime.now(UTC)
+        [claimed] = await delivery_store.claim_due(session, now=now, limit=1, lease=timedelta(seconds=30))
+        await delivery_store.mark_retry(
+            session, claimed.id, next_attempt_at=now, reason="server_error", error="HTTP 502"
+        )
+        [claimed] = await delivery_store.claim_due(session, now=now, limit=1, lease=timedelta(seconds=30))
+        await delivery_store.mark_dead(session, claimed.id, reason="client_error", error="HTTP 400")
+    return claimed.id
+
+
+async def test_dead_letters_are_listed_with_their_reason_and_error(api: Api) -> None:
+    delivery_id = await dead_delivery(api)
+    await api.post_event(idempotency_key="alive")
+
+    answer = await api.client.get("/v1/deliveries", params={"status": "dead"}, headers=ADMIN)
+
+    assert answer.json()["count"] == 1
+    [dead] = answer.json()["data"]
+    assert (dead["id"], dead["reason"], dead["last_error"], dead["attempts"]) == (
+        delivery_id,
+        "client_error",
+        "HTTP 400",
+        2,
+    )
+
+
+async def test_a_replayed_delivery_is_pending_again_and_keeps_its_attempts(api: Api) -> None:
+    delivery_id = await dead_delivery(api)
+
+    answer = await api.client.post(f"/v1/deliveries/{delivery_id}/replay", headers=ADMIN)
+
+    assert answer.status_code == 200
+    assert (answer.json()["status"], answer.json()["attempts"]) == ("pending", 2)
+    async with api.database.sessions() as session:
+        [due] = await delivery_store.claim_due(
+            session, now=datetime.now(UTC), limit=5, lease=timedelta(seconds=30)
+        )
+    assert due.id == delivery_id
+
+
+async def test_a_replay_restarts_the_retry_horizon(api: Api) -> None:
+    delivery_id = await dead_delivery(api)
+    created = (await api.database.delivery(delivery_id)).horizon_starts_at
+
+    await api.client.post(f"/v1/deliveries/{delivery_id}/replay", headers=ADMIN)
+
+    assert (await api.database.delivery(delivery_id)).horizon_starts_at > created
+
+
+async def test_replaying_a_delivery_that_is_not_dead_is_a_409(api: Api) -> None:
+    event = await api.post_event(idempotency_key="pending")
+    [pending] = (await api.event(event.json()["id"]))["deliveries"]
+
+    answer = await api.client.post(f"/v1/deliveries/{pending['id']}/replay", headers=ADMIN)
+
+    assert answer.status_code == 409
+    assert "pending" in answer.json()["detail"]
+
+
+async def test_replaying_an_unknown_delivery_is_a_404(api: Api) -> None:
+    assert (await api.client.post("/v1/deliveries/nope/replay", headers=ADMIN)).status_code == 404
+
+
+async def test_a_disabled_receiver_is_enabled_again(api: Api) -> None:
+    async with api.database.sessions() as session, session.begin():
+        await delivery_store.disable_receiver(session, "hook", reason="HTTP 410", now=datetime.now(UTC))
+
+    answer = await api.client.post("/v1/receivers/hook/enable", headers=ADMIN)
+
+    assert answer.json() == {"name": "hook", "was_disabled": True}
+    async with api.database.sessions() as session:
+        assert await delivery_store.disabled_receivers(session) == {}
+
+
+async def test_enabling_an_unknown_receiver_is_a_404(api: Api) -> None:
+    assert (await api.client.post("/v1/receivers/pager/enable", headers=ADMIN)).status_code == 404

@@ -1,0 +1,107 @@
+"""Probes and metrics: /healthz, /readyz (the database reachable), /metrics (Prometheus text)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from alerting_service.api.app import create_app
+from alerting_service.config import load_settings
+from tests.alerting_service.conftest import API_KEYS, Api, SettingsFactory, running_api
+from tests.alerting_service.delivery_fixtures import (
+    Database,
+    _create_postgres_database,
+    _drop_postgres_database,
+    new_whsec,
+)
+
+
+def samples(exposition: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(exposition)
+        for sample in family.samples
+    }
+
+
+async def test_healthz_answers_ok(api: Api) -> None:
+    answer = await api.client.get("/healthz")
+
+    assert (answer.status_code, answer.json()) == (200, {"status": "ok"})
+
+
+async def test_readyz_is_ready_when_the_database_answers(api: Api) -> None:
+    answer = await api.client.get("/readyz")
+
+    assert (answer.status_code, answer.json()) == (200, {"status": "ready", "database": True})
+
+
+@pytest.mark.postgres
+async def test_readyz_is_503_when_the_database_is_gone(tmp_path: Path) -> None:
+    name = await _create_postgres_database()
+    url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+    app = create_app(
+        load_settings(data_dir=tmp_path, database_url=url, api_keys=API_KEYS, run_dispatcher=False)
+    )
+    transport = httpx.ASGITransport(app=app)
+    try:
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=transport, base_url="http://t") as client,
+        ):
+            assert (await client.get("/readyz")).status_code == 200
+            await _drop_postgres_database(name)
+
+            answer = await client.get("/readyz")
+    finally:
+        await _drop_postgres_database(name)
+
+    assert (answer.status_code, answer.json()) == (503, {"status": "unavailable", "database": False})
+
+
+async def test_metrics_count_received_events_by_type(api: Api) -> None:
+    before = samples((await api.client.get("/metrics")).text)
+    for n in range(3):
+        await api.post_event(idempotency_key=f"m{n}", type="task_retry")
+
+    after = samples((await api.client.get("/metrics")).text)
+
+    key = ("alerting_events_received_total", (("type", "task_retry"),))
+    assert after[key] - before[key] == 3
+
+
+async def test_metrics_show_the_delivery_queue_from_the_database(
+    make_settings: SettingsFactory, database: Database
+) -> None:
+    routing = {
+        "receivers": [{"name": "hook", "webhook": {"url": "http://127.0.0.1:9/h", "secrets": [new_whsec()]}}]
+    }
+    async with running_api(make_settings(routing=routing), database) as api:
+        for n in range(4):
+            await api.post_event(idempotency_key=f"q{n}")
+
+        exposed = samples((await api.client.get("/metrics")).text)
+
+    assert exposed["alerting_delivery_queue_depth", (("status", "pending"),)] == 4
+    assert exposed["alerting_delivery_queue_depth", (("status", "dead"),)] == 0
+    assert exposed["alerting_oldest_pending_delivery_age_seconds", ()] > 0
+
+
+async def test_every_notification_series_is_exported_before_the_first_notification(api: Api) -> None:
+    exposed = samples((await api.client.get("/metrics")).text)
+
+    for integration in ("email", "webhook"):
+        assert ("alerting_notifications_total", (("integration", integration),)) in exposed
+        failed = (
+            "alerting_notifications_failed_total",
+            (("integration", integration), ("reason", "server_error")),
+        )
+        assert failed in exposed
+        for bucket in ("0.005", "300.0"):
+            assert (
+                "alerting_notification_latency_seconds_bucket",
+                (("integration", integration), ("le", bucket)),
+            ) in exposed
