@@ -29,8 +29,13 @@ from pipeline_common.errors import BatchJobSummaryError, batch_job_failure
 from pipeline_common.settings import PipelineSettings, Runner
 
 TASK_ID = "run_batch_processing"
-# Variables a local job process inherits from the worker; everything else (notably AIRFLOW_CONN_*) stays out.
-INHERITED_VARIABLES = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "PYTHONPATH", "SSL_CERT_FILE")
+# Variables a local job process inherits from the worker (locale, paths, proxies and CA bundles of the host);
+# everything else, notably AIRFLOW_CONN_* with every connection's secrets, stays out.
+INHERITED_VARIABLES = (
+    *("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "PYTHONPATH"),
+    *("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy"),
+    *("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "AWS_CA_BUNDLE"),
+)
 # Provider 4.6.1 reports a container's exit only as the repr of Docker's wait() result in the message.
 _DOCKER_STATUS_CODE = re.compile(r"'StatusCode': (\d+)")
 
