@@ -1,0 +1,305 @@
+"""`batch_pipeline_dag` run by Airflow (`airflow dags test`) with its DockerOperator against a real engine:
+podman serving the Docker API, running the batch-job image built from this repo.
+
+The connections come as AIRFLOW_CONN_* variables (JSON form), so they never enter the metadata DB; the
+containers use the host network (`BATCH_PIPELINE_DOCKER_NETWORK=host`) to reach moto, PostgreSQL and the ML
+API on loopback. Each run is a separate `airflow dags test` process: the Docker settings stay out of this process's
+environment and every run parses the DAG afresh.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import socketserver
+import sqlite3
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import closing
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import pytest
+from containers_support import (
+    BUCKET,
+    DB_PASSWORD,
+    ML_API_KEY,
+    PREFIX,
+    S3_ACCESS_KEY_ID,
+    S3_SECRET_ACCESS_KEY,
+    SECRETS,
+    podman,
+    query_results,
+)
+
+pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.timeout(1800)]
+
+DAG_ID = "batch_pipeline_dag"
+TASK_ID = "run_batch_processing"
+SCORED_ASSET = "scored_transactions"
+
+
+@dataclass(frozen=True)
+class DagRunResult:
+    exit_code: int
+    output: str
+    run_id: str
+    started_at: datetime
+
+
+class FlakyForwarder(socketserver.ThreadingTCPServer):
+    """A TCP front for the ML API on loopback that drops its first `drop_first` connections unanswered and
+    forwards the rest: to the batch job, the ML API is down for its first attempt and up afterwards."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, target_port: int, drop_first: int) -> None:
+        self.target_port = target_port
+        self.drop_first = drop_first
+        self.accepted = 0
+        self.lock = threading.Lock()
+        super().__init__(("127.0.0.1", 0), _ForwardHandler)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _ForwardHandler(socketserver.BaseRequestHandler):
+    server: FlakyForwarder
+
+    def handle(self) -> None:
+        with self.server.lock:
+            self.server.accepted += 1
+            drop = self.server.accepted <= self.server.drop_first
+        if drop:
+            return  # closed without a byte: the client sees the server disconnect
+        with socket.create_connection(("127.0.0.1", self.server.target_port)) as upstream:
+            pump = threading.Thread(target=_copy, args=(upstream, self.request), daemon=True)
+            pump.start()
+            _copy(self.request, upstream)
+            pump.join(timeout=30)
+
+
+def _copy(source: socket.socket, target: socket.socket) -> None:
+    try:
+        while data := source.recv(65536):
+            target.sendall(data)
+        target.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+
+
+def connection_variables(landing, results_db: str, ml_api_url: str) -> dict[str, str]:
+    def variable(conn_id: str, **fields) -> tuple[str, str]:
+        return f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(fields)
+
+    s3_host, s3_port = landing.endpoint.removeprefix("http://").split(":")
+    return dict(
+        [
+            variable(
+                "minio_default",
+                conn_type="generic",
+                host=s3_host,
+                port=int(s3_port),
+                login=S3_ACCESS_KEY_ID,
+                password=S3_SECRET_ACCESS_KEY,
+                extra={"bucket": BUCKET, "prefix": PREFIX, "secure": False},
+            ),
+            variable(
+                "postgres_default",
+                conn_type="postgres",
+                host="127.0.0.1",
+                port=5432,
+                schema=results_db,
+                login="postgres",
+                password=DB_PASSWORD,
+            ),
+            # No retries inside the job: a refused ML API call fails the attempt, Airflow retries the task.
+            variable(
+                "ml_api_default",
+                conn_type="http",
+                host=ml_api_url,
+                password=ML_API_KEY,
+                extra={"max_retries": 0},
+            ),
+        ]
+    )
+
+
+@pytest.fixture(scope="session")
+def airflow_docker_env(airflow_db: Path, docker_api: str, batch_job_image: str, podman_env) -> dict[str, str]:
+    """The environment of the Airflow processes: the DAG's Docker runner pointed at podman's Docker API."""
+    return {
+        **os.environ,
+        "CONTAINERS_CONF": podman_env["CONTAINERS_CONF"],
+        "BATCH_PIPELINE_DOCKER_URL": docker_api,
+        "BATCH_PIPELINE_IMAGE": batch_job_image,
+        "BATCH_PIPELINE_DOCKER_NETWORK": "host",
+        "BATCH_PIPELINE_MEM_LIMIT": "1g",
+        "BATCH_PIPELINE_RETRY_DELAY_SECONDS": "1",
+    }
+
+
+def metadata_rows(sql: str, *params) -> list[tuple]:
+    # The root conftest points Airflow at a SQLite metadata DB in AIRFLOW_HOME.
+    with closing(sqlite3.connect(Path(os.environ["AIRFLOW_HOME"]) / "airflow.db")) as db:
+        return db.execute(sql, params).fetchall()
+
+
+def run_dag(env: dict[str, str], connections: dict[str, str], run_date: date) -> DagRunResult:
+    started_at = datetime.now(UTC)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "airflow",
+            "dags",
+            "test",
+            DAG_ID,
+            "--conf",
+            json.dumps({"run_date": str(run_date)}),
+        ],
+        env={**env, **connections},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    [(run_id,)] = metadata_rows(
+        "SELECT run_id FROM dag_run WHERE dag_id = ? ORDER BY id DESC LIMIT 1", DAG_ID
+    )
+    return DagRunResult(result.returncode, result.stdout + result.stderr, run_id, started_at)
+
+
+def task_tries(run_id: str) -> list[tuple[int, str]]:
+    """(try_number, state) of every attempt of run_batch_processing in the run, oldest first."""
+    where = "WHERE dag_id = ? AND run_id = ? AND task_id = ?"
+    history = metadata_rows(
+        f"SELECT try_number, state FROM task_instance_history {where}", DAG_ID, run_id, TASK_ID
+    )
+    current = metadata_rows(f"SELECT try_number, state FROM task_instance {where}", DAG_ID, run_id, TASK_ID)
+    return sorted(set(history) | set(current))
+
+
+def scored_asset_extras(run_id: str) -> list[dict]:
+    rows = metadata_rows(
+        "SELECT e.extra FROM asset_event e JOIN asset a ON a.id = e.asset_id "
+        "WHERE a.name = ? AND e.source_dag_id = ? AND e.source_run_id = ?",
+        SCORED_ASSET,
+        DAG_ID,
+        run_id,
+    )
+    return [json.loads(extra) for (extra,) in rows]
+
+
+def containers_of(podman_env, image: str, since: datetime) -> dict[str, set[str]]:
+    """Container id -> lifecycle events (create, died, remove, ...) of `image` since `since`."""
+    events = podman(
+        podman_env,
+        "events",
+        "--stream=false",
+        "--since",
+        since.isoformat(),
+        "--filter",
+        "type=container",
+        "--format",
+        "json",
+    )
+    lifecycle: dict[str, set[str]] = {}
+    for line in events.splitlines():
+        event = json.loads(line)
+        if event.get("Image") in (image, f"localhost/{image}"):
+            lifecycle.setdefault(event["ID"], set()).add(event["Status"])
+    return lifecycle
+
+
+@pytest.fixture(scope="module")
+def successful_run(airflow_docker_env, landing, results_db, ml_api) -> Iterator[DagRunResult]:
+    day = date(2026, 4, 1)
+    landing.put_sample_day(day, rows=30, bad_share=0.1)
+    yield run_dag(airflow_docker_env, connection_variables(landing, results_db, ml_api.url), day)
+
+
+def test_a_dag_run_through_the_docker_operator_succeeds_and_loads_the_day(successful_run, results_db):
+    assert successful_run.exit_code == 0, successful_run.output[-5000:]
+    assert task_tries(successful_run.run_id) == [(1, "success")]
+    (loaded,) = query_results(
+        results_db, "SELECT count(*) FROM scored_transactions WHERE run_date = %s", "2026-04-01"
+    )
+    assert loaded[0] > 0
+
+
+def test_the_containers_log_lines_reach_the_task_log(successful_run):
+    # The job logs "<time> INFO batch_job...: ..." lines to stderr inside the container.
+    assert successful_run.exit_code == 0, successful_run.output[-5000:]
+    job_lines = [
+        line for line in successful_run.output.splitlines() if " batch_job" in line and "INFO" in line
+    ]
+    assert job_lines, successful_run.output[-5000:]
+
+
+def test_the_scored_asset_event_carries_the_job_summary_counts(successful_run):
+    assert successful_run.exit_code == 0, successful_run.output[-5000:]
+    [extra] = scored_asset_extras(successful_run.run_id)
+    assert extra["run_date"] == "2026-04-01"
+    assert extra["counts"]["read"] == 30
+    assert extra["counts"]["valid"] + extra["counts"]["rejected"] == 30
+    assert extra["counts"]["loaded"] == extra["counts"]["scored"] == extra["counts"]["valid"]
+
+
+def test_the_container_is_removed_after_the_run(successful_run, podman_env, batch_job_image):
+    lifecycle = containers_of(podman_env, batch_job_image, successful_run.started_at)
+    assert lifecycle, "no container of the batch-job image was created during the run"
+    assert all("remove" in events for events in lifecycle.values()), lifecycle
+    remaining = podman(
+        podman_env, "ps", "-a", "--filter", f"ancestor={batch_job_image}", "--format", "{{.ID}}"
+    )
+    assert remaining.strip() == ""
+
+
+def test_the_secrets_reach_the_container_but_not_the_logs_nor_the_metadata_db(successful_run):
+    # The ML API refuses calls without ML_API_KEY and the run scored rows: the key was in the container.
+    assert successful_run.exit_code == 0, successful_run.output[-5000:]
+    assert not [secret for secret in SECRETS if secret in successful_run.output]
+    airflow_home = Path(os.environ["AIRFLOW_HOME"])
+    leaks = [
+        (path, secret)
+        for path in airflow_home.rglob("*")
+        if path.is_file()
+        for secret in SECRETS
+        if secret.encode() in path.read_bytes()
+    ]
+    assert not leaks, leaks
+
+
+def test_a_failed_container_attempt_is_retried(airflow_docker_env, landing, results_db, ml_api, podman_env):
+    day = date(2026, 4, 2)
+    landing.put_sample_day(day, rows=10)
+    flaky = FlakyForwarder(target_port=ml_api.port, drop_first=1)
+    threading.Thread(target=flaky.serve_forever, daemon=True).start()
+    try:
+        run = run_dag(airflow_docker_env, connection_variables(landing, results_db, flaky.url), day)
+    finally:
+        flaky.shutdown()
+        flaky.server_close()
+
+    assert run.exit_code == 0, run.output[-5000:]
+    assert task_tries(run.run_id) == [(1, "failed"), (2, "success")]
+    assert scored_asset_extras(run.run_id)[0]["counts"]["loaded"] == 10
+
+
+def test_invalid_input_data_fails_the_run_without_a_retry(airflow_docker_env, landing, results_db, ml_api):
+    day = date(2026, 4, 3)
+    landing.put_invalid_day(day)
+
+    run = run_dag(airflow_docker_env, connection_variables(landing, results_db, ml_api.url), day)
+
+    assert run.exit_code != 0
+    assert task_tries(run.run_id) == [(1, "failed")]
+    assert "65" in run.output
+    assert scored_asset_extras(run.run_id) == []
