@@ -3,8 +3,8 @@ podman serving the Docker API, running the batch-job image built from this repo.
 
 The connections come as AIRFLOW_CONN_* variables (JSON form), so they never enter the metadata DB; the
 containers use the host network (`BATCH_PIPELINE_DOCKER_NETWORK=host`) to reach moto, PostgreSQL and the ML
-API on loopback. Each run is a separate `airflow dags test` process: the Docker settings stay out of this process's
-environment and every run parses the DAG afresh.
+API on loopback. Each run is a separate `airflow dags test` process: the Docker settings stay out of this
+process's environment and every run parses the DAG afresh.
 """
 
 from __future__ import annotations
