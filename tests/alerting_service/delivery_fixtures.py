@@ -1,5 +1,5 @@
-"""Real peers for the delivery tests: an SMTP server (aiosmtpd) and an HTTP receiver, both on loopback, and
-the database (SQLite in a temporary directory, or a uniquely named PostgreSQL database dropped afterwards).
+"""Real peers for the delivery tests: an SMTP server (aiosmtpd) and an HTTP receiver, both on loopback; the
+database helpers (a uniquely named PostgreSQL database, dropped afterwards); the service as a real process.
 
 Both run in their own threads, so a receiver told to answer slowly is slow the way a remote server is, without
 holding up the event loop of the code under test.
@@ -26,7 +26,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict, deque
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -38,7 +38,6 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-import yaml
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 from cryptography import x509
@@ -47,8 +46,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from alerting_service.config import EmailReceiver, Settings, WebhookReceiver, load_settings
-from alerting_service.db import create_engine, create_schema, create_session_factory
+from alerting_service.config import EmailReceiver, Settings, WebhookReceiver
 from alerting_service.models import Delivery, DeliveryKind, DeliveryStatus, Event
 from alerting_service.notify.base import AlertEvent, Notification
 from alerting_service.store import deliveries
@@ -485,39 +483,22 @@ async def database_url(backend: str, tmp_path: Path) -> AsyncGenerator[str]:
         await _drop_postgres_database(name)
 
 
-@pytest.fixture(
-    name="database",
-    params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)],
-)
-async def database_fixture(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
-    async with database_url(request.param, tmp_path) as url:
-        settings = load_settings(database_url=url, data_dir=tmp_path)
-        engine = create_engine(settings)
-        await create_schema(engine)
-        try:
-            yield Database(settings, engine, create_session_factory(engine))
-        finally:
-            await engine.dispose()
-
-
 # --- the service as a real process ------------------------------------------------------------------------
 
 INGEST_KEY = "ingest-key-for-the-delivery-tests-0123456789"
 ADMIN_KEY = "admin-key-for-the-delivery-tests-0123456789"
 
 
-def write_service_config(path: Path, *receivers: Receiver) -> Path:
-    """The YAML the service reads: these receivers get every task failure; millisecond retry backoffs."""
-    document = {
+def service_routing(*receivers: Receiver, horizon: str = "1h") -> dict[str, Any]:
+    """The service's YAML (as a dict): these receivers get every task failure; millisecond retry backoffs."""
+    return {
         "receivers": [_receiver_yaml(receiver) for receiver in receivers],
         "route": {
             "receivers": [],
             "routes": [{"match": {"type": "task_failure"}, "receivers": [r.name for r in receivers]}],
         },
-        "retry": {"initial_backoff": "10ms", "max_backoff": "100ms", "horizon": "1h"},
+        "retry": {"initial_backoff": "10ms", "max_backoff": "100ms", "horizon": horizon},
     }
-    path.write_text(yaml.safe_dump(document), encoding="utf-8")
-    return path
 
 
 def _receiver_yaml(receiver: Receiver) -> dict[str, Any]:

@@ -15,20 +15,14 @@ from alerting_service.dispatch.worker import Dispatcher, DispatchTuning, lease_f
 from alerting_service.metrics import REGISTRY
 from alerting_service.models import DeliveryStatus
 from alerting_service.store import deliveries
-from tests.alerting_service.delivery_fixtures import (  # ruff: ignore[unused-import]
+from tests.alerting_service.delivery_fixtures import (
     Database,
     HttpReceiver,
     Receiver,
     Reply,
     SmtpServer,
-    database_fixture,
     eventually,
-    http_receiver_fixture,
-    smtp_server_fixture,
 )
-
-# The database fixture's engine lives in the session loop (the project's fixture loop scope); so do the tests.
-pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 FAST = DispatchTuning(poll_interval=0.05, hand_back_delay=timedelta(milliseconds=20), shutdown_timeout=2.0)
 MS = timedelta(milliseconds=1)

@@ -13,8 +13,6 @@ from tests.alerting_service.delivery_fixtures import (  # ruff: ignore[unused-im
     certificates_fixture,
     failure_event,
     notification_for,
-    silent_port_fixture,
-    smtp_server_fixture,
 )
 
 

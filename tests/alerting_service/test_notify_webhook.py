@@ -18,7 +18,6 @@ from tests.alerting_service.delivery_fixtures import (
     Reply,
     failure_event,
     free_port,
-    http_receiver_fixture,  # ruff: ignore[unused-import]
     new_whsec,
     notification_for,
 )
