@@ -180,7 +180,9 @@ def start_receiver(procs: Processes, tmp: Path) -> int:
     return port
 
 
-def start_service(procs: Processes, tmp: Path, phase: str, receiver_port: int, standin: bool) -> Target:
+def start_service(
+    procs: Processes, tmp: Path, phase: str, receiver_port: int, standin: bool, extra_env: list[str]
+) -> Target:
     """The alert service on its embedded default: temp SQLite dir, generated key, one webhook receiver."""
     base = tmp / f"service-{phase}"
     data_dir = base / "data"
@@ -211,6 +213,7 @@ def start_service(procs: Processes, tmp: Path, phase: str, receiver_port: int, s
         "ALERTING_CONFIG_FILE": str(config),
     }
     env.pop("ALERTING_DATABASE_URL", None)  # the embedded default: SQLite under the data dir
+    env.update(item.split("=", 1) for item in extra_env)  # --service-env, for diagnosis only
     if standin:
         argv = [sys.executable, str(SUPPORT / "standin_service.py")]
     else:
@@ -318,6 +321,24 @@ def wait_for_webhooks(
     return last, (last_change if last else time.monotonic()) - start
 
 
+def group_commit_batches(target: Target) -> tuple[int, float] | None:
+    """From the service's /metrics: how many ingest transactions, and the mean events per transaction."""
+    if target.name != "service":
+        return None
+    try:
+        text = http("GET", f"http://{HOST}:{target.port}/metrics")[1].decode()
+    except OSError:
+        return None
+    values = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in ("alerting_ingest_batch_size_count", "alerting_ingest_batch_size_sum"):
+            values[name.rsplit("_", 1)[1]] = float(value)
+    if not values.get("count"):
+        return None
+    return int(values["count"]), values["sum"] / values["count"]
+
+
 def run_wrk(target: Target, args: argparse.Namespace, seconds: float, prefix: str) -> dict:
     argv = [
         "wrk",
@@ -377,9 +398,22 @@ def ingest_phase(procs: Processes, target: Target, receiver_port: int, args: arg
         f"[ingest:{label}] webhooks received by the end of the load: {at_end} of >= {expected_hooks} accepted"
     )
     got, drain = wait_for_webhooks(receiver_port, expected_hooks, args.drain_timeout)
-    result.update(webhooks_total=got, drain_seconds=drain, webhooks_expected=expected_hooks)
+    drained_per_s = (got - at_end) / drain if drain > 0 else math.nan
+    result.update(
+        webhooks_total=got, drain_seconds=drain, webhooks_expected=expected_hooks, drain_per_s=drained_per_s
+    )
     state = "all delivered" if got >= expected_hooks else "NOT all delivered (gave up waiting)"
-    print(f"[ingest:{label}] backlog: {got} webhooks {drain:.1f} s after the load ended: {state}")
+    print(
+        f"[ingest:{label}] backlog: {got} webhooks {drain:.1f} s after the load ended "
+        f"({drained_per_s:.0f} webhooks/s meanwhile): {state}"
+    )
+    batches = group_commit_batches(target)
+    if batches:
+        result["ingest_batches"], result["mean_batch"] = batches
+        print(
+            f"[ingest:{label}] group commit (its /metrics): {batches[0]} transactions, "
+            f"mean {batches[1]:.1f} events per transaction"
+        )
     stop_target(procs, target)
     counts = db_counts(target.data_dir)
     if counts is not None:
@@ -470,6 +504,8 @@ def delivery_phase(procs: Processes, target: Target, receiver_port: int, args: a
         "p99_ms": percentile(latencies, 99),
         "max_ms": max(latencies) if latencies else math.nan,
         "min_ms": min(latencies) if latencies else math.nan,
+        # the webhook came before the client had read the answer (sent while answering, or a late client)
+        "negative": sum(1 for value in latencies if value < 0),
     }
     print(
         f"[delivery:{label}] {result['sent']} sent at {args.rate:g}/s for {args.delivery_seconds:g} s "
@@ -481,7 +517,8 @@ def delivery_phase(procs: Processes, target: Target, receiver_port: int, args: a
     print(
         f"[delivery:{label}] webhooks matched {len(latencies)} of {len(accepted)} (duplicates {duplicates}); "
         f"{target.expected} -> webhook arrival p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms, "
-        f"min {result['min_ms']:.1f} ms, max {result['max_ms']:.1f} ms"
+        f"min {result['min_ms']:.1f} ms, max {result['max_ms']:.1f} ms; {result['negative']} negative (the "
+        "webhook arrived before the client had read the answer: sent while answering, or a late client)"
     )
     stop_target(procs, target)
     return result
@@ -526,6 +563,7 @@ def report(
     row("ingest: webhooks by load end", ours_i, am_i, "webhooks_at_load_end", 0)
     row("ingest: webhooks after drain", ours_i, am_i, "webhooks_total", 0)
     row("ingest: drain time after load (s)", ours_i, am_i, "drain_seconds", 1)
+    row("ingest: webhooks/s while draining", ours_i, am_i, "drain_per_s", 0)
     row(
         f"delivery: accepted of {round(args.rate * args.delivery_seconds)} at {args.rate:g}/s",
         ours_d,
@@ -582,11 +620,18 @@ def main() -> int:
     parser.add_argument(
         "--delivery-seconds", type=float, default=10, help="delivery phase length (default 10)"
     )
-    parser.add_argument("--delivery-wait", type=float, default=30, help="max wait for late webhooks (s)")
+    parser.add_argument("--delivery-wait", type=float, default=60, help="max wait for late webhooks (s)")
     parser.add_argument("--skip-alertmanager", action="store_true")
     parser.add_argument("--skip-service", action="store_true")
     parser.add_argument(
         "--standin", action="store_true", help="test the harness on a FastAPI stand-in service"
+    )
+    parser.add_argument(
+        "--service-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra environment for the service (diagnosis, e.g. ALERTING_RUN_DISPATCHER=false)",
     )
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, databases)")
@@ -629,7 +674,7 @@ def main() -> int:
         for phase, runner in (("ingest", ingest_phase), ("delivery", delivery_phase)):
             for name in targets:
                 if name == "service":
-                    target = start_service(procs, tmp, phase, receiver_port, args.standin)
+                    target = start_service(procs, tmp, phase, receiver_port, args.standin, args.service_env)
                 else:
                     target = start_alertmanager(procs, tmp, phase, receiver_port)
                 try:
