@@ -151,3 +151,15 @@ def job_env(
     for name, value in environment.items():
         monkeypatch.setenv(name, value)
     return environment
+
+
+@pytest.fixture
+def s3_env(
+    job_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, s3_bucket: S3Bucket, s3_endpoint_url: str
+) -> S3Bucket:
+    """`job_env` reading from `<s3_bucket>/incoming` on the S3 server, with its credentials."""
+    monkeypatch.setenv("BATCH_SOURCE_URI", f"{s3_bucket.uri}/incoming")
+    monkeypatch.setenv("BATCH_S3_ENDPOINT_URL", s3_endpoint_url)
+    monkeypatch.setenv("BATCH_S3_ACCESS_KEY_ID", S3_ACCESS_KEY_ID)
+    monkeypatch.setenv("BATCH_S3_SECRET_ACCESS_KEY", S3_SECRET_ACCESS_KEY)
+    return s3_bucket

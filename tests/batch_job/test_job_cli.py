@@ -8,6 +8,7 @@ stderr.
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 from batch_job_support import (
@@ -131,23 +132,24 @@ def test_an_ml_api_refusing_the_request_exits_78(
     assert main([]) == 78
 
 
-def test_a_day_in_s3_is_processed(
-    job_env: dict[str, str],
-    monkeypatch: pytest.MonkeyPatch,
-    s3_bucket: S3Bucket,
-    s3_endpoint_url: str,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    s3_bucket.put("incoming/2026-01-14/part-1.csv", csv_text([row(1), row(2)]))
-    s3_bucket.put("incoming/2026-01-14/part-2.csv", csv_text([row(3), row(1)]))
-    monkeypatch.setenv("BATCH_SOURCE_URI", f"{s3_bucket.uri}/incoming")
-    monkeypatch.setenv("BATCH_S3_ENDPOINT_URL", s3_endpoint_url)
-    monkeypatch.setenv("BATCH_S3_ACCESS_KEY_ID", S3_ACCESS_KEY_ID)
-    monkeypatch.setenv("BATCH_S3_SECRET_ACCESS_KEY", S3_SECRET_ACCESS_KEY)
+def test_a_day_in_s3_is_processed(s3_env: S3Bucket, capsys: pytest.CaptureFixture[str]) -> None:
+    s3_env.put("incoming/2026-01-14/part-1.csv", csv_text([row(1), row(2)]))
+    s3_env.put("incoming/2026-01-14/part-2.csv", csv_text([row(3), row(1)]))
     assert main([]) == 0
     result = summary(capsys)
-    assert result["source"] == f"{s3_bucket.uri}/incoming/2026-01-14/"
+    assert result["source"] == f"{s3_env.uri}/incoming/2026-01-14/"
     assert result["counts"] == {"read": 4, "valid": 3, "rejected": 1, "scored": 3, "loaded": 3}
+
+
+def test_s3_credentials_stay_out_of_the_logs_even_at_debug_level(
+    s3_env: S3Bucket, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    s3_env.put("incoming/2026-01-14/part-1.csv", csv_text([row(1)]))
+    with caplog.at_level(logging.DEBUG):
+        assert main([]) == 0
+    output = capsys.readouterr()
+    for secret in (S3_ACCESS_KEY_ID, S3_SECRET_ACCESS_KEY):
+        assert secret not in caplog.text + output.out + output.err
 
 
 def test_the_command_takes_no_arguments(capsys: pytest.CaptureFixture[str]) -> None:

@@ -6,22 +6,11 @@ import datetime as dt
 import logging
 
 import pytest
-from batch_job_support import S3_ACCESS_KEY_ID, S3_SECRET_ACCESS_KEY, Landing, S3Bucket, refused_url
+from batch_job_support import Landing, S3Bucket, refused_url
 
 from batch_job.errors import ConfigError, InvalidInputError, TransientError
 from batch_job.extract import extract_day
 from batch_job.settings import load_settings
-
-
-@pytest.fixture
-def s3_env(
-    job_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, s3_bucket: S3Bucket, s3_endpoint_url: str
-) -> S3Bucket:
-    monkeypatch.setenv("BATCH_SOURCE_URI", f"{s3_bucket.uri}/incoming")
-    monkeypatch.setenv("BATCH_S3_ENDPOINT_URL", s3_endpoint_url)
-    monkeypatch.setenv("BATCH_S3_ACCESS_KEY_ID", S3_ACCESS_KEY_ID)
-    monkeypatch.setenv("BATCH_S3_SECRET_ACCESS_KEY", S3_SECRET_ACCESS_KEY)
-    return s3_bucket
 
 
 def test_reads_only_the_days_csv_files_in_name_order(job_env: dict[str, str], landing: Landing) -> None:
