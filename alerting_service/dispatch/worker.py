@@ -54,8 +54,9 @@ class DispatchTuning:
     poll_interval: float = 1.0
     # Graceful stop: how long in-flight sends may finish before they are cut off and handed back.
     shutdown_timeout: float = 10.0
-    # A delivery handed back for want of a free slot is due again after this.
-    hand_back_delay: timedelta = timedelta(seconds=1)
+    # A delivery handed back for want of a free slot is due again after this: short, so it goes soon after a
+    # slot frees up, yet long enough that a hung receiver's backlog is not claimed and handed back non-stop.
+    hand_back_delay: timedelta = timedelta(seconds=2)
 
 
 # A send is cut off after this many times its receiver's timeout: the timeout bounds each step (connect,
@@ -327,7 +328,10 @@ class Dispatcher:
             for task in unfinished:
                 task.cancel()
             await asyncio.gather(*unfinished, return_exceptions=True)
-            await self._hand_back(cut_off)
+            try:
+                await self._hand_back(cut_off)
+            except Exception as exc:  # the database is gone too: the leases expire and others take over
+                log.error("could not hand back cut-off sends", extra={"error": type(exc).__name__})
         await self._webhook.aclose()
 
 

@@ -99,15 +99,19 @@ def _request(notification: Notification, receiver: WebhookReceiver) -> tuple[byt
 
 
 def standard_body(notification: Notification) -> dict[str, Any]:
-    """The Standard Webhooks payload shape: type, timestamp, data."""
+    """The Standard Webhooks payload shape: type, timestamp (when the event occurred), data.
+
+    Nothing in it changes between attempts, so a retry carries the same body as the first try.
+    """
+    event = notification.event.as_json()
     return {
         "type": f"alert.{notification.kind.value}",
-        "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        "timestamp": event["occurred_at"] or event["received_at"],
         "data": {
             "delivery_id": notification.delivery_id,
             "receiver": notification.receiver.name,
             "kind": notification.kind.value,
-            "event": notification.event.as_json(),
+            "event": event,
         },
     }
 

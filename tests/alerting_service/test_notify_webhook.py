@@ -206,3 +206,17 @@ async def test_errors_name_scheme_and_host_but_never_the_url_token(
     assert "http://127.0.0.1" in str(caught.value)
     assert "tok3n" not in str(caught.value)
     assert "tok3n" not in repr(caught.value)
+
+
+async def test_a_retry_carries_the_same_body_as_the_first_try(
+    http_receiver: HttpReceiver, notifier: WebhookNotifier
+) -> None:
+    http_receiver.script("/hook", Reply(500))
+    notification = notification_for(http_receiver.receiver("/hook"))
+    with pytest.raises(DeliveryError):
+        await notifier.send(notification)
+    await notifier.send(notification)
+
+    first, second = http_receiver.received("/hook")
+    assert first.body == second.body
+    assert json.loads(first.body)["timestamp"] == notification.event.as_json()["occurred_at"]
