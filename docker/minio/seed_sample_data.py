@@ -8,7 +8,7 @@ same objects with the same content.
 
 import datetime as dt
 import os
-import subprocess  # noqa: S404  # runs the sample-data CLI with fixed arguments
+import subprocess  # ruff: ignore[suspicious-subprocess-import]  # runs the sample-data CLI with fixed arguments
 import sys
 import tempfile
 from pathlib import Path
