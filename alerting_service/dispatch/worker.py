@@ -225,9 +225,8 @@ class Dispatcher:
             return error
         except TimeoutError:
             return DeliveryError(Reason.TIMEOUT, retryable=True, message="send outlasted its deadline")
-        except (
-            Exception
-        ) as exc:  # a bug must not stop the dispatcher; its message may hold secrets: type only
+        # A bug must not stop the dispatcher. Its message may hold secrets: only the type is kept.
+        except Exception as exc:
             log.error(
                 "unexpected send failure", extra={"delivery_id": delivery.id, "error": type(exc).__name__}
             )
