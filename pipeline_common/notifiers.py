@@ -80,6 +80,11 @@ class AlertServiceEndpoint:
         return cls(events_url=base.rstrip("/") + EVENTS_PATH, api_key=connection.password)
 
     @property
+    def uses_tls(self) -> bool:
+        """Plain http needs no TLS context, and building one (loading the CA bundle) costs ~100 ms a task."""
+        return self.events_url.startswith("https://")
+
+    @property
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key}"}
 
@@ -184,7 +189,7 @@ class AlertServiceNotifier(BaseNotifier):
 
     @cached_property
     def _http_client(self) -> httpx.Client:
-        return httpx.Client(timeout=self.timeout, follow_redirects=False)
+        return httpx.Client(timeout=self.timeout, follow_redirects=False, verify=self._endpoint.uses_tls)
 
     @cached_property
     def _async_http_client(self) -> httpx.AsyncClient:
