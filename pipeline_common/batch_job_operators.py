@@ -102,6 +102,8 @@ class DockerBatchJobOperator(DockerOperator):
             # The engine may be remote: a host temp dir would not exist there, and the job needs none.
             mount_tmp_dir=False,
             environment=environment,
+            # All output lines come back, so the summary can be found among them (see summary_line()).
+            xcom_all=True,
             inlets=[INCOMING_TRANSACTIONS],
             outlets=[SCORED_TRANSACTIONS],
             **kwargs,
@@ -110,12 +112,21 @@ class DockerBatchJobOperator(DockerOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         self._private_environment = secret_job_environment(read_pipeline_connections())
         try:
-            last_line = super().execute(context)
+            output_lines = super().execute(context)
         except DockerContainerFailedException as exc:
             raise batch_job_failure(docker_exit_code(exc)) from None
         finally:
             self._private_environment = {}
-        return _record_success(context, self.environment, last_line)
+        return _record_success(context, self.environment, summary_line(output_lines or []))
+
+
+def summary_line(output_lines: list[str]) -> str | None:
+    """The summary among a container's output lines: the last one that is a JSON object.
+
+    Docker's attach stream interleaves stdout and stderr, and a log line written to stderr just before the
+    summary can arrive after it, so "the last line" of the stream is not always stdout's last line. The job's
+    log lines never start with "{", its summary always does."""
+    return next((line for line in reversed(output_lines) if line.lstrip().startswith("{")), None)
 
 
 def docker_exit_code(exc: DockerContainerFailedException) -> int:

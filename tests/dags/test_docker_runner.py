@@ -59,7 +59,7 @@ def test_the_job_runs_in_the_container_and_its_summary_becomes_the_asset_event(
     )
     output = capfd.readouterr().out
 
-    assert dag_run.state == "success"
+    assert dag_run.state == "success", output[-4000:]
     assert "DockerBatchJobOperator" in output and "Starting docker container" in output
     [event] = metadata_rows(
         airflow_db, "SELECT extra FROM asset_event WHERE source_run_id = ?", dag_run.run_id

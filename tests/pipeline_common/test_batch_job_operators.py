@@ -7,7 +7,12 @@ import json
 import pytest
 from airflow.providers.docker.exceptions import DockerContainerFailedException
 
-from pipeline_common.batch_job_operators import docker_exit_code, scored_event_extra, summary_from_output
+from pipeline_common.batch_job_operators import (
+    docker_exit_code,
+    scored_event_extra,
+    summary_from_output,
+    summary_line,
+)
 from pipeline_common.errors import BatchJobSummaryError
 
 SUMMARY = {
@@ -58,3 +63,12 @@ def test_the_exit_code_is_read_from_the_providers_container_failure(status):
 
 def test_a_container_failure_without_status_code_counts_as_transient():
     assert docker_exit_code(DockerContainerFailedException("Docker container failed: lost")) == 1
+
+
+def test_the_summary_is_found_in_a_container_stream_where_a_log_line_overtook_it():
+    lines = ["2026-11-24 INFO extract: 1 files", json.dumps(SUMMARY), "2026-11-24 INFO load: 990 rows"]
+    assert summary_line(lines) == json.dumps(SUMMARY)
+
+
+def test_a_container_stream_without_a_json_line_has_no_summary():
+    assert summary_line(["2026-11-24 INFO load: 990 rows"]) is None
