@@ -321,6 +321,15 @@ def wait_for_webhooks(
     return last, (last_change if last else time.monotonic()) - start
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads), from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return math.nan
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def group_commit_batches(target: Target) -> tuple[int, float] | None:
     """From the service's /metrics: how many ingest transactions, and the mean events per transaction."""
     if target.name != "service":
@@ -370,7 +379,10 @@ def ingest_phase(procs: Processes, target: Target, receiver_port: int, args: arg
         run_wrk(target, args, args.warmup, f"warm{run_id}") if args.warmup > 0 else {"requests": 0, "ok": 0}
     )
     print(f"[ingest:{label}] warm-up {args.warmup:g} s: {warm['requests']} requests, discarded")
+    pid = procs.procs[target.name].pid
+    cpu_before = cpu_seconds(pid)
     wrk = run_wrk(target, args, args.duration, f"k{run_id}")
+    cpu = cpu_seconds(pid) - cpu_before
     at_end = receiver_count(receiver_port)
     seconds = wrk["duration_us"] / 1e6
     result = {
@@ -386,12 +398,18 @@ def ingest_phase(procs: Processes, target: Target, receiver_port: int, args: arg
         "bad_statuses": wrk["bad_statuses"],
         "socket_errors": {k: v for k, v in wrk["socket_errors"].items() if v and k != "status"},
         "webhooks_at_load_end": at_end,
+        "cpu_seconds": cpu,
+        "accepted_per_cpu_s": wrk["ok"] / cpu if cpu > 0 else math.nan,
     }
     print(
         f"[ingest:{label}] {wrk['requests']} requests in {seconds:.2f} s: accepted {wrk['ok']} "
         f"({result['accepted_per_s']:.0f}/s), p50 {result['p50_ms']:.2f} ms, p99 {result['p99_ms']:.2f} ms, "
         f"max {result['max_ms']:.1f} ms; non-{target.expected}: {wrk['bad']} {wrk['bad_statuses'] or ''}; "
         f"socket errors: {result['socket_errors'] or 0}"
+    )
+    print(
+        f"[ingest:{label}] server CPU during the load: {cpu:.1f} s over {seconds:.1f} s "
+        f"({result['accepted_per_cpu_s']:.0f} accepted per CPU-second, webhook sending included)"
     )
     expected_hooks = warm["ok"] + wrk["ok"]
     print(
@@ -559,6 +577,7 @@ def report(
     row("ingest: p50 latency (ms)", ours_i, am_i, "p50_ms", 2)
     row("ingest: p99 latency (ms)", ours_i, am_i, "p99_ms", 2)
     row("ingest: max latency (ms)", ours_i, am_i, "max_ms", 1)
+    row("ingest: accepted per server CPU-second", ours_i, am_i, "accepted_per_cpu_s", 0)
     row("ingest: non-202/200 answers", ours_i, am_i, "bad", 0)
     row("ingest: webhooks by load end", ours_i, am_i, "webhooks_at_load_end", 0)
     row("ingest: webhooks after drain", ours_i, am_i, "webhooks_total", 0)
