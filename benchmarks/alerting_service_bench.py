@@ -395,6 +395,7 @@ def ingest_phase(procs: Processes, target: Target, receiver_port: int, args: arg
         "p99_ms": wrk["p99_us"] / 1000,
         "max_ms": wrk["max_us"] / 1000,
         "bad": wrk["bad"],
+        "duplicates": wrk["duplicates"],
         "bad_statuses": wrk["bad_statuses"],
         "socket_errors": {k: v for k, v in wrk["socket_errors"].items() if v and k != "status"},
         "webhooks_at_load_end": at_end,
@@ -405,7 +406,7 @@ def ingest_phase(procs: Processes, target: Target, receiver_port: int, args: arg
         f"[ingest:{label}] {wrk['requests']} requests in {seconds:.2f} s: accepted {wrk['ok']} "
         f"({result['accepted_per_s']:.0f}/s), p50 {result['p50_ms']:.2f} ms, p99 {result['p99_ms']:.2f} ms, "
         f"max {result['max_ms']:.1f} ms; non-{target.expected}: {wrk['bad']} {wrk['bad_statuses'] or ''}; "
-        f"socket errors: {result['socket_errors'] or 0}"
+        f"socket errors: {result['socket_errors'] or 0}; answered duplicate: {wrk['duplicates']}"
     )
     print(
         f"[ingest:{label}] server CPU during the load: {cpu:.1f} s over {seconds:.1f} s "
@@ -507,6 +508,7 @@ def delivery_phase(procs: Processes, target: Target, receiver_port: int, args: a
     result = {
         "sent": len(outcomes),
         "accepted": len(accepted),
+        "duplicate_answers": sum(1 for o in accepted if o.duplicate),
         "errors": errors,
         "offered_rate": args.rate,
         "achieved_rate": len(outcomes) / max(1e-9, last_due - outcomes[0].due) if len(outcomes) > 1 else 0,
@@ -528,7 +530,8 @@ def delivery_phase(procs: Processes, target: Target, receiver_port: int, args: a
     print(
         f"[delivery:{label}] {result['sent']} sent at {args.rate:g}/s for {args.delivery_seconds:g} s "
         f"(scheduler late > 5 ms: {run.late_starts}, connections {run.connections_opened}, max in flight "
-        f"{run.max_in_flight}): {len(accepted)} answered {target.expected}, errors {errors or 0}; "
+        f"{run.max_in_flight}): {len(accepted)} answered {target.expected} "
+        f"({result['duplicate_answers']} as duplicates), errors {errors or 0}; "
         "answer latency "
         f"from due time p50 {result['answer_p50_ms']:.2f} ms, p99 {result['answer_p99_ms']:.2f} ms"
     )

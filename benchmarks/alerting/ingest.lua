@@ -21,6 +21,7 @@ function init(args)
   counter = 0
   ok = 0
   bad = 0
+  dup = 0
   statuses = {}
   wrk.headers["Content-Type"] = "application/json"
   if mode == "service" then
@@ -52,6 +53,7 @@ end
 function response(status, headers, body)
   if status == expected then
     ok = ok + 1
+    if mode == "service" and body and body:find('"duplicate":true', 1, true) then dup = dup + 1 end
   else
     bad = bad + 1
     local k = tostring(status)
@@ -60,11 +62,12 @@ function response(status, headers, body)
 end
 
 function done(summary, latency, requests)
-  local total_ok, total_bad = 0, 0
+  local total_ok, total_bad, total_dup = 0, 0, 0
   local merged = {}
   for _, thread in ipairs(threads) do
     total_ok = total_ok + thread:get("ok")
     total_bad = total_bad + thread:get("bad")
+    total_dup = total_dup + thread:get("dup")
     local st = thread:get("statuses")
     if st then
       for k, v in pairs(st) do merged[k] = (merged[k] or 0) + v end
@@ -74,10 +77,10 @@ function done(summary, latency, requests)
   for k, v in pairs(merged) do table.insert(parts, '"' .. k .. '":' .. v) end
   local e = summary.errors
   io.write(string.format(
-    'WRKRESULT {"duration_us":%d,"requests":%d,"ok":%d,"bad":%d,"bad_statuses":{%s},'
+    'WRKRESULT {"duration_us":%d,"requests":%d,"ok":%d,"duplicates":%d,"bad":%d,"bad_statuses":{%s},'
       .. '"socket_errors":{"connect":%d,"read":%d,"write":%d,"timeout":%d,"status":%d},'
       .. '"p50_us":%d,"p90_us":%d,"p99_us":%d,"max_us":%d,"mean_us":%.1f}\n',
-    summary.duration, summary.requests, total_ok, total_bad, table.concat(parts, ","),
+    summary.duration, summary.requests, total_ok, total_dup, total_bad, table.concat(parts, ","),
     e.connect, e.read, e.write, e.timeout, e.status,
     latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max, latency.mean))
 end

@@ -26,6 +26,7 @@ class Outcome:
     answered: float = 0.0  # monotonic time the full response was read
     status: int = 0
     event_id: str | None = None
+    duplicate: bool = False
     error: str | None = None
 
 
@@ -110,7 +111,9 @@ async def run(
                 outcome.status = status
                 if payload[:1] == b"{":
                     with contextlib.suppress(ValueError):
-                        outcome.event_id = json.loads(payload).get("id")
+                        answer = json.loads(payload)
+                        outcome.event_id = answer.get("id")
+                        outcome.duplicate = answer.get("duplicate") is True
                 idle.append(conn)
                 conn = None
             except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError, IndexError) as exc:
