@@ -167,9 +167,10 @@ def parse_retry_after(value: str | None, now: datetime) -> float | None:
     return max(0.0, (when - now).total_seconds())
 
 
-def _iso(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    if value.tzinfo is None:  # SQLite hands back naive datetimes; the store writes UTC
-        value = value.replace(tzinfo=UTC)
+def iso_utc(value: datetime) -> str:
+    """ISO 8601 in UTC with a Z, as the webhook JSON and the templates show instants."""
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _iso(value: datetime | None) -> str | None:
+    return iso_utc(value) if value is not None else None

@@ -7,13 +7,12 @@ exception text), undefined names fail loudly instead of rendering blanks.
 from __future__ import annotations
 
 import re
-from datetime import datetime
 from functools import cache
 
 import jinja2
 
 from alerting_service.models import DeliveryKind
-from alerting_service.notify.base import Notification
+from alerting_service.notify.base import Notification, iso_utc
 
 _SLACK_CONTROL = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;"})
 
@@ -35,10 +34,6 @@ def render_header_line(template_name: str, notification: Notification) -> str:
     return re.sub(r"\s+", " ", render(template_name, notification)).strip()
 
 
-def _iso(value: datetime) -> str:
-    return value.isoformat().replace("+00:00", "Z")
-
-
 def _slack_escape(value: object) -> str:
     """Slack mrkdwn treats only &, < and > as control characters."""
     return str(value).translate(_SLACK_CONTROL)
@@ -52,6 +47,6 @@ def _environment() -> jinja2.Environment:
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=False,
     )
-    environment.filters["iso"] = _iso
+    environment.filters["iso"] = iso_utc
     environment.filters["slack"] = _slack_escape
     return environment
