@@ -262,10 +262,55 @@ def test_the_container_is_removed_after_the_run(successful_run, podman_env, batc
     assert remaining.strip() == ""
 
 
-def test_the_secrets_reach_the_container_but_not_the_logs_nor_the_metadata_db(successful_run):
-    # The ML API refuses calls without ML_API_KEY and the run scored rows: the key was in the container.
+@pytest.fixture(scope="module")
+def retried_run(airflow_docker_env, landing, results_db, ml_api) -> Iterator[tuple[DagRunResult, int]]:
+    """A run whose first container finds the ML API down (its connection dropped) and whose retry finds it up;
+    yields the run and how many ML API connections the front accepted."""
+    day = date(2026, 4, 2)
+    landing.put_sample_day(day, rows=10)
+    flaky = FlakyForwarder(target_port=ml_api.port, drop_first=1)
+    threading.Thread(target=flaky.serve_forever, daemon=True).start()
+    try:
+        yield (
+            run_dag(airflow_docker_env, connection_variables(landing, results_db, flaky.url), day),
+            flaky.accepted,
+        )
+    finally:
+        flaky.shutdown()
+        flaky.server_close()
+
+
+@pytest.fixture(scope="module")
+def invalid_data_run(airflow_docker_env, landing, results_db, ml_api) -> Iterator[DagRunResult]:
+    day = date(2026, 4, 3)
+    landing.put_invalid_day(day)
+    yield run_dag(airflow_docker_env, connection_variables(landing, results_db, ml_api.url), day)
+
+
+def test_a_container_failing_with_exit_1_is_retried_and_the_retry_succeeds(retried_run):
+    run, ml_api_connections = retried_run
+    assert run.exit_code == 0, run.output[-5000:]
+    assert task_tries(run.run_id) == [(1, "failed"), (2, "success")]
+    assert "the batch job exited with code 1" in run.output
+    assert ml_api_connections >= 2
+    assert scored_asset_extras(run.run_id)[0]["counts"]["loaded"] == 10
+
+
+def test_invalid_input_data_exit_65_fails_the_run_without_a_retry(invalid_data_run):
+    assert invalid_data_run.exit_code != 0
+    assert task_tries(invalid_data_run.run_id) == [(1, "failed")]
+    assert "the batch job exited with code 65" in invalid_data_run.output
+    assert scored_asset_extras(invalid_data_run.run_id) == []
+
+
+def test_the_secrets_reach_the_containers_but_no_log_output_nor_airflow_file(
+    successful_run, retried_run, invalid_data_run
+):
+    # The ML API refuses calls without ML_API_KEY and the runs scored rows: the key was in the containers.
     assert successful_run.exit_code == 0, successful_run.output[-5000:]
-    assert not [secret for secret in SECRETS if secret in successful_run.output]
+    outputs = successful_run.output + retried_run[0].output + invalid_data_run.output
+    assert not [secret for secret in SECRETS if secret in outputs]
+    # AIRFLOW_HOME holds the metadata DB (rendered fields, XComs, asset events) and the task log files.
     airflow_home = Path(os.environ["AIRFLOW_HOME"])
     leaks = [
         (path, secret)
@@ -275,31 +320,3 @@ def test_the_secrets_reach_the_container_but_not_the_logs_nor_the_metadata_db(su
         if secret.encode() in path.read_bytes()
     ]
     assert not leaks, leaks
-
-
-def test_a_failed_container_attempt_is_retried(airflow_docker_env, landing, results_db, ml_api, podman_env):
-    day = date(2026, 4, 2)
-    landing.put_sample_day(day, rows=10)
-    flaky = FlakyForwarder(target_port=ml_api.port, drop_first=1)
-    threading.Thread(target=flaky.serve_forever, daemon=True).start()
-    try:
-        run = run_dag(airflow_docker_env, connection_variables(landing, results_db, flaky.url), day)
-    finally:
-        flaky.shutdown()
-        flaky.server_close()
-
-    assert run.exit_code == 0, run.output[-5000:]
-    assert task_tries(run.run_id) == [(1, "failed"), (2, "success")]
-    assert scored_asset_extras(run.run_id)[0]["counts"]["loaded"] == 10
-
-
-def test_invalid_input_data_fails_the_run_without_a_retry(airflow_docker_env, landing, results_db, ml_api):
-    day = date(2026, 4, 3)
-    landing.put_invalid_day(day)
-
-    run = run_dag(airflow_docker_env, connection_variables(landing, results_db, ml_api.url), day)
-
-    assert run.exit_code != 0
-    assert task_tries(run.run_id) == [(1, "failed")]
-    assert "65" in run.output
-    assert scored_asset_extras(run.run_id) == []
