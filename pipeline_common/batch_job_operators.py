@@ -158,7 +158,7 @@ class LocalBatchJobOperator(BaseOperator):
         return _record_success(context, self.environment, last_line)
 
     def _run(self, process_env: dict[str, str]) -> tuple[int, str | None]:
-        self._process = subprocess.Popen(
+        with subprocess.Popen(
             [sys.executable, "-m", "batch_job"],
             env=process_env,
             stdin=subprocess.DEVNULL,
@@ -166,15 +166,16 @@ class LocalBatchJobOperator(BaseOperator):
             stderr=subprocess.PIPE,
             text=True,
             bufsize=1,
-        )
+        ) as self._process:
+            return self._wait_streaming(self._process)
+
+    def _wait_streaming(self, process: subprocess.Popen[str]) -> tuple[int, str | None]:
         try:
             # Drain stderr (the job's log) and stdout (its summary) concurrently so neither pipe fills up.
-            stderr_thread = threading.Thread(
-                target=self._stream_to_log, args=(self._process.stderr,), daemon=True
-            )
+            stderr_thread = threading.Thread(target=self._stream_to_log, args=(process.stderr,), daemon=True)
             stderr_thread.start()
-            last_line = self._stream_to_log(self._process.stdout)
-            exit_code = self._process.wait()
+            last_line = self._stream_to_log(process.stdout)
+            exit_code = process.wait()
             stderr_thread.join()
             return exit_code, last_line
         finally:

@@ -97,15 +97,7 @@ def s3_endpoint() -> Iterator[str]:
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
     try:
-        import boto3
-
-        boto3.client(
-            "s3",
-            endpoint_url=endpoint,
-            aws_access_key_id=S3_ACCESS_KEY_ID,
-            aws_secret_access_key=S3_SECRET_ACCESS_KEY,
-            region_name="us-east-1",
-        ).create_bucket(Bucket=BUCKET)
+        Landing(endpoint=endpoint, scratch=Path()).create_bucket()
         yield endpoint
     finally:
         server.stop()
@@ -129,11 +121,16 @@ class Landing:
             region_name="us-east-1",
         )
 
+    def create_bucket(self) -> None:
+        with closing(self._client()) as client:
+            client.create_bucket(Bucket=BUCKET)
+
     def put_sample_day(self, day: date, rows: int, bad_share: float = 0.0) -> None:
         self.put_file(day, write_day(self.scratch / str(uuid.uuid4()), day, rows, bad_share))
 
     def put_file(self, day: date, path: Path) -> None:
-        self._client().upload_file(str(path), BUCKET, f"{PREFIX}/{day.isoformat()}/{path.name}")
+        with closing(self._client()) as client:
+            client.upload_file(str(path), BUCKET, f"{PREFIX}/{day.isoformat()}/{path.name}")
 
 
 @pytest.fixture(scope="session")
