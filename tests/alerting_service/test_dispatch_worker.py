@@ -6,7 +6,7 @@ import logging
 import threading
 from collections.abc import AsyncGenerator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
 
@@ -123,43 +123,6 @@ async def test_a_410_disables_the_receiver_and_dead_letters_the_delivery(
     assert (await database.delivery(gone_id)).reason == "destination_disabled"
     async with database.sessions() as session:
         assert webhook.name in await deliveries.disabled_receivers(session)
-
-
-async def test_deliveries_to_a_disabled_receiver_die_unsent_and_replay_after_re_enabling(
-    database: Database, http_receiver: HttpReceiver
-) -> None:
-    webhook = http_receiver.receiver("/hook")
-    async with database.sessions() as session, session.begin():
-        await deliveries.disable_receiver(session, webhook.name, reason="HTTP 410", now=datetime.now(UTC))
-    async with dispatching(database, webhook) as dispatcher:
-        [delivery_id] = await database.add_event(webhook)
-        await database.until_status(delivery_id, DeliveryStatus.DEAD)
-        assert (await database.delivery(delivery_id)).reason == "destination_disabled"
-        assert http_receiver.received("/hook") == []
-
-        async with database.sessions() as session, session.begin():
-            await deliveries.enable_receiver(session, webhook.name)
-            await deliveries.replay(session, delivery_id, now=datetime.now(UTC))
-        dispatcher.wake()
-        await database.until_status(delivery_id, DeliveryStatus.SENT)
-    assert len(http_receiver.received("/hook")) == 1
-
-
-async def test_past_the_horizon_a_delivery_is_dead_and_a_replay_delivers_it(
-    database: Database, http_receiver: HttpReceiver
-) -> None:
-    http_receiver.answer_by_default("/hook", Reply(500))
-    webhook = http_receiver.receiver("/hook")
-    async with dispatching(database, webhook, horizon=300 * MS) as dispatcher:
-        [delivery_id] = await database.add_event(webhook)
-        await database.until_status(delivery_id, DeliveryStatus.DEAD)
-        assert (await database.delivery(delivery_id)).reason == "horizon_exceeded"
-
-        http_receiver.answer_by_default("/hook", Reply(200))
-        async with database.sessions() as session, session.begin():
-            assert await deliveries.replay(session, delivery_id, now=datetime.now(UTC)) is not None
-        dispatcher.wake()
-        await database.until_status(delivery_id, DeliveryStatus.SENT)
 
 
 async def test_a_hung_receiver_does_not_delay_another(
