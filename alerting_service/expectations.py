@@ -31,10 +31,10 @@ import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -77,6 +77,19 @@ class Expectation(BaseModel):
     @property
     def zone(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
+
+
+def _one_per_dag(expectations: list[Expectation]) -> list[Expectation]:
+    # The key is per DAG and day: a second expectation of the same DAG would collide with the first.
+    dag_ids = [expectation.dag_id for expectation in expectations]
+    duplicates = sorted({dag_id for dag_id in dag_ids if dag_ids.count(dag_id) > 1})
+    if duplicates:
+        raise ValueError(f"one expectation per DAG: {duplicates[0]!r} has several")
+    return expectations
+
+
+Expectations = Annotated[list[Expectation], AfterValidator(_one_per_dag)]
+"""The YAML's `expectations:` list, as the service config declares it."""
 
 
 @dataclass(frozen=True)

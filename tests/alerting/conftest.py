@@ -99,7 +99,8 @@ def _text_of(mail: Mail) -> str:
     return "\n".join([mail.message["Subject"], *parts])
 
 
-def _service_config(smtp: SmtpServer, webhook: HttpReceiver, secret: str) -> dict[str, Any]:
+def service_config(smtp: SmtpServer, webhook: HttpReceiver, secret: str) -> dict[str, Any]:
+    """Failures and missed deadlines to email and webhook, retries and run failures to the webhook."""
     return {
         "receivers": [
             {
@@ -137,29 +138,43 @@ def _service_config(smtp: SmtpServer, webhook: HttpReceiver, secret: str) -> dic
     }
 
 
-@pytest.fixture(scope="session")
-async def alert_stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[AlertStack]:
-    directory = tmp_path_factory.mktemp("alert-service")
-    smtp, webhook, secret = SmtpServer(), HttpReceiver(), new_whsec()
-    smtp.start()
-    webhook.start()
-    config = directory / "alerting.yaml"
-    config.write_text(yaml.safe_dump(_service_config(smtp, webhook, secret)), encoding="utf-8")
+async def start_service(directory: Path, config: dict[str, Any], **environment: str) -> ServiceProcess:
+    """`alerting-service serve` with this YAML, a SQLite DB in `directory` and the test keys, ready."""
+    config_file = directory / "alerting.yaml"
+    config_file.write_text(yaml.safe_dump(config), encoding="utf-8")
     service = ServiceProcess(
         "serve",
         {
             "ALERTING_DATA_DIR": str(directory),
-            "ALERTING_CONFIG_FILE": str(config),
+            "ALERTING_CONFIG_FILE": str(config_file),
             "ALERTING_API_KEYS": f"airflow:ingest:{INGEST_KEY},admin:admin:{ADMIN_KEY}",
+            **environment,
         },
         directory / "service.log",
     )
     service.start()
     try:
         await service.until_ready()
-        yield AlertStack(service, smtp, webhook, secret)
-    finally:
+    except BaseException:
         service.stop()
+        raise
+    return service
+
+
+@pytest.fixture(scope="session")
+async def alert_stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[AlertStack]:
+    smtp, webhook, secret = SmtpServer(), HttpReceiver(), new_whsec()
+    smtp.start()
+    webhook.start()
+    try:
+        service = await start_service(
+            tmp_path_factory.mktemp("alert-service"), service_config(smtp, webhook, secret)
+        )
+        try:
+            yield AlertStack(service, smtp, webhook, secret)
+        finally:
+            service.stop()
+    finally:
         webhook.stop()
         smtp.stop()
 

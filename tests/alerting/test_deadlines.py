@@ -1,4 +1,4 @@
-"""Silence is also an alert: a run past its Deadline Alert, and a day without a successful run."""
+"""A run past its Deadline Alert raises `deadline_missed`, through Airflow's own miss handling and trigger."""
 
 from __future__ import annotations
 
@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.alerting.conftest import ONCALL, AirflowRunner, AlertStack, DagTest, eventually
+from tests.alerting.conftest import (
+    ONCALL,
+    AirflowRunner,
+    AlertStack,
+    DagTest,
+    eventually,
+)
 
 pytestmark = pytest.mark.slow
 

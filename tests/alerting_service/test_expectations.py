@@ -10,12 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from alerting_service.config import AlertingConfig, Settings
 from alerting_service.db import create_engine, create_schema, create_session_factory
 from alerting_service.expectations import (
     Expectation,
+    Expectations,
     ExpectationWatcher,
     deadline_on,
     latest_passed_check,
@@ -87,6 +88,13 @@ def test_the_missed_event_is_a_dag_level_deadline_missed_without_run() -> None:
 def test_an_unknown_time_zone_is_refused_by_name() -> None:
     with pytest.raises(ValidationError, match="unknown time zone 'Mars/Olympus'"):
         Expectation(dag_id="d", succeed_by="04:00", timezone="Mars/Olympus")
+
+
+def test_two_expectations_of_one_dag_are_refused() -> None:
+    with pytest.raises(ValidationError, match="one expectation per DAG: 'd' has several"):
+        TypeAdapter(Expectations).validate_python(
+            [{"dag_id": "d", "succeed_by": "04:00"}, {"dag_id": "d", "succeed_by": "06:00"}]
+        )
 
 
 def test_succeed_by_reads_the_yaml_time_string() -> None:

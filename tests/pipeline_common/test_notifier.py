@@ -113,8 +113,7 @@ def test_a_refusal_by_the_service_falls_back_to_email(
     (mail,) = smtp_server.mails
     assert mail.recipients == [FALLBACK_TO]
     assert (
-        mail.message["Subject"]
-        == "[error] task_failure batch_pipeline_dag.run_batch_processing (try 2 of 4)"
+        mail.message["Subject"] == "[error] task_failure batch_pipeline_dag.run_batch_processing (try 2 of 4)"
     )
     assert "ConnectionError: ml-api:8000 refused" in mail.part("text/html")
 
