@@ -191,20 +191,19 @@ class AlertServiceNotifier(BaseNotifier):
     def _http_client(self) -> httpx.Client:
         return httpx.Client(timeout=self.timeout, follow_redirects=False, verify=self._endpoint.uses_tls)
 
-    @cached_property
-    def _async_http_client(self) -> httpx.AsyncClient:
-        return httpx.AsyncClient(timeout=self.timeout, follow_redirects=False)
-
     def _post(self, event: AlertEvent) -> str:
         endpoint = self._endpoint
         response = self._http_client.post(endpoint.events_url, json=event.as_json(), headers=endpoint.headers)
         return _recorded(response)
 
     async def _apost(self, event: AlertEvent) -> str:
+        # The triggerer builds a notifier per missed deadline: nothing to cache, and a client per call is
+        # closed with it. Built after the lookup: plain http loads no CA bundle on the triggerer's loop.
         endpoint = AlertServiceEndpoint.from_connection(await BaseHook.aget_connection(self.conn_id))
-        response = await self._async_http_client.post(
-            endpoint.events_url, json=event.as_json(), headers=endpoint.headers
-        )
+        async with httpx.AsyncClient(
+            timeout=self.timeout, follow_redirects=False, verify=endpoint.uses_tls
+        ) as client:
+            response = await client.post(endpoint.events_url, json=event.as_json(), headers=endpoint.headers)
         return _recorded(response)
 
     # --- the fallback -----------------------------------------------------------------------------------
