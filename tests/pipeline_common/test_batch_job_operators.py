@@ -7,12 +7,8 @@ import json
 import pytest
 from airflow.providers.docker.exceptions import DockerContainerFailedException
 
-from pipeline_common.batch_job_operators import (
-    docker_exit_code,
-    scored_event_extra,
-    summary_from_output,
-    summary_line,
-)
+from pipeline_common.batch_job_operators import scored_event_extra, summary_from_output
+from pipeline_common.docker_batch_job_operator import docker_exit_code, summary_line
 from pipeline_common.errors import BatchJobSummaryError
 
 SUMMARY = {

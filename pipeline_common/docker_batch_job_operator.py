@@ -1,0 +1,70 @@
+"""`run_batch_processing` in Docker mode: the batch job as a container of the pinned image (provider 4.6.1).
+
+Secrets are resolved from the connections inside `execute()` into `private_environment`, which the provider
+neither templates nor renders; `environment` holds only the non-secret variables of `prepare_environment`.
+Exit codes and the summary follow the same contract as the local runner (`batch_job_operators`).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from airflow.providers.docker.exceptions import DockerContainerFailedException
+from airflow.providers.docker.operators.docker import DockerOperator
+from airflow.sdk import Context
+
+from pipeline_common.assets import INCOMING_TRANSACTIONS, SCORED_TRANSACTIONS
+from pipeline_common.batch_job_operators import record_success
+from pipeline_common.connections import read_pipeline_connections, secret_job_environment
+from pipeline_common.errors import batch_job_failure
+from pipeline_common.settings import PipelineSettings
+
+# Provider 4.6.1 reports a container's exit only as the repr of Docker's wait() result in the message.
+_DOCKER_STATUS_CODE = re.compile(r"'StatusCode': (\d+)")
+
+
+class DockerBatchJobOperator(DockerOperator):
+    """The batch job as a container of the pinned image; secrets via `private_environment` at execute time."""
+
+    def __init__(self, *, settings: PipelineSettings, environment: Any, **kwargs: Any) -> None:
+        super().__init__(
+            image=settings.image,
+            docker_url=settings.docker_url,
+            network_mode=settings.docker_network,
+            mem_limit=settings.mem_limit,
+            auto_remove=settings.auto_remove,
+            # The engine may be remote: a host temp dir would not exist there, and the job needs none.
+            mount_tmp_dir=False,
+            environment=environment,
+            # All output lines come back, so the summary can be found among them (see summary_line()).
+            xcom_all=True,
+            inlets=[INCOMING_TRANSACTIONS],
+            outlets=[SCORED_TRANSACTIONS],
+            **kwargs,
+        )
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        self._private_environment = secret_job_environment(read_pipeline_connections())
+        try:
+            output_lines = super().execute(context)
+        except DockerContainerFailedException as exc:
+            raise batch_job_failure(docker_exit_code(exc)) from None
+        finally:
+            self._private_environment = {}
+        return record_success(context, self.environment, summary_line(output_lines or []))
+
+
+def summary_line(output_lines: list[str]) -> str | None:
+    """The summary among a container's output lines: the last one that is a JSON object.
+
+    Docker's attach stream interleaves stdout and stderr, and a log line written to stderr just before the
+    summary can arrive after it, so "the last line" of the stream is not always stdout's last line. The job's
+    log lines never start with "{", its summary always does."""
+    return next((line for line in reversed(output_lines) if line.lstrip().startswith("{")), None)
+
+
+def docker_exit_code(exc: DockerContainerFailedException) -> int:
+    match = _DOCKER_STATUS_CODE.search(str(exc))
+    # Without a status code the container failed in a way the job never saw (e.g. killed): retryable.
+    return int(match.group(1)) if match else 1
