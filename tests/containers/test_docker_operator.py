@@ -35,6 +35,7 @@ from containers_support import (
     podman,
     query_results,
 )
+from containers_support import run as run_command
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.timeout(1800)]
 
@@ -49,6 +50,7 @@ class DagRunResult:
     output: str
     run_id: str
     started_at: datetime
+    airflow_home: Path
 
 
 class FlakyForwarder(socketserver.ThreadingTCPServer):
@@ -133,10 +135,16 @@ def connection_variables(landing, results_db: str, ml_api_url: str) -> dict[str,
 
 
 @pytest.fixture(scope="session")
-def airflow_docker_env(airflow_db: Path, docker_api: str, batch_job_image: str, podman_env) -> dict[str, str]:
-    """The environment of the Airflow processes: the DAG's Docker runner pointed at podman's Docker API."""
-    return {
+def airflow_docker_env(
+    tmp_path_factory: pytest.TempPathFactory, docker_api: str, batch_job_image: str, podman_env
+) -> dict[str, str]:
+    """The environment of the Airflow processes: an AIRFLOW_HOME of their own (so the leak check reads only
+    these runs' files, and other suites never see these runs), the DAG's Docker runner pointed at podman."""
+    airflow_home = tmp_path_factory.mktemp("airflow-home-containers")
+    env = {
         **os.environ,
+        "AIRFLOW_HOME": str(airflow_home),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{airflow_home / 'airflow.db'}",
         "CONTAINERS_CONF": podman_env["CONTAINERS_CONF"],
         "BATCH_PIPELINE_DOCKER_URL": docker_api,
         "BATCH_PIPELINE_IMAGE": batch_job_image,
@@ -144,11 +152,12 @@ def airflow_docker_env(airflow_db: Path, docker_api: str, batch_job_image: str, 
         "BATCH_PIPELINE_MEM_LIMIT": "1g",
         "BATCH_PIPELINE_RETRY_DELAY_SECONDS": "1",
     }
+    run_command([sys.executable, "-m", "airflow", "db", "migrate"], env=env)
+    return env
 
 
-def metadata_rows(sql: str, *params) -> list[tuple]:
-    # The root conftest points Airflow at a SQLite metadata DB in AIRFLOW_HOME.
-    with closing(sqlite3.connect(Path(os.environ["AIRFLOW_HOME"]) / "airflow.db")) as db:
+def metadata_rows(airflow_home: Path, sql: str, *params) -> list[tuple]:
+    with closing(sqlite3.connect(airflow_home / "airflow.db")) as db:
         return db.execute(sql, params).fetchall()
 
 
@@ -170,29 +179,32 @@ def run_dag(env: dict[str, str], connections: dict[str, str], run_date: date) ->
         text=True,
         timeout=600,
     )
+    airflow_home = Path(env["AIRFLOW_HOME"])
     [(run_id,)] = metadata_rows(
-        "SELECT run_id FROM dag_run WHERE dag_id = ? ORDER BY id DESC LIMIT 1", DAG_ID
+        airflow_home, "SELECT run_id FROM dag_run WHERE dag_id = ? ORDER BY id DESC LIMIT 1", DAG_ID
     )
-    return DagRunResult(result.returncode, result.stdout + result.stderr, run_id, started_at)
+    return DagRunResult(result.returncode, result.stdout + result.stderr, run_id, started_at, airflow_home)
 
 
-def task_tries(run_id: str) -> list[tuple[int, str]]:
+def task_tries(run: DagRunResult) -> list[tuple[int, str]]:
     """(try_number, state) of every attempt of run_batch_processing in the run, oldest first."""
     where = "WHERE dag_id = ? AND run_id = ? AND task_id = ?"
+    key = (DAG_ID, run.run_id, TASK_ID)
     history = metadata_rows(
-        f"SELECT try_number, state FROM task_instance_history {where}", DAG_ID, run_id, TASK_ID
+        run.airflow_home, f"SELECT try_number, state FROM task_instance_history {where}", *key
     )
-    current = metadata_rows(f"SELECT try_number, state FROM task_instance {where}", DAG_ID, run_id, TASK_ID)
+    current = metadata_rows(run.airflow_home, f"SELECT try_number, state FROM task_instance {where}", *key)
     return sorted(set(history) | set(current))
 
 
-def scored_asset_extras(run_id: str) -> list[dict]:
+def scored_asset_extras(run: DagRunResult) -> list[dict]:
     rows = metadata_rows(
+        run.airflow_home,
         "SELECT e.extra FROM asset_event e JOIN asset a ON a.id = e.asset_id "
         "WHERE a.name = ? AND e.source_dag_id = ? AND e.source_run_id = ?",
         SCORED_ASSET,
         DAG_ID,
-        run_id,
+        run.run_id,
     )
     return [json.loads(extra) for (extra,) in rows]
 
@@ -227,7 +239,7 @@ def successful_run(airflow_docker_env, landing, results_db, ml_api) -> Iterator[
 
 def test_a_dag_run_through_the_docker_operator_succeeds_and_loads_the_day(successful_run, results_db):
     assert successful_run.exit_code == 0, successful_run.output[-5000:]
-    assert task_tries(successful_run.run_id) == [(1, "success")]
+    assert task_tries(successful_run) == [(1, "success")]
     (loaded,) = query_results(
         results_db, "SELECT count(*) FROM scored_transactions WHERE run_date = %s", "2026-04-01"
     )
@@ -245,7 +257,7 @@ def test_the_containers_log_lines_reach_the_task_log(successful_run):
 
 def test_the_scored_asset_event_carries_the_job_summary_counts(successful_run):
     assert successful_run.exit_code == 0, successful_run.output[-5000:]
-    [extra] = scored_asset_extras(successful_run.run_id)
+    [extra] = scored_asset_extras(successful_run)
     assert extra["run_date"] == "2026-04-01"
     assert extra["counts"]["read"] == 30
     assert extra["counts"]["valid"] + extra["counts"]["rejected"] == 30
@@ -290,17 +302,17 @@ def invalid_data_run(airflow_docker_env, landing, results_db, ml_api) -> Iterato
 def test_a_container_failing_with_exit_1_is_retried_and_the_retry_succeeds(retried_run):
     run, ml_api_connections = retried_run
     assert run.exit_code == 0, run.output[-5000:]
-    assert task_tries(run.run_id) == [(1, "failed"), (2, "success")]
+    assert task_tries(run) == [(1, "failed"), (2, "success")]
     assert "the batch job exited with code 1" in run.output
     assert ml_api_connections >= 2
-    assert scored_asset_extras(run.run_id)[0]["counts"]["loaded"] == 10
+    assert scored_asset_extras(run)[0]["counts"]["loaded"] == 10
 
 
 def test_invalid_input_data_exit_65_fails_the_run_without_a_retry(invalid_data_run):
     assert invalid_data_run.exit_code != 0
-    assert task_tries(invalid_data_run.run_id) == [(1, "failed")]
+    assert task_tries(invalid_data_run) == [(1, "failed")]
     assert "the batch job exited with code 65" in invalid_data_run.output
-    assert scored_asset_extras(invalid_data_run.run_id) == []
+    assert scored_asset_extras(invalid_data_run) == []
 
 
 def test_the_secrets_reach_the_containers_but_no_log_output_nor_airflow_file(
@@ -311,7 +323,7 @@ def test_the_secrets_reach_the_containers_but_no_log_output_nor_airflow_file(
     outputs = successful_run.output + retried_run[0].output + invalid_data_run.output
     assert not [secret for secret in SECRETS if secret in outputs]
     # AIRFLOW_HOME holds the metadata DB (rendered fields, XComs, asset events) and the task log files.
-    airflow_home = Path(os.environ["AIRFLOW_HOME"])
+    airflow_home = successful_run.airflow_home
     leaks = [
         (path, secret)
         for path in airflow_home.rglob("*")
