@@ -269,18 +269,6 @@ class AirflowRunner:
             self.home / "airflow.db",
         )
 
-    def python(self, script: Path, *arguments: str, environment: dict[str, str]) -> str:
-        """Run a script in this Airflow's environment; its stdout."""
-        completed = subprocess.run(
-            [sys.executable, str(script), *arguments],
-            env=self.environment | environment,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert completed.returncode == 0, completed.stderr[-3000:]
-        return completed.stdout
-
     def _airflow(self, *arguments: str, extra: dict[str, str] | None = None, check: bool = False) -> Any:
         return subprocess.run(
             [sys.executable, "-m", "airflow", *arguments],

@@ -10,13 +10,13 @@ from __future__ import annotations
 import json
 import os
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from airflow.sdk import dag, task
 
 from pipeline_common.defaults import default_args
-from pipeline_common.notifiers import AlertServiceNotifier
+from pipeline_common.notifiers import AlertServiceNotifier, missed_run_deadline
 from pipeline_common.settings import load_settings
 
 LABELS = {"team": "data-engineering"}
@@ -35,7 +35,7 @@ def new_notifier() -> AlertServiceNotifier:
     )
 
 
-def alerting_dag(dag_id: str) -> Any:
+def alerting_dag(dag_id: str, **dag_options: Any) -> Any:
     notifier = new_notifier()
     bracketed = [stamp, notifier, stamp]
     return dag(
@@ -52,6 +52,7 @@ def alerting_dag(dag_id: str) -> Any:
         },
         on_success_callback=notifier,
         on_failure_callback=notifier,
+        **dag_options,
     )
 
 
@@ -95,5 +96,16 @@ def alert_outage() -> None:
     fails()
 
 
+# Run by a real scheduler and triggerer (`airflow standalone`): `airflow dags test` creates no deadline.
+@alerting_dag("alert_slow_run", deadline=missed_run_deadline(timedelta(seconds=2), labels=LABELS))
+def alert_slow_run() -> None:
+    @task
+    def slower_than_its_deadline() -> None:
+        time.sleep(60)
+
+    slower_than_its_deadline()
+
+
 alert_scenarios()
 alert_outage()
+alert_slow_run()
