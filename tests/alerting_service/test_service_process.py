@@ -1,0 +1,91 @@
+"""The service as a real process: what it acknowledged survives a crash or a stop; a bad config stops it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import yaml
+
+from alerting_service.cli import EX_CONFIG
+from alerting_service.config import Settings, load_settings
+from tests.alerting_service.conftest import ADMIN, API_KEYS, INGEST, SettingsFactory, environment_of
+from tests.alerting_service.delivery_fixtures import ServiceProcess, post_failure_events
+
+StartService = Callable[..., ServiceProcess]
+
+
+def embedded_settings(tmp_path: Path) -> Settings:
+    return load_settings(data_dir=tmp_path / "data", api_keys=API_KEYS, run_dispatcher=False)
+
+
+async def stored(service: ServiceProcess, event_ids: list[str]) -> list[int]:
+    async with httpx.AsyncClient(base_url=service.url, headers=ADMIN) as client:
+        return [(await client.get(f"/v1/events/{event_id}")).status_code for event_id in event_ids]
+
+
+async def test_every_acknowledged_event_survives_a_kill_9(
+    make_settings: SettingsFactory, start_service: StartService
+) -> None:
+    service = start_service(make_settings())
+    await service.until_ready()
+    acknowledged = await post_failure_events(service.url, 50)
+
+    service.kill()
+    service.start()
+    await service.until_ready()
+
+    assert await stored(service, acknowledged) == [200] * 50
+
+
+async def test_a_stop_during_a_burst_loses_no_acknowledged_event(
+    start_service: StartService, tmp_path: Path
+) -> None:
+    service = start_service(embedded_settings(tmp_path))
+    await service.until_ready()
+    first_acknowledged = asyncio.Event()
+
+    async def post(n: int) -> str | None:
+        body = {"idempotency_key": f"burst/{n}", "type": "task_failure", "dag_id": "d", "task_id": f"t{n}"}
+        try:
+            answer = await client.post("/v1/events", json=body)
+        except httpx.TransportError:
+            return None  # refused while stopping: not acknowledged, the sender keeps it
+        if answer.status_code != 202:
+            return None
+        first_acknowledged.set()
+        return answer.json()["id"]
+
+    async with httpx.AsyncClient(base_url=service.url, headers=INGEST) as client:
+        burst = asyncio.gather(*(post(n) for n in range(200)))
+        await first_acknowledged.wait()
+        await asyncio.to_thread(service.stop)
+        acknowledged = [event_id for event_id in await burst if event_id is not None]
+    service.start()
+    await service.until_ready()
+
+    assert acknowledged, "the stop came before any event was acknowledged: nothing was tested"
+    assert await stored(service, acknowledged) == [200] * len(acknowledged)
+
+
+def test_serve_with_a_bad_config_exits_78_naming_the_key(tmp_path: Path) -> None:
+    config_file = tmp_path / "bad.yaml"
+    config_file.write_text(yaml.safe_dump({"route": {"receivers": ["pager"]}}))
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("ALERTING_")}
+    environment |= environment_of(embedded_settings(tmp_path)) | {"ALERTING_CONFIG_FILE": str(config_file)}
+
+    finished = subprocess.run(
+        [sys.executable, "-m", "alerting_service.cli", "serve", "--port", "9"],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert finished.returncode == EX_CONFIG
+    assert "route.receivers: unknown receiver 'pager'" in finished.stderr
