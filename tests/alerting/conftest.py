@@ -28,6 +28,8 @@ import pytest
 import yaml
 
 from tests.alerting_service.delivery_fixtures import (
+    SMTP_PASSWORD,
+    SMTP_USER,
     HttpReceiver,
     Mail,
     Receipt,
@@ -249,7 +251,14 @@ class AirflowRunner:
         }
         smtp_extra = {"from_email": "airflow@bank.example", "to": FALLBACK_TO, "disable_tls": True}
         smtp_extra |= {"disable_ssl": True, "timeout": 2, "retry_limit": 0}
-        smtp = {"conn_type": "smtp", "host": "127.0.0.1", "port": smtp_port, "extra": smtp_extra}
+        smtp = {
+            "conn_type": "smtp",
+            "host": "127.0.0.1",
+            "port": smtp_port,
+            "login": SMTP_USER,
+            "password": SMTP_PASSWORD,
+            "extra": smtp_extra,
+        }
         return {
             "AIRFLOW_CONN_ALERT_SERVICE_DEFAULT": json.dumps(service),
             "AIRFLOW_CONN_SMTP_DEFAULT": json.dumps(smtp),

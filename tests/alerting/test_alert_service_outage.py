@@ -14,6 +14,7 @@ import pytest
 
 from tests.alerting.conftest import (
     FALLBACK_TO,
+    INGEST_KEY,
     NOTIFIER_FALLBACK_TIMEOUT,
     NOTIFIER_TIMEOUT,
     AirflowRunner,
@@ -21,7 +22,7 @@ from tests.alerting.conftest import (
     DagTest,
     eventually,
 )
-from tests.alerting_service.delivery_fixtures import Mail, free_port
+from tests.alerting_service.delivery_fixtures import SMTP_PASSWORD, Mail, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -96,3 +97,11 @@ def test_the_task_log_carries_each_undelivered_event(outage: Outage) -> None:
 
 def test_nothing_reached_the_service(alert_stack: AlertStack, outage: Outage) -> None:
     assert alert_stack.events(dag_id="alert_outage") == []
+
+
+@pytest.mark.parametrize("secret", [INGEST_KEY, SMTP_PASSWORD], ids=["api key", "smtp password"])
+def test_no_secret_reaches_the_task_logs_or_the_metadata_database(outage: Outage, secret: str) -> None:
+    # Not vacuous: every callback of the run looked both up, sent the key and logged in with the password.
+    assert secret not in outage.run.output
+    for database_file in outage.run.airflow_db.parent.glob("airflow.db*"):
+        assert secret.encode() not in database_file.read_bytes(), database_file
