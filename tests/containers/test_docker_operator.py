@@ -31,6 +31,7 @@ from containers_support import (
     PREFIX,
     S3_ACCESS_KEY_ID,
     S3_SECRET_ACCESS_KEY,
+    SECRET_JOB_ENVIRONMENT,
     SECRETS,
     podman,
     query_results,
@@ -315,15 +316,41 @@ def test_invalid_input_data_exit_65_fails_the_run_without_a_retry(invalid_data_r
     assert scored_asset_extras(invalid_data_run) == []
 
 
-def test_the_secrets_reach_the_containers_but_no_log_output_nor_airflow_file(
-    successful_run, retried_run, invalid_data_run
+@pytest.fixture(scope="module")
+def kept_container(airflow_docker_env, landing, results_db, ml_api, podman_env, batch_job_image):
+    """A successful run with BATCH_PIPELINE_AUTO_REMOVE=never; yields the run and its container's inspect
+    data, then removes the container."""
+    day = date(2026, 4, 4)
+    landing.put_sample_day(day, rows=5)
+    env = {**airflow_docker_env, "BATCH_PIPELINE_AUTO_REMOVE": "never"}
+    run = run_dag(env, connection_variables(landing, results_db, ml_api.url), day)
+    ids = list(containers_of(podman_env, batch_job_image, run.started_at))
+    try:
+        yield run, [json.loads(podman(podman_env, "inspect", container_id))[0] for container_id in ids]
+    finally:
+        for container_id in ids:
+            podman(podman_env, "rm", "--force", container_id)
+
+
+def test_the_secrets_are_in_the_containers_environment(kept_container):
+    run, [container] = kept_container
+    assert run.exit_code == 0, run.output[-5000:]
+    environment = dict(entry.split("=", 1) for entry in container["Config"]["Env"])
+    assert {name: environment.get(name) for name in SECRET_JOB_ENVIRONMENT} == SECRET_JOB_ENVIRONMENT
+    assert environment["BATCH_RUN_DATE"] == "2026-04-04"
+
+
+def test_the_secrets_are_in_no_output_and_no_file_of_airflow(
+    successful_run, retried_run, invalid_data_run, kept_container
 ):
-    # The ML API refuses calls without ML_API_KEY and the runs scored rows: the key was in the containers.
-    assert successful_run.exit_code == 0, successful_run.output[-5000:]
-    outputs = successful_run.output + retried_run[0].output + invalid_data_run.output
+    outputs = (
+        successful_run.output + retried_run[0].output + invalid_data_run.output + kept_container[0].output
+    )
     assert not [secret for secret in SECRETS if secret in outputs]
     # AIRFLOW_HOME holds the metadata DB (rendered fields, XComs, asset events) and the task log files.
     airflow_home = successful_run.airflow_home
+    # Not vacuous: the rendered `environment` (non-secret job variables) is stored in what is scanned.
+    assert b"BATCH_SOURCE_URI" in (airflow_home / "airflow.db").read_bytes()
     leaks = [
         (path, secret)
         for path in airflow_home.rglob("*")
