@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import uuid
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from alerting_service import metrics
 from alerting_service.config import AlertingConfig
 from alerting_service.labels import event_labels
-from alerting_service.models import DeliveryKind, EventType, Integration
+from alerting_service.models import DeliveryKind, EventType, Integration, new_id
 from alerting_service.resolution import fingerprint, is_firing, resolved_fingerprints
 from alerting_service.routing import Router
 from alerting_service.schemas import EventIn
@@ -208,7 +207,7 @@ class Ingestor:
             if stored[key].body_hash != submission.body_hash:
                 return IdempotencyConflict(key)
             return Accepted(stored[key].id, duplicate=True)
-        event_id = str(uuid.uuid4())
+        event_id = new_id()
         stored[key] = StoredKey(event_id, submission.body_hash)  # a repeat later in this batch is a duplicate
         own_fingerprint = _fingerprint(submission)
         labels = event_labels(

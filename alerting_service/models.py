@@ -7,6 +7,9 @@ re-attaches it). Enumerations are stored as plain strings so both databases shar
 from __future__ import annotations
 
 import enum
+import os
+import time
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -47,6 +50,15 @@ class DeliveryStatus(enum.StrEnum):
     IN_FLIGHT = "in_flight"
     SENT = "sent"
     DEAD = "dead"
+
+
+def new_id() -> str:
+    """A UUIDv7 (RFC 9562): time-ordered, so new rows append to the primary-key indexes instead of dirtying
+    pages all over them. Under an alert storm that keeps each group commit small (fewer pages to sync)."""
+    milliseconds = time.time_ns() // 1_000_000
+    random_bits = int.from_bytes(os.urandom(10), "big")
+    rand_a, rand_b = (random_bits >> 62) & 0xFFF, random_bits & ((1 << 62) - 1)
+    return str(uuid.UUID(int=(milliseconds << 80) | (0x7 << 76) | (rand_a << 64) | (0b10 << 62) | rand_b))
 
 
 class UTCDateTime(TypeDecorator[datetime]):

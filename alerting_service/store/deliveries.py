@@ -31,7 +31,14 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
-from alerting_service.models import Delivery, DeliveryKind, DeliveryStatus, Integration, ReceiverState
+from alerting_service.models import (
+    Delivery,
+    DeliveryKind,
+    DeliveryStatus,
+    Integration,
+    ReceiverState,
+    new_id,
+)
 
 
 def new_delivery_row(
@@ -39,7 +46,7 @@ def new_delivery_row(
 ) -> dict[str, Any]:
     """The column values of a new pending delivery, due at once (for Core bulk inserts)."""
     return {
-        "id": str(uuid.uuid4()),
+        "id": new_id(),
         "event_id": event_id,
         "receiver": receiver,
         "integration": integration.value,

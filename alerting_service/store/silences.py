@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import uuid
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from alerting_service.models import Silence
+from alerting_service.models import Silence, new_id
 from alerting_service.silences import Matcher, SilenceRule
 
 
@@ -24,7 +23,7 @@ async def create(
     now: datetime,
 ) -> Silence:
     silence = Silence(
-        id=str(uuid.uuid4()),
+        id=new_id(),
         matchers=matchers,
         starts_at=starts_at,
         ends_at=ends_at,
