@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from alerting_service.labels import LABEL_PREFIX
 from alerting_service.models import (
@@ -77,14 +84,20 @@ class EventIn(BaseModel):
         default_factory=dict, max_length=64
     )
 
+    @field_validator("labels")
+    @classmethod
+    def _labels_in_name_order(cls, labels: dict[str, str]) -> dict[str, str]:
+        # A fixed order makes the serialised event canonical (see body_hash).
+        return dict(sorted(labels.items()))
+
     @property
     def effective_severity(self) -> Severity:
         return self.severity or DEFAULT_SEVERITY[self.type]
 
     def body_hash(self) -> str:
-        """sha256 of the canonical body: a re-sent callback matches whatever its key order or whitespace."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()
+        """sha256 of the canonical body: a re-sent callback matches whatever its key order, whitespace or
+        time-zone notation. Fields serialise in declaration order and labels are sorted by name."""
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()
 
 
 class IngestAccepted(BaseModel):

@@ -76,6 +76,13 @@ async def test_the_same_body_with_keys_in_another_order_is_a_duplicate(api: Api)
     assert second.json() == {"id": first.json()["id"], "duplicate": True}
 
 
+async def test_the_same_instant_in_another_time_zone_is_a_duplicate(api: Api) -> None:
+    first = await api.post_event(idempotency_key="tz", occurred_at="2026-01-14T02:07:12Z")
+    second = await api.post_event(idempotency_key="tz", occurred_at="2026-01-14T03:07:12+01:00")
+
+    assert second.json() == {"id": first.json()["id"], "duplicate": True}
+
+
 async def test_the_same_key_with_another_body_is_a_409_naming_the_key(api: Api) -> None:
     await api.post_event(idempotency_key="reused", try_number=1)
     counts = await api.row_counts()
