@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -274,3 +275,20 @@ def test_the_alert_service_accepts_the_compose_routing_config(tmp_path):
     config = parse_alerting_config(text, "docker/alerting-service/config.yaml")
 
     assert sorted(receiver.name for receiver in config.receivers) == ["incident-webhook", "oncall-email"]
+
+
+def test_the_pipeline_settings_of_the_compose_stack_pass_the_dags_validation(resolved):
+    from pipeline_common.settings import Runner, load_settings
+
+    settings = load_settings(resolved["services"]["airflow-scheduler"]["environment"])
+
+    assert settings.runner is Runner.DOCKER
+    assert settings.docker_network == resolved["networks"]["batch"]["name"]
+
+
+def test_the_project_images_are_tagged_with_the_project_version(resolved):
+    version = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["version"]
+    images = {service["image"] for service in resolved["services"].values()}
+    project_images = [image for image in images if image.startswith("batch-orchestration/")]
+    assert len(project_images) == 3, project_images
+    assert all(image.endswith(f":{version}") for image in project_images), project_images
