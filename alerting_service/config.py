@@ -345,7 +345,6 @@ class Settings(BaseSettings):
     api_keys_file: SecretFile | None = None
     max_body_bytes: int = Field(default=65536, ge=1024, le=16 * 1024 * 1024)
     run_dispatcher: bool = True
-    public_url: str | None = None
     # Group commit: at most this many queued events are written by one transaction.
     ingest_batch_max: int = Field(default=512, ge=1, le=5000)
     # How often the in-memory silences are re-read, for silences changed by another process.

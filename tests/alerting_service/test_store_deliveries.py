@@ -1,0 +1,112 @@
+"""The outbox claim semantics (store/deliveries.py), on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+from alerting_service.models import DeliveryStatus
+from alerting_service.store import deliveries as delivery_store
+from tests.alerting_service.delivery_fixtures import Database, SmtpServer, smtp_server_fixture  # ruff: ignore[unused-import]
+
+LEASE = timedelta(seconds=30)
+
+
+async def claim(database: Database, now: datetime, limit: int = 100) -> list[str]:
+    async with database.sessions() as session, session.begin():
+        return [
+            delivery.id
+            for delivery in await delivery_store.claim_due(session, now=now, limit=limit, lease=LEASE)
+        ]
+
+
+async def pending(database: Database, smtp_server: SmtpServer, count: int) -> list[str]:
+    receivers = [smtp_server.receiver(f"r{n}") for n in range(count)]
+    return await database.add_event(*receivers)
+
+
+async def test_a_claim_takes_no_more_than_its_limit(database: Database, smtp_server: SmtpServer) -> None:
+    await pending(database, smtp_server, 5)
+
+    assert len(await claim(database, datetime.now(UTC), limit=2)) == 2
+
+
+async def test_a_claimed_delivery_is_in_flight_with_a_lease_and_one_more_attempt(
+    database: Database, smtp_server: SmtpServer
+) -> None:
+    [delivery_id] = await pending(database, smtp_server, 1)
+    now = datetime.now(UTC)
+
+    await claim(database, now)
+
+    claimed = await database.delivery(delivery_id)
+    assert (claimed.status, claimed.attempts, claimed.lease_until) == (
+        DeliveryStatus.IN_FLIGHT,
+        1,
+        now + LEASE,
+    )
+
+
+async def test_a_delivery_under_lease_is_not_claimed_again(
+    database: Database, smtp_server: SmtpServer
+) -> None:
+    await pending(database, smtp_server, 3)
+    now = datetime.now(UTC)
+    await claim(database, now)
+
+    assert await claim(database, now + LEASE - timedelta(seconds=1)) == []
+
+
+async def test_an_expired_lease_is_claimable_again(database: Database, smtp_server: SmtpServer) -> None:
+    ids = await pending(database, smtp_server, 3)
+    now = datetime.now(UTC)
+    await claim(database, now)
+
+    assert sorted(await claim(database, now + LEASE + timedelta(seconds=1))) == sorted(ids)
+
+
+async def test_a_delivery_not_yet_due_is_not_claimed(database: Database, smtp_server: SmtpServer) -> None:
+    [delivery_id] = await pending(database, smtp_server, 1)
+    now = datetime.now(UTC)
+    [claimed] = await claim(database, now)
+    async with database.sessions() as session, session.begin():
+        await delivery_store.mark_retry(
+            session,
+            claimed,
+            next_attempt_at=now + timedelta(minutes=5),
+            reason="server_error",
+            error="HTTP 503",
+        )
+
+    assert await claim(database, now + timedelta(minutes=4)) == []
+    assert await claim(database, now + timedelta(minutes=5)) == [delivery_id]
+
+
+async def test_concurrent_claims_never_take_the_same_delivery(
+    database: Database, smtp_server: SmtpServer
+) -> None:
+    ids = await pending(database, smtp_server, 40)
+    now = datetime.now(UTC)
+
+    claims = await asyncio.gather(*(claim(database, now, limit=7) for _ in range(8)))
+
+    taken = [delivery_id for claimed in claims for delivery_id in claimed]
+    assert sorted(taken) == sorted(ids)
+
+
+async def test_an_outcome_after_the_lease_was_taken_over_is_not_recorded(
+    database: Database, smtp_server: SmtpServer
+) -> None:
+    [delivery_id] = await pending(database, smtp_server, 1)
+    now = datetime.now(UTC)
+    await claim(database, now)
+    async with database.sessions() as session, session.begin():
+        await delivery_store.mark_retry(
+            session, delivery_id, next_attempt_at=now, reason="timeout", error="timed out"
+        )
+
+    async with database.sessions() as session, session.begin():
+        recorded = await delivery_store.mark_sent(session, delivery_id, now=now)
+
+    assert recorded is False
+    assert (await database.delivery(delivery_id)).status == DeliveryStatus.PENDING
