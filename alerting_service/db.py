@@ -29,14 +29,15 @@ def database_url(settings: Settings) -> URL:
 
 
 def create_engine(settings: Settings) -> AsyncEngine:
+    """`hide_parameters`: database errors end up in logs, and the values bound to a statement stay out."""
     url = database_url(settings)
     if url.get_backend_name() == "sqlite":
         if url.database and url.database != ":memory:":
             Path(url.database).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        engine = create_async_engine(url, pool_size=5, max_overflow=5)
+        engine = create_async_engine(url, pool_size=5, max_overflow=5, hide_parameters=True)
         _tune_sqlite(engine)
         return engine
-    return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+    return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True, hide_parameters=True)
 
 
 def _tune_sqlite(engine: AsyncEngine) -> None:

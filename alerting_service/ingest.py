@@ -153,15 +153,19 @@ class Ingestor:
             if batch:
                 await self._write(batch)
 
-    async def _write(self, batch: list[_Submission]) -> None:
+    async def _write(self, batch: list[_Submission], *, retrying_alone: bool = False) -> None:
         try:
             plan = await self._commit(batch)
-        except Exception:
+        except Exception as error:
+            if not retrying_alone:
+                # Once per batch with the traceback; the retries of its events then log one line each.
+                log.exception("a batch of %d events was not stored", len(batch), extra={"action": "ingest"})
             if len(batch) > 1:
                 for submission in batch:
-                    await self._write([submission])
+                    await self._write([submission], retrying_alone=True)
                 return
-            log.exception("could not store an event", extra={"action": "ingest"})
+            if retrying_alone:
+                log.error("event not stored: %s", error, extra={"action": "ingest"})
             _answer(batch[0], IngestUnavailable("the event could not be stored"))
             return
         for submission, outcome in zip(batch, plan.outcomes, strict=True):

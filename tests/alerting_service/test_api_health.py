@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -10,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from alerting_service.api.app import create_app
 from alerting_service.config import load_settings
-from tests.alerting_service.conftest import API_KEYS, Api, SettingsFactory, running_api
+from tests.alerting_service.conftest import API_KEYS, INGEST, Api, SettingsFactory, running_api
 from tests.alerting_service.delivery_fixtures import (
     Database,
     _create_postgres_database,
@@ -39,8 +41,19 @@ async def test_readyz_is_ready_when_the_database_answers(api: Api) -> None:
     assert (answer.status_code, answer.json()) == (200, {"status": "ready", "database": True})
 
 
-@pytest.mark.postgres
-async def test_readyz_is_503_when_the_database_is_gone(tmp_path: Path) -> None:
+@dataclass
+class DroppableDatabase:
+    """The app on a PostgreSQL database of its own, which the test can drop while the app runs."""
+
+    client: httpx.AsyncClient
+    name: str
+
+    async def drop(self) -> None:
+        await _drop_postgres_database(self.name)
+
+
+@pytest.fixture
+async def droppable(tmp_path: Path) -> AsyncGenerator[DroppableDatabase]:
     name = await _create_postgres_database()
     url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
     app = create_app(
@@ -52,14 +65,34 @@ async def test_readyz_is_503_when_the_database_is_gone(tmp_path: Path) -> None:
             app.router.lifespan_context(app),
             httpx.AsyncClient(transport=transport, base_url="http://t") as client,
         ):
-            assert (await client.get("/readyz")).status_code == 200
-            await _drop_postgres_database(name)
-
-            answer = await client.get("/readyz")
+            yield DroppableDatabase(client, name)
     finally:
         await _drop_postgres_database(name)
 
+
+@pytest.mark.postgres
+async def test_readyz_is_503_when_the_database_is_gone(droppable: DroppableDatabase) -> None:
+    assert (await droppable.client.get("/readyz")).status_code == 200
+    await droppable.drop()
+
+    answer = await droppable.client.get("/readyz")
+
     assert (answer.status_code, answer.json()) == (503, {"status": "unavailable", "database": False})
+
+
+@pytest.mark.postgres
+async def test_an_event_that_cannot_be_stored_is_a_503_asking_to_send_it_again(
+    droppable: DroppableDatabase,
+) -> None:
+    await droppable.drop()
+
+    answer = await droppable.client.post(
+        "/v1/events", json={"idempotency_key": "k", "type": "task_failure", "dag_id": "d"}, headers=INGEST
+    )
+
+    assert answer.status_code == 503
+    assert answer.headers["retry-after"] == "1"
+    assert "could not be stored" in answer.json()["detail"]
 
 
 async def test_metrics_count_received_events_by_type(api: Api) -> None:
