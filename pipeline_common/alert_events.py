@@ -49,6 +49,9 @@ DEFAULT_SEVERITY = {
     EventType.DEADLINE_MISSED: "critical",
 }
 
+# What wakes a person up; retries and successes inform, and are not worth an email that bypasses routing.
+ALARMS = frozenset({EventType.TASK_FAILURE, EventType.DAG_RUN_FAILURE, EventType.DEADLINE_MISSED})
+
 _TASK_STATE_EVENTS = {
     "up_for_retry": EventType.TASK_RETRY,
     "failed": EventType.TASK_FAILURE,
@@ -82,6 +85,10 @@ class AlertEvent:
 
     def as_json(self) -> dict[str, Any]:
         return {name: value for name, value in asdict(self).items() if value is not None}
+
+    @property
+    def is_alarm(self) -> bool:
+        return self.type in ALARMS
 
     @property
     def headline(self) -> str:

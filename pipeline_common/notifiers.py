@@ -3,7 +3,8 @@
 An Airflow callback fires once and nothing re-sends it, so the notifier makes one short attempt and, when
 the alert service does not accept the event, falls back at once: the event goes to the task log at ERROR level
 and, when the `smtp_default` connection and a recipient are configured, straight to an inbox through the SMTP
-provider.
+provider. Only alarms are emailed (failures and missed deadlines); a retry or a success during an outage is
+logged, not mailed to a person who would get one email per task.
 
 Bounds. Airflow kills a task callback after 20 s (`[core] task_success_overtime`) and a DAG callback that
 hangs can take other callbacks of its file down with it, so the attempt (`timeout`) and the fallback email
@@ -135,7 +136,8 @@ class AlertServiceNotifier(BaseNotifier):
             outcome = _call_within(self.timeout, lambda: self._post(event))
         except Exception as error:
             self._log_fallback(event, error)
-            self._email_fallback(event)
+            if event.is_alarm:
+                self._email_fallback(event)
         else:
             self.log.info("Alert %s recorded by the alert service: %s", event.idempotency_key, outcome)
 
@@ -147,7 +149,8 @@ class AlertServiceNotifier(BaseNotifier):
             outcome = await asyncio.wait_for(self._apost(event), self.timeout)
         except Exception as error:
             self._log_fallback(event, error)
-            await self._aemail_fallback(event)
+            if event.is_alarm:
+                await self._aemail_fallback(event)
         else:
             self.log.info("Alert %s recorded by the alert service: %s", event.idempotency_key, outcome)
 

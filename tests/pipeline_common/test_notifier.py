@@ -209,6 +209,20 @@ def test_the_fallback_recipient_argument_wins_over_the_connection_extra(
     assert smtp_server.mails[0].recipients == ["pipeline-owner@bank.example"]
 
 
+@pytest.mark.parametrize("state", ["up_for_retry", "success"])
+def test_a_retry_or_success_during_an_outage_is_logged_not_emailed(
+    state: str, monkeypatch: pytest.MonkeyPatch, smtp_server: SmtpServer
+) -> None:
+    set_alert_service(monkeypatch, free_port())
+    set_smtp(monkeypatch, smtp_server)
+
+    with capture_logs() as logs:
+        notifier()(task_context(state=state))
+
+    assert smtp_server.mails == []
+    assert any("ALERT NOT DELIVERED" in entry["event"] for entry in logs)
+
+
 def test_without_a_recipient_the_fallback_only_logs(
     monkeypatch: pytest.MonkeyPatch, smtp_server: SmtpServer
 ) -> None:

@@ -138,6 +138,22 @@ def test_the_final_failure_says_try_n_of_n_and_has_no_next_retry() -> None:
     assert "(try 4 of 4)" in event.headline
 
 
+@pytest.mark.parametrize(
+    ("context", "alarm"),
+    [
+        (task_context(state="failed"), True),
+        (dag_run_context("task_failure"), True),
+        (deadline_context(), True),
+        (task_context(state="up_for_retry"), False),
+        (task_context(state="success"), False),
+        (dag_run_context("success"), False),
+    ],
+    ids=["task failure", "run failure", "deadline", "retry", "task success", "run success"],
+)
+def test_failures_and_missed_deadlines_are_alarms(context: dict[str, Any], alarm: bool) -> None:
+    assert event_for(context).is_alarm is alarm
+
+
 def test_a_success_carries_no_exception() -> None:
     assert event_for(task_context(state="success")).exception is None
 
