@@ -21,7 +21,7 @@ from starlette.routing import Route
 from alerting_service import __version__
 from alerting_service.api.body_limit import BodySizeLimit
 from alerting_service.api.deps import Services
-from alerting_service.api.routes import deliveries, events, health, silences
+from alerting_service.api.routes import deliveries, events, health, receivers, silences
 from alerting_service.auth import load_key_ring
 from alerting_service.config import AlertingConfig, Settings, load_alerting_config
 from alerting_service.db import create_engine, create_schema, create_session_factory
@@ -52,7 +52,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_exception_handler(RequestValidationError, _validation_error)
     # First among the routes: the hottest path is matched without trying the others.
     app.router.routes.insert(0, Route(events.INGEST_PATH, events.IngestEndpoint(), methods=["POST"]))
-    for module in (events, deliveries, silences, health):
+    for module in (events, deliveries, receivers, silences, health):
         app.include_router(module.router)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app

@@ -1,4 +1,4 @@
-"""The delivery log: dead letters, replay, and re-enabling a disabled receiver (admin scope)."""
+"""The delivery log: dead letters and replay (admin scope)."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ from fastapi import APIRouter, HTTPException, Query
 from alerting_service import schemas
 from alerting_service.api.deps import AUTH_ERRORS, AdminKey, ServicesDep, SessionDep
 from alerting_service.models import DeliveryStatus
-from alerting_service.schemas import DeliveryList, DeliveryOut, ErrorResponse, ReceiverEnabled
+from alerting_service.schemas import DeliveryList, DeliveryOut, ErrorResponse
 from alerting_service.store import deliveries as delivery_store
 
-router = APIRouter(prefix="/v1", tags=["deliveries"])
+router = APIRouter(prefix="/v1/deliveries", tags=["deliveries"])
 
 
-@router.get("/deliveries", response_model=DeliveryList, responses=AUTH_ERRORS, summary="List deliveries")
+@router.get("", response_model=DeliveryList, responses=AUTH_ERRORS, summary="List deliveries")
 async def list_deliveries(
     _key: AdminKey,
     session: SessionDep,
@@ -29,7 +29,7 @@ async def list_deliveries(
 
 
 @router.post(
-    "/deliveries/{delivery_id}/replay",
+    "/{delivery_id}/replay",
     response_model=DeliveryOut,
     responses={
         **AUTH_ERRORS,
@@ -53,20 +53,3 @@ async def replay_delivery(
     await session.commit()
     services.wake_dispatcher()
     return schemas.delivery_out(replayed)
-
-
-@router.post(
-    "/receivers/{name}/enable",
-    response_model=ReceiverEnabled,
-    responses={**AUTH_ERRORS, 404: {"model": ErrorResponse, "description": "No receiver of that name."}},
-    tags=["receivers"],
-    summary="Re-enable a receiver the dispatcher disabled (e.g. after 410 Gone)",
-)
-async def enable_receiver(
-    name: str, _key: AdminKey, session: SessionDep, services: ServicesDep
-) -> ReceiverEnabled:
-    if name not in {receiver.name for receiver in services.config.receivers}:
-        raise HTTPException(404, f"no receiver {name!r} in the configuration")
-    was_disabled = await delivery_store.enable_receiver(session, name)
-    await session.commit()
-    return ReceiverEnabled(name=name, was_disabled=was_disabled)
