@@ -77,7 +77,7 @@ async def _lifespan(app: FastAPI, settings: Settings, config: AlertingConfig) ->
     delivering = (
         asyncio.create_task(dispatcher.run(stop), name="dispatcher") if dispatcher is not None else None
     )
-    app.state.services = Services(settings, config, engine, sessions, ingestor, wake)
+    app.state.services = Services(config, engine, sessions, ingestor, wake)
     try:
         yield
     finally:

@@ -11,7 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from alerting_service.auth import ApiKey, KeyRing, Scope
-from alerting_service.config import AlertingConfig, Settings
+from alerting_service.config import AlertingConfig
 from alerting_service.ingest import Ingestor
 from alerting_service.schemas import ErrorResponse
 
@@ -20,7 +20,6 @@ from alerting_service.schemas import ErrorResponse
 class Services:
     """What the lifespan opened; the endpoints reach it through the dependencies below."""
 
-    settings: Settings
     config: AlertingConfig
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
