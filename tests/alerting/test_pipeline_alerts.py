@@ -6,6 +6,7 @@ service recorded (admin API) and what reached the SMTP server and the webhook re
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -58,6 +59,17 @@ def test_the_success_after_the_retries_resolves_their_alerts(
     (success,) = [event for event in events if event["type"] == "task_success"]
 
     assert [event["resolved_by"] for event in events if event["type"] == "task_retry"] == [success["id"]] * 2
+
+
+def test_the_webhook_that_heard_of_the_retries_hears_once_that_they_are_resolved(
+    alert_stack: AlertStack, scenarios: DagTest
+) -> None:
+    events = task_events(alert_stack, scenarios, "recovers_on_third_try")
+    (success,) = [event for event in events if event["type"] == "task_success"]
+
+    (notice,) = eventually(lambda: alert_stack.webhooks_about(success["id"]))
+
+    assert json.loads(notice.body)["data"]["kind"] == "resolved"
 
 
 def test_a_permanent_failure_alerts_each_retry_then_fails_on_try_4_of_4(
