@@ -40,4 +40,6 @@ podman build --network none --quiet \
     --build-arg "BASE_IMAGE=$base" --build-arg "VERSION=$version" \
     --label "$label=$content_hash" \
     --file "$dockerfile" --tag "$tag" "$repo" >&2
+# Superseded builds (untagged images derived from the local base, which carry its label) only take disk space.
+podman image prune --force --filter "label=org.batch-orchestration.base-recipe" >/dev/null
 echo "$tag"
