@@ -2,8 +2,12 @@
 
 SQLite (the embedded default) is tuned for durability and for one writer among readers: WAL journal,
 `synchronous=FULL` (a commit reaches the disk before the 202 goes out), a busy timeout instead of immediate
-"database is locked" errors, and `BEGIN IMMEDIATE` so a transaction that reads then writes takes the write
-lock at its start instead of failing half-way when another connection committed in between.
+"database is locked" errors. The sqlite3 module opens a transaction with `BEGIN IMMEDIATE` right before the
+first write of a unit of work, in the same call: the write lock is taken (or waited for) up front, so a
+transaction never fails half-way because another connection committed, reads take no lock at all, and a group
+commit costs no separate round trip to the database thread for its BEGIN. The price is that the reads before
+that first write see the latest committed state rather than a snapshot held to the commit; the unique
+idempotency key and the guarded UPDATEs of the outbox make that safe.
 """
 
 from __future__ import annotations
@@ -34,7 +38,13 @@ def create_engine(settings: Settings) -> AsyncEngine:
     if url.get_backend_name() == "sqlite":
         if url.database and url.database != ":memory:":
             Path(url.database).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        engine = create_async_engine(url, pool_size=5, max_overflow=5, hide_parameters=True)
+        engine = create_async_engine(
+            url,
+            pool_size=5,
+            max_overflow=5,
+            hide_parameters=True,
+            connect_args={"isolation_level": "IMMEDIATE"},
+        )
         _tune_sqlite(engine)
         return engine
     return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True, hide_parameters=True)
@@ -43,8 +53,6 @@ def create_engine(settings: Settings) -> AsyncEngine:
 def _tune_sqlite(engine: AsyncEngine) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        # Take transaction control away from the sqlite3 module; "begin" below emits it.
-        dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         for pragma in (
             "journal_mode=WAL",
@@ -54,10 +62,6 @@ def _tune_sqlite(engine: AsyncEngine) -> None:
         ):
             cursor.execute(f"PRAGMA {pragma}")
         cursor.close()
-
-    @event.listens_for(engine.sync_engine, "begin")
-    def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
