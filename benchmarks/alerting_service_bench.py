@@ -513,6 +513,7 @@ def delivery_phase(procs: Processes, target: Target, receiver_port: int, args: a
         "offered_rate": args.rate,
         "achieved_rate": len(outcomes) / max(1e-9, last_due - outcomes[0].due) if len(outcomes) > 1 else 0,
         "late_starts": run.late_starts,
+        "resent": run.retried,
         "connections": run.connections_opened,
         "max_in_flight": run.max_in_flight,
         "answer_p50_ms": percentile(answer_ms, 50),
@@ -529,7 +530,8 @@ def delivery_phase(procs: Processes, target: Target, receiver_port: int, args: a
     }
     print(
         f"[delivery:{label}] {result['sent']} sent at {args.rate:g}/s for {args.delivery_seconds:g} s "
-        f"(scheduler late > 5 ms: {run.late_starts}, connections {run.connections_opened}, max in flight "
+        f"(scheduler late > 5 ms: {run.late_starts}, connections {run.connections_opened}, "
+        f"resent on a stale keep-alive connection {run.retried}, max in flight "
         f"{run.max_in_flight}): {len(accepted)} answered {target.expected} "
         f"({result['duplicate_answers']} as duplicates), errors {errors or 0}; "
         "answer latency "

@@ -17,6 +17,9 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+# uvicorn closes a keep-alive connection idle for 5 s (its default): reuse only ones used more recently.
+REUSE_SECONDS = 2.0
+
 
 @dataclass
 class Outcome:
@@ -38,6 +41,7 @@ class OpenLoopResult:
     connections_opened: int
     max_in_flight: int
     late_starts: int = 0  # sends the scheduler started more than 5 ms after their due time
+    retried: int = 0  # sends repeated once because a reused keep-alive connection was closed unanswered
     extra: dict = field(default_factory=dict)
 
 
@@ -83,11 +87,22 @@ async def run(
     fixed = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
     prefix = f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n{fixed}Content-Type: application/json\r\n"
     bodies = [make_body(i) for i in range(total)]  # built before the clock starts
-    idle: deque[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = deque()
+    idle: deque[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = deque()
     slots = asyncio.Semaphore(max_connections)
-    stats = {"opened": 0, "in_flight": 0, "max_in_flight": 0, "late": 0}
+    stats = {"opened": 0, "in_flight": 0, "max_in_flight": 0, "late": 0, "retried": 0}
     t0 = time.monotonic() + 0.5
     outcomes = [Outcome(key=bodies[i][0], due=t0 + i / rate) for i in range(total)]
+
+    async def connection() -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bool]:
+        """An idle keep-alive connection used recently enough, else a new one; and whether it is reused."""
+        while idle:
+            reader, writer, last_used = idle.pop()
+            if time.monotonic() - last_used < REUSE_SECONDS and not reader.at_eof():
+                return reader, writer, True
+            writer.close()
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+        stats["opened"] += 1
+        return reader, writer, False
 
     async def one(i: int) -> None:
         outcome = outcomes[i]
@@ -96,17 +111,24 @@ async def run(
         async with slots:
             stats["in_flight"] += 1
             stats["max_in_flight"] = max(stats["max_in_flight"], stats["in_flight"])
-            conn = None
+            writer = None
             try:
-                if idle:
-                    conn = idle.pop()
-                else:
-                    conn = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
-                    stats["opened"] += 1
-                reader, writer = conn
-                outcome.sent = time.monotonic()
-                writer.write(request)
-                status, payload = await asyncio.wait_for(_read_response(reader), timeout)
+                for attempt in (1, 2):
+                    reader, writer, reused = await connection()
+                    outcome.sent = time.monotonic()
+                    writer.write(request)
+                    try:
+                        status, payload = await asyncio.wait_for(_read_response(reader), timeout)
+                        break
+                    except (asyncio.IncompleteReadError, ConnectionResetError) as exc:
+                        # A reused connection the server closed before answering anything: send again on a
+                        # new one (safe: nothing was read; the idempotency key makes a repeat a duplicate).
+                        partial = getattr(exc, "partial", b"")
+                        writer.close()
+                        writer = None
+                        if not (reused and not partial and attempt == 1):
+                            raise
+                        stats["retried"] += 1
                 outcome.answered = time.monotonic()
                 outcome.status = status
                 if payload[:1] == b"{":
@@ -114,15 +136,15 @@ async def run(
                         answer = json.loads(payload)
                         outcome.event_id = answer.get("id")
                         outcome.duplicate = answer.get("duplicate") is True
-                idle.append(conn)
-                conn = None
+                idle.append((reader, writer, outcome.answered))
+                writer = None
             except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError, IndexError) as exc:
                 outcome.error = type(exc).__name__
                 outcome.answered = time.monotonic()
             finally:
                 stats["in_flight"] -= 1
-                if conn is not None:
-                    conn[1].close()
+                if writer is not None:
+                    writer.close()
 
     tasks = []
     for i in range(total):
@@ -142,4 +164,5 @@ async def run(
         connections_opened=stats["opened"],
         max_in_flight=stats["max_in_flight"],
         late_starts=stats["late"],
+        retried=stats["retried"],
     )
