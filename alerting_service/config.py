@@ -36,12 +36,14 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from alerting_service.expectations import Expectations
 from alerting_service.models import EventType, Integration, Severity
 
 ENV_PREFIX = "ALERTING_"
 MATCH_KEYS = ("type", "severity", "dag_id", "task_id")
 LABEL_KEY_PREFIX = "labels."
 FAILURE_TYPES = (EventType.TASK_FAILURE, EventType.DAG_RUN_FAILURE, EventType.DEADLINE_MISSED)
+DEFAULT_INGEST_QUEUE_MAX = 10_000
 
 
 class ConfigError(Exception):
@@ -293,6 +295,8 @@ class AlertingConfig(_Strict):
     receivers: list[Receiver] = Field(default_factory=list)
     route: Route | None = None
     retry: RetryConfig = Field(default_factory=RetryConfig)
+    # Dead man's switches: "this DAG succeeds by 04:00" (expectations.py).
+    expectations: Expectations = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _names_unique_and_routes_resolvable(self) -> AlertingConfig:
@@ -347,6 +351,8 @@ class Settings(BaseSettings):
     run_dispatcher: bool = True
     # Group commit: at most this many queued events are written by one transaction.
     ingest_batch_max: int = Field(default=512, ge=1, le=5000)
+    # Events waiting for the writer beyond this are answered 503 at once (the sender retries later).
+    ingest_queue_max: int = Field(default=DEFAULT_INGEST_QUEUE_MAX, ge=1)
     # How often the in-memory silences are re-read, for silences changed by another process.
     silence_refresh_seconds: float = Field(default=10.0, gt=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -27,7 +27,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from alerting_service import metrics
-from alerting_service.config import AlertingConfig
+from alerting_service.config import DEFAULT_INGEST_QUEUE_MAX, AlertingConfig
 from alerting_service.labels import event_labels
 from alerting_service.models import DeliveryKind, EventType, Integration, new_id
 from alerting_service.resolution import fingerprint, is_firing, resolved_fingerprints
@@ -89,11 +89,13 @@ class Ingestor:
         batch_max: int,
         silence_refresh_seconds: float,
         on_commit: Callable[[], None],
+        queue_max: int = DEFAULT_INGEST_QUEUE_MAX,
     ) -> None:
         self._sessions = sessions
         self._router = Router(config.root_route)
         self._integrations = {receiver.name: receiver.integration for receiver in config.receivers}
         self._batch_max = batch_max
+        self._queue_max = queue_max
         self._silence_refresh_seconds = silence_refresh_seconds
         self._on_commit = on_commit
         self._silences = SilenceSet()
@@ -127,6 +129,9 @@ class Ingestor:
         """Store the event; answers once it is committed. Raises IdempotencyConflict or IngestUnavailable."""
         if not self._accepting:
             raise IngestUnavailable("the service is shutting down")
+        if self._queue.qsize() >= self._queue_max:
+            # The database is not keeping up: answer now, rather than hold the sender until it times out.
+            raise IngestUnavailable(f"overloaded: {self._queue_max} events are waiting to be stored")
         future: asyncio.Future[Accepted] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Submission(event, event.body_hash(), datetime.now(UTC), future))
         return await future

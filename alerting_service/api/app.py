@@ -26,6 +26,7 @@ from alerting_service.auth import load_key_ring
 from alerting_service.config import AlertingConfig, Settings, load_alerting_config
 from alerting_service.db import create_engine, create_schema, create_session_factory
 from alerting_service.dispatch.worker import Dispatcher
+from alerting_service.expectations import watching
 from alerting_service.ingest import Ingestor
 
 COMPONENT_REF = "#/components/schemas/{model}"  # a pydantic template, filled in per model
@@ -70,6 +71,7 @@ async def _lifespan(app: FastAPI, settings: Settings, config: AlertingConfig) ->
         sessions,
         config,
         batch_max=settings.ingest_batch_max,
+        queue_max=settings.ingest_queue_max,
         silence_refresh_seconds=settings.silence_refresh_seconds,
         on_commit=wake,
     )
@@ -79,7 +81,9 @@ async def _lifespan(app: FastAPI, settings: Settings, config: AlertingConfig) ->
     )
     app.state.services = Services(config, engine, sessions, ingestor, wake)
     try:
-        yield
+        # The watcher records through the ingestor: it stops first.
+        async with watching(config.expectations, session_factory=sessions, ingestor=ingestor):
+            yield
     finally:
         await ingestor.stop()
         stop.set()

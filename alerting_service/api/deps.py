@@ -6,7 +6,7 @@ from collections.abc import AsyncGenerator, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, HTTPException, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -69,6 +69,10 @@ def _require(scope: Scope) -> Callable[..., Coroutine[Any, Any, ApiKey]]:
 ServicesDep = Annotated[Services, Depends(_services)]
 SessionDep = Annotated[AsyncSession, Depends(_session)]
 AdminKey = Annotated[ApiKey, Depends(_require(Scope.ADMIN))]
+
+PageLimit = Annotated[int, Query(ge=1, le=1000, description="At most this many items.")]
+# Bounded so that it fits the databases' 64-bit integers (a larger one is a 422, not a database error).
+PageOffset = Annotated[int, Query(ge=0, le=2**62, description="Skip this many items.")]
 
 AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorResponse, "description": "Missing or unknown API key."},

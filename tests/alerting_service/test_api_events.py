@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
-from tests.alerting_service.conftest import ADMIN, INGEST, Api, SettingsFactory, running_api
+from alerting_service.api.app import create_app
+from alerting_service.config import load_settings
+from tests.alerting_service.conftest import ADMIN, API_KEYS, INGEST, Api, SettingsFactory, running_api
 from tests.alerting_service.delivery_fixtures import Database, new_whsec
 
 ROUTING = {
@@ -235,7 +240,44 @@ async def test_the_event_log_filters_by_time_received(api: Api) -> None:
     assert after.json()["count"] == 2
 
 
+@pytest.mark.parametrize("since", ["2026-01-14T02:00:00", "0001-01-01T00:00:00+14:00"])
+async def test_a_time_filter_without_zone_or_out_of_range_is_a_422(api: Api, since: str) -> None:
+    answer = await api.client.get("/v1/events", params={"since": since}, headers=ADMIN)
+
+    assert answer.status_code == 422
+    assert answer.json()["detail"][0]["loc"] == ["query", "since"]
+
+
 async def test_an_unknown_event_id_is_a_404(api: Api) -> None:
     answer = await api.client.get("/v1/events/no-such-id", headers=ADMIN)
 
     assert answer.status_code == 404
+
+
+async def test_events_beyond_the_queue_limit_are_refused_at_once_while_the_database_is_stuck(
+    tmp_path: Path,
+) -> None:
+    settings = load_settings(data_dir=tmp_path, api_keys=API_KEYS, run_dispatcher=False, ingest_queue_max=5)
+    app = create_app(settings)
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://t") as client,
+    ):
+        blocker = sqlite3.connect(tmp_path / "alerts.db")
+        blocker.execute("BEGIN IMMEDIATE")  # another writer holds the database
+        posting = asyncio.gather(
+            *(
+                client.post("/v1/events", json=VALID | {"idempotency_key": f"q{n}"}, headers=INGEST)
+                for n in range(30)
+            )
+        )
+        await asyncio.sleep(0.5)
+        blocker.rollback()
+        answers = await posting
+        stored = (await client.get("/v1/events", headers=ADMIN)).json()["count"]
+        blocker.close()
+
+    refused = [answer for answer in answers if answer.status_code == 503]
+    assert refused and all("overloaded" in answer.json()["detail"] for answer in refused)
+    assert stored == sum(answer.status_code == 202 for answer in answers) == 30 - len(refused)

@@ -86,6 +86,15 @@ def test_the_design_documents_example_is_valid() -> None:
         ({"retry": {"horizon": "soon"}}, "retry.horizon: use a duration like 30s, 5m, 2h or 1h30m"),
         ({"retry": {"initial_backoff": "1h", "max_backoff": "1m"}}, "retry: max_backoff must not be shorter"),
         ({"surprise": 1}, "surprise: Extra inputs are not permitted"),
+        (
+            {
+                "expectations": [
+                    {"dag_id": "d", "succeed_by": "04:00"},
+                    {"dag_id": "d", "succeed_by": "05:00"},
+                ]
+            },
+            "expectations: one expectation per DAG: 'd' has several",
+        ),
     ],
 )
 def test_a_bad_config_names_the_key(change: dict[str, object], message: str) -> None:
@@ -93,6 +102,14 @@ def test_a_bad_config_names_the_key(change: dict[str, object], message: str) -> 
         parse(GOOD | change)
 
     assert message in str(raised.value)
+
+
+def test_expectations_are_read_from_the_config() -> None:
+    document = GOOD | {"expectations": [{"dag_id": "batch_pipeline_dag", "succeed_by": "04:00"}]}
+
+    config = parse_alerting_config(yaml.safe_dump(document), "alerting.yaml")
+
+    assert [(e.dag_id, e.succeed_by.hour) for e in config.expectations] == [("batch_pipeline_dag", 4)]
 
 
 def test_a_secret_read_from_a_file_is_used(tmp_path: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
@@ -11,11 +10,26 @@ from pydantic import BaseModel, ValidationError
 from starlette.types import Receive, Scope, Send
 
 from alerting_service import schemas
-from alerting_service.api.deps import AUTH_ERRORS, AdminKey, Services, SessionDep, authorize
+from alerting_service.api.deps import (
+    AUTH_ERRORS,
+    AdminKey,
+    PageLimit,
+    PageOffset,
+    Services,
+    SessionDep,
+    authorize,
+)
 from alerting_service.auth import Scope as AuthScope
 from alerting_service.ingest import IdempotencyConflict, IngestUnavailable
 from alerting_service.models import EventType
-from alerting_service.schemas import ErrorResponse, EventDetail, EventIn, EventList, IngestAccepted
+from alerting_service.schemas import (
+    ErrorResponse,
+    EventDetail,
+    EventIn,
+    EventList,
+    IngestAccepted,
+    UTCTimestamp,
+)
 from alerting_service.store import events as event_store
 
 router = APIRouter(prefix="/v1/events", tags=["events"])
@@ -92,16 +106,13 @@ async def list_events(
     session: SessionDep,
     dag_id: Annotated[str | None, Query(max_length=250)] = None,
     type: Annotated[EventType | None, Query()] = None,
-    since: Annotated[datetime | None, Query(description="received at or after (ISO 8601 with zone)")] = None,
-    until: Annotated[datetime | None, Query(description="received before (ISO 8601 with zone)")] = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    since: Annotated[
+        UTCTimestamp | None, Query(description="received at or after (ISO 8601 with zone)")
+    ] = None,
+    until: Annotated[UTCTimestamp | None, Query(description="received before (ISO 8601 with zone)")] = None,
+    limit: PageLimit = 100,
+    offset: PageOffset = 0,
 ) -> EventList:
-    for name, value in (("since", since), ("until", until)):
-        if value is not None and value.tzinfo is None:
-            raise RequestValidationError(
-                [{"loc": ("query", name), "msg": "must include a timezone", "type": "timezone_aware"}]
-            )
     rows, count = await event_store.list_events(
         session, dag_id=dag_id, event_type=type, since=since, until=until, limit=limit, offset=offset
     )

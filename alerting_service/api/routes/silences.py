@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, HTTPException
 from fastapi.exceptions import RequestValidationError
 
 from alerting_service import schemas
-from alerting_service.api.deps import AUTH_ERRORS, AdminKey, ServicesDep, SessionDep
+from alerting_service.api.deps import AUTH_ERRORS, AdminKey, PageLimit, PageOffset, ServicesDep, SessionDep
 from alerting_service.schemas import ErrorResponse, SilenceIn, SilenceList, SilenceOut
 from alerting_service.store import silences as silence_store
 
@@ -50,8 +49,8 @@ async def create_silence(
 async def list_silences(
     _key: AdminKey,
     session: SessionDep,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: PageLimit = 100,
+    offset: PageOffset = 0,
 ) -> SilenceList:
     now = datetime.now(UTC)
     rows = await silence_store.list_all(session, limit=limit, offset=offset)
