@@ -69,8 +69,15 @@ def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSessi
     return async_sessionmaker(engine, expire_on_commit=False)
 
 
+# Any constant shared by every process of the service: `serve` and `worker` may start at the same moment.
+SCHEMA_LOCK_KEY = 0x616C657274  # "alert"
+
+
 async def create_schema(engine: AsyncEngine) -> None:
     async with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            # Two processes creating the tables at once would collide on PostgreSQL's catalog.
+            await connection.execute(text(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK_KEY})"))
         await connection.run_sync(Base.metadata.create_all)
 
 
