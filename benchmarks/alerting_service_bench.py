@@ -289,6 +289,16 @@ def db_counts(data_dir: Path | None) -> dict[str, int | dict[str, int]] | None:
     return counts
 
 
+def stored_event_ids(data_dir: Path | None) -> set[str] | None:
+    if data_dir is None or not (data_dir / "alerts.db").exists():
+        return None
+    with sqlite3.connect(f"file:{data_dir / 'alerts.db'}?mode=ro", uri=True) as conn:
+        try:
+            return {row[0] for row in conn.execute("SELECT id FROM events")}
+        except sqlite3.Error:
+            return None
+
+
 # ---------------------------------------------------------------------------------------- measurements
 
 
@@ -544,6 +554,15 @@ def delivery_phase(procs: Processes, target: Target, receiver_port: int, args: a
         "webhook arrived before the client had read the answer: sent while answering, or a late client)"
     )
     stop_target(procs, target)
+    stored = stored_event_ids(target.data_dir)
+    if stored is not None:
+        ids = [o.event_id for o in accepted]
+        missing = sum(1 for event_id in ids if event_id not in stored)
+        result["answered_but_not_stored"] = missing
+        print(
+            f"[delivery:{label}] every id answered 202 is in the events table after stop: "
+            f"{'yes' if missing == 0 else 'NO'} ({len(ids) - missing} of {len(ids)})"
+        )
     return result
 
 
