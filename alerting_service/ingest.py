@@ -80,6 +80,10 @@ class _BatchPlan:
 _STOP = object()
 
 
+class _KeyAlreadyStored(Exception):
+    """An idempotency key of the batch was in the database already (or got there meanwhile)."""
+
+
 class Ingestor:
     def __init__(
         self,
@@ -180,15 +184,32 @@ class Ingestor:
             self._on_commit()
 
     async def _commit(self, batch: list[_Submission]) -> _BatchPlan:
+        # Optimistic first: most keys are new, so the batch is written without looking its keys up. If one
+        # was stored already (a re-sent callback), that transaction is rolled back and the batch planned again
+        # knowing the stored keys.
+        try:
+            return await self._commit_once(batch, look_up_keys=False)
+        except _KeyAlreadyStored:
+            return await self._commit_once(batch, look_up_keys=True)
+
+    async def _commit_once(self, batch: list[_Submission], *, look_up_keys: bool) -> _BatchPlan:
         async with self._sessions() as session, session.begin():
-            plan = await self._plan(session, batch)
-            await event_store.insert_events(session, plan.event_rows)
+            stored = (
+                await event_store.find_keys(session, {s.event.idempotency_key for s in batch})
+                if look_up_keys
+                else {}
+            )
+            plan = await self._plan(session, batch, stored)
+            inserted = await event_store.insert_new_events(session, plan.event_rows)
+            if inserted < len(plan.event_rows):
+                raise _KeyAlreadyStored
             await delivery_store.insert_deliveries(session, plan.delivery_rows)
             await event_store.mark_resolved(session, plan.resolved)
         return plan
 
-    async def _plan(self, session: AsyncSession, batch: list[_Submission]) -> _BatchPlan:
-        stored = await event_store.find_keys(session, {s.event.idempotency_key for s in batch})
+    async def _plan(
+        self, session: AsyncSession, batch: list[_Submission], stored: dict[str, StoredKey]
+    ) -> _BatchPlan:
         closable = {
             fp
             for s in batch

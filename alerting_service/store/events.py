@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import bindparam, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
@@ -43,11 +44,16 @@ async def find_keys(session: AsyncSession, keys: Collection[str]) -> dict[str, S
     return {key: StoredKey(event_id, body_hash) for key, event_id, body_hash in rows}
 
 
-async def insert_events(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
-    if rows:
-        # Core executemany on the table: the ORM bulk path costs several times more per row.
-        connection = await session.connection()
-        await connection.execute(insert(Event.__table__), rows)
+async def insert_new_events(session: AsyncSession, rows: list[dict[str, Any]]) -> int:
+    """Insert the events whose idempotency key is not stored yet; how many were inserted."""
+    if not rows:
+        return 0
+    connection = await session.connection()
+    dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
+    # Core on the table (the ORM bulk path costs several times more per row); one multi-row statement.
+    statement = dialect.insert(Event.__table__).on_conflict_do_nothing(index_elements=["idempotency_key"])
+    result = await connection.execute(statement.returning(Event.__table__.c.id), rows)
+    return len(result.all())
 
 
 async def open_alerts(session: AsyncSession, fingerprints: Collection[str]) -> list[OpenAlert]:
