@@ -37,11 +37,11 @@ from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from alerting_service.expectations import Expectations
+from alerting_service.labels import LABEL_PREFIX
 from alerting_service.models import EventType, Integration, Severity
 
 ENV_PREFIX = "ALERTING_"
 MATCH_KEYS = ("type", "severity", "dag_id", "task_id")
-LABEL_KEY_PREFIX = "labels."
 FAILURE_TYPES = (EventType.TASK_FAILURE, EventType.DAG_RUN_FAILURE, EventType.DEADLINE_MISSED)
 DEFAULT_INGEST_QUEUE_MAX = 10_000
 
@@ -254,7 +254,7 @@ class Route(_Strict):
     def _known_keys_and_values(cls, match: dict[str, list[str]]) -> dict[str, list[str]]:
         allowed = {"type": set(EventType), "severity": set(Severity)}
         for key, values in match.items():
-            if key not in MATCH_KEYS and not (key.startswith(LABEL_KEY_PREFIX) and len(key) > len("labels.")):
+            if key not in MATCH_KEYS and not (key.startswith(LABEL_PREFIX) and len(key) > len(LABEL_PREFIX)):
                 raise ValueError(
                     f"unknown match key {key!r}: use one of {', '.join(MATCH_KEYS)} or labels.<name>"
                 )
