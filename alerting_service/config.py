@@ -37,11 +37,10 @@ from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from alerting_service.expectations import Expectations
-from alerting_service.labels import LABEL_PREFIX
+from alerting_service.labels import EVENT_FIELD_LABELS, LABEL_PREFIX
 from alerting_service.models import EventType, Integration, Severity
 
 ENV_PREFIX = "ALERTING_"
-MATCH_KEYS = ("type", "severity", "dag_id", "task_id")
 FAILURE_TYPES = (EventType.TASK_FAILURE, EventType.DAG_RUN_FAILURE, EventType.DEADLINE_MISSED)
 DEFAULT_INGEST_QUEUE_MAX = 10_000
 
@@ -254,9 +253,11 @@ class Route(_Strict):
     def _known_keys_and_values(cls, match: dict[str, list[str]]) -> dict[str, list[str]]:
         allowed = {"type": set(EventType), "severity": set(Severity)}
         for key, values in match.items():
-            if key not in MATCH_KEYS and not (key.startswith(LABEL_PREFIX) and len(key) > len(LABEL_PREFIX)):
+            if key not in EVENT_FIELD_LABELS and not (
+                key.startswith(LABEL_PREFIX) and len(key) > len(LABEL_PREFIX)
+            ):
                 raise ValueError(
-                    f"unknown match key {key!r}: use one of {', '.join(MATCH_KEYS)} or labels.<name>"
+                    f"unknown match key {key!r}: use one of {', '.join(EVENT_FIELD_LABELS)} or labels.<name>"
                 )
             if not values:
                 raise ValueError(f"match key {key!r} has no value")

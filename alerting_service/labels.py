@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 LABEL_PREFIX = "labels."
+EVENT_FIELD_LABELS = ("type", "severity", "dag_id", "task_id")
 
 
 def event_labels(

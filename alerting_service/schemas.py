@@ -17,7 +17,7 @@ from pydantic import (
     model_validator,
 )
 
-from alerting_service.labels import LABEL_PREFIX
+from alerting_service.labels import EVENT_FIELD_LABELS, LABEL_PREFIX
 from alerting_service.models import (
     Delivery,
     DeliveryKind,
@@ -167,9 +167,6 @@ class ReceiverEnabled(BaseModel):
     was_disabled: bool
 
 
-MATCHER_NAMES = ("dag_id", "task_id", "type", "severity")
-
-
 class MatcherIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -179,10 +176,10 @@ class MatcherIn(BaseModel):
 
     @model_validator(mode="after")
     def _known_name_and_valid_regex(self) -> MatcherIn:
-        if self.name not in MATCHER_NAMES and not (
+        if self.name not in EVENT_FIELD_LABELS and not (
             self.name.startswith(LABEL_PREFIX) and len(self.name) > len(LABEL_PREFIX)
         ):
-            raise ValueError(f"name must be one of {', '.join(MATCHER_NAMES)} or labels.<name>")
+            raise ValueError(f"name must be one of {', '.join(EVENT_FIELD_LABELS)} or labels.<name>")
         if self.regex:
             try:
                 re.compile(self.value)
