@@ -4,8 +4,9 @@ Claim semantics (`claim_due`):
 - A delivery is due when it is `pending` with `next_attempt_at <= now`, or `in_flight` with
   `lease_until < now`: an expired lease means its worker died or hung, so the delivery is claimable again
   (at-least-once delivery; the stable `webhook_id` lets receivers drop the duplicate).
-- Claiming is one guarded UPDATE that sets `in_flight`, `lease_until = now + lease`, `last_attempt_at = now`
-  and increments `attempts` (a crash mid-send therefore counts as an attempt), RETURNING the claimed ids.
+- Claiming is a guarded UPDATE (one for expired leases, then one for the oldest due pending ones) that sets
+  `in_flight`, `lease_until = now + lease`, `last_attempt_at = now` and increments `attempts` (a crash
+  mid-send therefore counts as an attempt), RETURNING the claimed ids.
   PostgreSQL picks the candidates with `FOR UPDATE SKIP LOCKED`, so concurrent workers never wait for nor
   take each other's rows. SQLite has no row locks: the UPDATE repeats the due condition (status and
   lease_until) in its WHERE clause and only the rows it actually changed (the rowcount, via RETURNING) are
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, func, insert, or_, select, update
+from sqlalchemy import and_, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
@@ -66,36 +67,31 @@ async def insert_deliveries(session: AsyncSession, rows: list[dict[str, Any]]) -
         await connection.execute(insert(Delivery.__table__), rows)
 
 
-def _due(now: datetime) -> Any:
-    return or_(
-        and_(Delivery.status == DeliveryStatus.PENDING, Delivery.next_attempt_at <= now),
-        and_(Delivery.status == DeliveryStatus.IN_FLIGHT, Delivery.lease_until < now),
-    )
+def _lease_expired(now: datetime) -> Any:
+    return and_(Delivery.status == DeliveryStatus.IN_FLIGHT, Delivery.lease_until < now)
+
+
+def _pending_due(now: datetime) -> Any:
+    return and_(Delivery.status == DeliveryStatus.PENDING, Delivery.next_attempt_at <= now)
 
 
 async def claim_due(session: AsyncSession, *, now: datetime, limit: int, lease: timedelta) -> list[Delivery]:
-    """Claim up to `limit` due deliveries (oldest due first), with their event loaded. See the module note."""
-    candidates = select(Delivery.id).where(_due(now)).order_by(Delivery.next_attempt_at).limit(limit)
-    if session.get_bind().dialect.name == "postgresql":
-        # Materialised: PostgreSQL may otherwise re-run an IN-subquery with LIMIT and claim more than `limit`.
-        candidates_cte = (
-            candidates.with_for_update(skip_locked=True).cte("candidates").prefix_with("MATERIALIZED")
+    """Claim up to `limit` due deliveries (expired leases, then the oldest due), with their event loaded.
+
+    Two guarded UPDATEs rather than one on `expired OR pending`: each condition alone walks
+    `ix_deliveries_status_next_attempt_at` in order, while the OR made SQLite read and sort the whole backlog
+    on every claim (milliseconds per claim with tens of thousands pending, inside the write lock).
+    """
+    ids = await _claim(session, _lease_expired(now), order_by=None, limit=limit, now=now, lease=lease)
+    if len(ids) < limit:
+        ids += await _claim(
+            session,
+            _pending_due(now),
+            order_by=Delivery.next_attempt_at,
+            limit=limit - len(ids),
+            now=now,
+            lease=lease,
         )
-    else:
-        candidates_cte = candidates.cte("candidates")
-    claimed = await session.execute(
-        update(Delivery)
-        .where(Delivery.id.in_(select(candidates_cte.c.id)), _due(now))
-        .values(
-            status=DeliveryStatus.IN_FLIGHT,
-            lease_until=now + lease,
-            last_attempt_at=now,
-            attempts=Delivery.attempts + 1,
-        )
-        .returning(Delivery.id)
-        .execution_options(synchronize_session=False)
-    )
-    ids = list(claimed.scalars())
     if not ids:
         return []
     rows = await session.execute(
@@ -106,6 +102,32 @@ async def claim_due(session: AsyncSession, *, now: datetime, limit: int, lease: 
         .execution_options(populate_existing=True)
     )
     return list(rows.scalars())
+
+
+async def _claim(
+    session: AsyncSession, due: Any, *, order_by: Any, limit: int, now: datetime, lease: timedelta
+) -> list[str]:
+    candidates = select(Delivery.id).where(due).order_by(order_by).limit(limit)
+    if session.get_bind().dialect.name == "postgresql":
+        # Materialised: PostgreSQL may otherwise re-run an IN-subquery with LIMIT and claim more than `limit`.
+        candidates_cte = (
+            candidates.with_for_update(skip_locked=True).cte("candidates").prefix_with("MATERIALIZED")
+        )
+    else:
+        candidates_cte = candidates.cte("candidates")
+    claimed = await session.execute(
+        update(Delivery)
+        .where(Delivery.id.in_(select(candidates_cte.c.id)), due)
+        .values(
+            status=DeliveryStatus.IN_FLIGHT,
+            lease_until=now + lease,
+            last_attempt_at=now,
+            attempts=Delivery.attempts + 1,
+        )
+        .returning(Delivery.id)
+        .execution_options(synchronize_session=False)
+    )
+    return list(claimed.scalars())
 
 
 async def _finish_attempt(session: AsyncSession, delivery_id: str, **values: Any) -> bool:
