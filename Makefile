@@ -4,7 +4,7 @@ UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.tools/bin/uv)
 export UV_COMPILE_BYTECODE := 1
 export UV_PYTHON := 3.11
 
-.PHONY: demo test lint bench sync
+.PHONY: demo demo-alerts test lint bench sync
 
 $(CURDIR)/.tools/bin/uv:
 	python3 -m venv $(CURDIR)/.tools
@@ -18,6 +18,9 @@ sync: .venv/.synced
 
 demo: sync
 	$(UV) run --frozen python scripts/demo.py
+
+demo-alerts: sync
+	$(UV) run --frozen python scripts/demo_alerts.py
 
 test: sync
 	$(UV) run --frozen ruff check .
