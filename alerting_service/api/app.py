@@ -64,11 +64,14 @@ async def _lifespan(app: FastAPI, settings: Settings, config: AlertingConfig) ->
     engine = create_engine(settings)
     await create_schema(engine)
     sessions = create_session_factory(engine)
+    # The group-commit writer has a connection of its own: ingest never queues behind the dispatcher's
+    # transactions on the shared one.
+    writer_engine = create_engine(settings)
     stop = asyncio.Event()
     dispatcher = Dispatcher(settings, sessions, config) if settings.run_dispatcher else None
     wake = dispatcher.wake if dispatcher is not None else _nothing_to_wake
     ingestor = Ingestor(
-        sessions,
+        create_session_factory(writer_engine),
         config,
         batch_max=settings.ingest_batch_max,
         queue_max=settings.ingest_queue_max,
@@ -89,6 +92,7 @@ async def _lifespan(app: FastAPI, settings: Settings, config: AlertingConfig) ->
         stop.set()
         if delivering is not None:
             await delivering
+        await writer_engine.dispose()
         await engine.dispose()
 
 
