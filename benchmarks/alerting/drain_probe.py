@@ -5,12 +5,14 @@
 1. Fill: the service with ``ALERTING_RUN_DISPATCHER=false`` takes wrk's load (64 connections) for
    ``--fill-seconds``: every event leaves a pending webhook delivery in its SQLite outbox. Then it is stopped.
 2. Claim query: on a copy of that database, ``EXPLAIN QUERY PLAN`` and the mean time of the dispatcher's
-   claim candidate query (the same SQL as ``store/deliveries.claim_due`` on SQLite), and of its pending branch
-   alone.
+   claim candidate query as ``store/deliveries.claim_due`` issued it on SQLite before commit f963bd8 (one
+   query, OR of the two due conditions), and of its pending branch alone (what the service does since).
 3. Drain: the service restarted on the same data dir with its dispatcher, nothing else sent to it; webhooks
    counted at the local receiver for ``--drain-seconds``. ``--one-connection`` starts it through
    ``one_connection_service.py``, which only caps the SQLite pool at one connection (writers then queue in
    asyncio instead of SQLite's sleeping busy handler): an experiment, the service's files are not changed.
+   Since commit 4ee89e7 the service itself keeps one SQLite connection per process: the flag changes nothing
+   there.
 
 Figures only, measured in this run; every process it starts is stopped in ``finally``.
 """
@@ -56,7 +58,7 @@ def claim_query_figures(db: Path, limit: int = 8, repeat: int = 20) -> None:
         plan = [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + CANDIDATES, (now, now, limit))]
         print(f"[claim] {pending} pending deliveries; plan of the claim candidates query: {' | '.join(plan)}")
         for label, sql, params in (
-            ("claim candidates (as claim_due)", CANDIDATES, (now, now, limit)),
+            ("claim candidates (claim_due's SQL before f963bd8)", CANDIDATES, (now, now, limit)),
             ("pending branch alone", PENDING_ONLY, (now, limit)),
         ):
             start = time.perf_counter()
