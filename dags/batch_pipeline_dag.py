@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from airflow.sdk import Param, dag
 
 from pipeline_common.batch_job_operators import run_batch_processing
-from pipeline_common.defaults import default_args
+from pipeline_common.defaults import alert_notifier, default_args, run_deadline
 from pipeline_common.environment import prepare_environment
 from pipeline_common.run_date import RUN_DATE_PARAM
 from pipeline_common.settings import load_settings
@@ -17,6 +17,7 @@ SCHEDULE = "0 2 * * *"  # 02:00 UTC daily; each run processes the previous UTC d
 START_DATE = datetime(2026, 1, 1, tzinfo=UTC)
 TAGS = ["batch", "transactions", "fraud-scoring", "data-engineering"]
 SETTINGS = load_settings()
+ALERTS = alert_notifier()
 
 DOC_MD = """
 ### Daily batch transaction pipeline
@@ -56,6 +57,9 @@ See docs/dags.md.
     catchup=False,
     max_active_runs=1,
     default_args=default_args(SETTINGS),
+    on_failure_callback=ALERTS,
+    on_success_callback=ALERTS,
+    deadline=run_deadline(SETTINGS),
     params={
         RUN_DATE_PARAM: Param(
             None,

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from airflow.sdk import dag
 
 from pipeline_common.assets import SCORED_TRANSACTIONS
-from pipeline_common.defaults import default_args
+from pipeline_common.defaults import alert_notifier, default_args
 from pipeline_common.fraud_report import write_fraud_reports
 from pipeline_common.settings import load_settings
 
@@ -15,6 +15,7 @@ DAG_ID = "fraud_report_dag"
 START_DATE = datetime(2026, 1, 1, tzinfo=UTC)
 TAGS = ["batch", "transactions", "fraud-report", "data-engineering"]
 SETTINGS = load_settings()
+ALERTS = alert_notifier()
 
 DOC_MD = f"""
 ### Fraud report
@@ -40,6 +41,8 @@ event triggers a new report. A manual run of this DAG has no event and is skippe
     catchup=False,
     max_active_runs=1,
     default_args=default_args(SETTINGS),
+    on_failure_callback=ALERTS,
+    on_success_callback=ALERTS,
     tags=TAGS,
     doc_md=DOC_MD,
 )

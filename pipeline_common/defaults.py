@@ -1,7 +1,8 @@
 """Task defaults shared by the pipeline DAGs, and the retry policy failing fast on what retrying cannot fix.
 
-Alert callbacks (on_failure/on_retry) are added here by the alerting integration; alerts go through the alert
-service, not `email_on_failure` (deprecated in Airflow 3).
+Alerts go through the alert service (docs/alerts.md), not `email_on_failure` (deprecated in Airflow 3):
+every task reports its retries, failure and success, each DAG its run's end, and the batch pipeline a run
+that has not finished in time (Deadline Alert).
 """
 
 from __future__ import annotations
@@ -9,15 +10,17 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from airflow.sdk import ExceptionRetryPolicy, RetryAction, RetryRule
+from airflow.sdk import DeadlineAlert, ExceptionRetryPolicy, RetryAction, RetryRule
 
 from pipeline_common.errors import RetryCannotHelp
+from pipeline_common.notifiers import AlertServiceNotifier, missed_run_deadline
 from pipeline_common.settings import PipelineSettings
 
 OWNER = "data-engineering"
 RETRIES = 3
 RETRY_BACKOFF_MULTIPLIER = 2.0
 EXECUTION_TIMEOUT = timedelta(hours=1)
+ALERT_LABELS = {"team": OWNER}
 
 RETRY_POLICY = ExceptionRetryPolicy(
     rules=[
@@ -31,6 +34,7 @@ RETRY_POLICY = ExceptionRetryPolicy(
 
 
 def default_args(settings: PipelineSettings) -> dict[str, Any]:
+    alerts = alert_notifier()
     return {
         "owner": OWNER,
         "depends_on_past": False,
@@ -40,4 +44,19 @@ def default_args(settings: PipelineSettings) -> dict[str, Any]:
         "max_retry_delay": settings.max_retry_delay,
         "execution_timeout": EXECUTION_TIMEOUT,
         "retry_policy": RETRY_POLICY,
+        "on_retry_callback": alerts,
+        "on_failure_callback": alerts,
+        "on_success_callback": alerts,
     }
+
+
+def alert_notifier() -> AlertServiceNotifier:
+    """The pipeline's notifier; as a DAG's on_success_callback it also resolves the run's alerts and feeds
+    the service's dead man's switch (a day without dag_run_success is an alert)."""
+    return AlertServiceNotifier(labels=ALERT_LABELS)
+
+
+def run_deadline(settings: PipelineSettings) -> DeadlineAlert | None:
+    if settings.run_deadline is None:
+        return None
+    return missed_run_deadline(settings.run_deadline, labels=ALERT_LABELS)

@@ -44,6 +44,8 @@ class PipelineSettings:
     reports_dir: Path
     retry_delay: timedelta
     max_retry_delay: timedelta
+    # Deadline Alert: a run not finished this long after it was queued alerts; None turns it off.
+    run_deadline: timedelta | None
 
     @property
     def runner(self) -> Runner:
@@ -68,6 +70,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> PipelineSettings:
         reports_dir=_absolute_dir("REPORTS_DIR", get("REPORTS_DIR") or str(airflow_home / "reports")),
         retry_delay=_seconds("RETRY_DELAY_SECONDS", get("RETRY_DELAY_SECONDS") or "300"),
         max_retry_delay=_seconds("MAX_RETRY_DELAY_SECONDS", get("MAX_RETRY_DELAY_SECONDS") or "1800"),
+        run_deadline=_minutes_or_off("DEADLINE_MINUTES", get("DEADLINE_MINUTES") or "90"),
     )
 
 
@@ -118,3 +121,13 @@ def _seconds(name: str, value: str) -> timedelta:
     if seconds <= 0:
         raise PipelineConfigError(f"{PREFIX}{name}={value!r} must be positive")
     return timedelta(seconds=seconds)
+
+
+def _minutes_or_off(name: str, value: str) -> timedelta | None:
+    try:
+        minutes = float(value)
+    except ValueError:
+        raise PipelineConfigError(f"{PREFIX}{name}={value!r} is not a number of minutes") from None
+    if minutes < 0:
+        raise PipelineConfigError(f"{PREFIX}{name}={value!r} must be 0 (off) or a positive number of minutes")
+    return timedelta(minutes=minutes) if minutes else None
