@@ -4,6 +4,7 @@ batch run that has not finished in time. Parsed by a DagBag, as the dag-processo
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,10 +14,12 @@ from airflow.sdk import DeadlineReference
 from pipeline_common.errors import PipelineConfigError
 from pipeline_common.notifiers import AlertServiceNotifier
 from pipeline_common.settings import load_settings
-from tests.conftest import REPO_ROOT
 
 PIPELINE_DAGS = ["batch_pipeline_dag", "fraud_report_dag"]
 TASK_CALLBACKS = ["on_retry_callback", "on_failure_callback", "on_success_callback"]
+# Not imported from tests/conftest.py: importing it again as a module would run it again and point
+# AIRFLOW_HOME at a second, unmigrated directory for the rest of the session.
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def parse_dags(monkeypatch: pytest.MonkeyPatch, deadline_minutes: str) -> dict[str, Any]:
