@@ -63,7 +63,7 @@ FALLBACK_TO = "airflow-fallback@bank.example"
 WEBHOOK_PATH = "/hooks/airflow"
 AIRFLOW_UI = "http://localhost:8080"
 DELIVERY_TIMEOUT_SECONDS = 60
-BODY_LINES = 12
+BODY_LINES = 14
 
 
 # --- the mailbox --------------------------------------------------------------------------------------------
@@ -199,6 +199,12 @@ def service_config(mailbox: Mailbox, webhook: WebhookReceiver) -> dict[str, Any]
         },
         "retry": {"initial_backoff": "1s", "max_backoff": "5s", "horizon": "1h"},
     }
+
+
+def tries_text(event: dict[str, Any]) -> str:
+    if event.get("try_number") is None:
+        return f"run {event.get('run_id')}"
+    return f"try {event['try_number']} of {event.get('max_tries')}"
 
 
 class AlertsDemo:
@@ -425,8 +431,7 @@ class AlertsDemo:
             event = payload.get("data", {}).get("event", {})
             say(
                 f"  #{number} POST {hook.path} type={payload.get('type')} ({event.get('type')}) "
-                f"task={event.get('task_id')} "
-                f"try={event.get('try_number')} of {event.get('max_tries')} "
+                f"task={event.get('task_id') or '- (the run)'} {tries_text(event)} "
                 f"webhook-id={hook.headers.get('webhook-id')} "
                 f"signature {'VERIFIED' if hook.verified else 'NOT VERIFIED'} with the whsec_ secret"
             )
@@ -435,8 +440,7 @@ class AlertsDemo:
         for event in events:
             say(
                 f"  {event['received_at'][:23]} {event['type']:<16} {event['severity']:<8} "
-                f"{event['dag_id']}.{event['task_id'] or '-'} "
-                f"try {event['try_number']} of {event['max_tries']}"
+                f"{event['dag_id']}.{event['task_id'] or '- (the run)'} {tries_text(event)}"
             )
             if not event["deliveries"]:
                 say("      (no route sends this type to a receiver: recorded only)")
