@@ -702,7 +702,17 @@ def main() -> int:
         text=True,
         check=False,
     ).stdout.strip()
-    versions["service commit"] = commit or "?"
+    dirty = subprocess.run(
+        ["git", "-C", str(REPO), "status", "--porcelain", "--", "alerting_service"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.split("\n")
+    changed = [line[3:] for line in dirty if line.strip()]
+    # The work tree is what runs: say when it differs from the commit.
+    versions["service commit"] = (commit or "?") + (
+        f" + uncommitted changes to {', '.join(changed)}" if changed else ""
+    )
     tmp = Path(tempfile.mkdtemp(prefix="alerting-bench-"))
     procs = Processes()
     results: dict[str, dict] = {}
