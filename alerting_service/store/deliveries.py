@@ -14,6 +14,10 @@ Claim semantics (`claim_due`):
 - The outcome functions (`mark_sent`, `mark_retry`, `mark_dead`) only change a row that is still
   `in_flight` and answer whether they did: False means the lease expired and another worker took it over.
 - The retry horizon is measured from `horizon_starts_at` (creation, or the last replay).
+- The dispatcher uses the batch forms: `claim_batch` (the same guarded UPDATEs, then one Core SELECT of the
+  claimed deliveries joined to their events, no ORM objects) and `record_outcomes` (one transaction per
+  flush: one UPDATE for every delivery sent, one guarded UPDATE per retry or dead-letter); each answers, like
+  the single forms, which rows were still `in_flight` and therefore recorded.
 
 A delivery to a receiver that is disabled in `receivers_state` is still created `pending` at ingest (ingest
 does not read receiver state, which another process may change); the dispatcher dead-letters it with reason
@@ -23,6 +27,7 @@ does not read receiver state, which another process may change); the dispatcher 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -36,6 +41,7 @@ from alerting_service.models import (
     Delivery,
     DeliveryKind,
     DeliveryStatus,
+    Event,
     Integration,
     ReceiverState,
     new_id,
@@ -102,6 +108,108 @@ async def claim_due(session: AsyncSession, *, now: datetime, limit: int, lease: 
         .execution_options(populate_existing=True)
     )
     return list(rows.scalars())
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedDelivery:
+    """A claimed delivery with its event's columns, read with Core (no ORM identity map, no lazy loads)."""
+
+    id: str
+    receiver: str
+    kind: str
+    attempts: int
+    horizon_starts_at: datetime
+    webhook_id: str
+    event: Mapping[str, Any]
+
+
+_DELIVERY_COLUMNS = (
+    Delivery.id,
+    Delivery.receiver,
+    Delivery.kind,
+    Delivery.attempts,
+    Delivery.horizon_starts_at,
+    Delivery.webhook_id,
+)
+
+
+async def claim_batch(
+    session: AsyncSession, *, now: datetime, limit: int, lease: timedelta
+) -> list[ClaimedDelivery]:
+    """`claim_due` for the dispatcher: the same claim, the rows read in one joined Core SELECT."""
+    ids = await _claim(session, _lease_expired(now), order_by=None, limit=limit, now=now, lease=lease)
+    if len(ids) < limit:
+        ids += await _claim(
+            session,
+            _pending_due(now),
+            order_by=Delivery.next_attempt_at,
+            limit=limit - len(ids),
+            now=now,
+            lease=lease,
+        )
+    if not ids:
+        return []
+    event_columns = list(Event.__table__.columns)
+    rows = await session.execute(
+        select(*_DELIVERY_COLUMNS, *event_columns)
+        .join_from(Delivery, Event, Delivery.event_id == Event.id)
+        .where(Delivery.id.in_(ids))
+        .order_by(Delivery.next_attempt_at)
+    )
+    width = len(_DELIVERY_COLUMNS)
+    claimed = []
+    for row in rows:
+        event = {column.key: value for column, value in zip(event_columns, row[width:], strict=True)}
+        claimed.append(ClaimedDelivery(*row[:width], event=event))
+    return claimed
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one attempt came to: sent (`status` SENT), back to pending until `next_attempt_at`, or dead."""
+
+    delivery_id: str
+    status: DeliveryStatus
+    reason: str | None = None
+    error: str | None = None  # already redacted
+    next_attempt_at: datetime | None = None
+    disable_receiver: str | None = None  # a receiver to disable with `error` as the reason (e.g. 410 Gone)
+
+
+async def record_outcomes(session: AsyncSession, outcomes: Sequence[Outcome], *, now: datetime) -> set[str]:
+    """Record many outcomes in the caller's transaction; the ids recorded (still `in_flight`, lease held)."""
+    recorded: set[str] = set()
+    sent = [outcome.delivery_id for outcome in outcomes if outcome.status == DeliveryStatus.SENT]
+    if sent:
+        result = await session.execute(
+            update(Delivery)
+            .where(Delivery.id.in_(sent), Delivery.status == DeliveryStatus.IN_FLIGHT)
+            .values(status=DeliveryStatus.SENT, sent_at=now, reason=None, last_error=None, lease_until=None)
+            .returning(Delivery.id)
+            .execution_options(synchronize_session=False)
+        )
+        recorded.update(result.scalars())
+    for outcome in outcomes:
+        if outcome.status == DeliveryStatus.SENT:
+            continue
+        if outcome.status == DeliveryStatus.DEAD:
+            done = await mark_dead(
+                session, outcome.delivery_id, reason=outcome.reason or "", error=outcome.error or ""
+            )
+        else:
+            assert outcome.next_attempt_at is not None
+            done = await mark_retry(
+                session,
+                outcome.delivery_id,
+                next_attempt_at=outcome.next_attempt_at,
+                reason=outcome.reason or "",
+                error=outcome.error or "",
+            )
+        if done:
+            recorded.add(outcome.delivery_id)
+        if outcome.disable_receiver is not None:
+            await disable_receiver(session, outcome.disable_receiver, reason=outcome.error or "", now=now)
+    return recorded
 
 
 async def _claim(
