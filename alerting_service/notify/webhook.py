@@ -9,6 +9,7 @@ often carry tokens.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import json
 import logging
@@ -25,6 +26,7 @@ from alerting_service.notify.base import DeliveryError, Notification, Reason, cl
 from alerting_service.notify.templating import render
 
 USER_AGENT = "alerting-service/1"
+MAX_DRAINED_REPLY_BYTES = 64 * 1024
 
 
 class WebhookNotifier:
@@ -46,11 +48,13 @@ class WebhookNotifier:
             await refuse_private_destination(url, destination)
         body, headers = _request(notification, receiver)
         try:
-            # Streamed so only the status and headers are read: a receiver cannot make us buffer a huge reply.
+            # Streamed so a receiver cannot make us buffer a huge reply; a small one is read to its end so the
+            # connection goes back to the pool instead of costing a new TCP (and TLS) handshake per webhook.
             async with self._client.stream(
                 "POST", url, content=body, headers=headers, timeout=receiver.webhook.timeout_seconds
             ) as response:
                 status, response_headers = response.status_code, response.headers
+                await _drain_small_reply(response)
         except httpx.TimeoutException:
             raise DeliveryError(
                 Reason.TIMEOUT, retryable=True, message=f"POST {destination}: timed out"
@@ -62,6 +66,19 @@ class WebhookNotifier:
         error = classify_http_status(status, response_headers)
         if error is not None:
             raise error.about(f"POST {destination}")
+
+
+async def _drain_small_reply(response: httpx.Response) -> None:
+    """Read up to MAX_DRAINED_REPLY_BYTES of the reply; past that, or on an error, the connection is dropped.
+
+    The status is already known, so a failure here must not turn a delivered webhook into a retry.
+    """
+    received = 0
+    with contextlib.suppress(httpx.TransportError):
+        async for chunk in response.aiter_raw():
+            received += len(chunk)
+            if received > MAX_DRAINED_REPLY_BYTES:
+                return
 
 
 async def refuse_private_destination(url: str, destination: str) -> None:

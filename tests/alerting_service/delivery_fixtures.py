@@ -251,6 +251,7 @@ class Reply:
     delay: float = 0.0
     # The reply waits until the test sets this: a destination that hangs exactly as long as the test wants.
     hold: threading.Event | None = None
+    body: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -259,6 +260,7 @@ class Receipt:
     headers: dict[str, str]  # lower-cased names
     body: bytes
     at: float  # time.monotonic() when the request arrived
+    client_port: int = 0  # the sender's TCP port: the same port on two receipts means a reused connection
 
 
 class HttpReceiver:
@@ -335,7 +337,7 @@ class HttpReceiver:
                     self.close_connection = True
                     return
                 headers = {name.lower(): value for name, value in self.headers.items()}
-                receiver._record(Receipt(self.path, headers, body, arrived))
+                receiver._record(Receipt(self.path, headers, body, arrived, self.client_address[1]))
                 reply = receiver._next_reply(self.path)
                 time.sleep(reply.delay)
                 if reply.hold is not None:
@@ -343,8 +345,9 @@ class HttpReceiver:
                 self.send_response(reply.status)
                 for name, value in reply.headers.items():
                     self.send_header(name, value)
-                self.send_header("content-length", "0")
+                self.send_header("content-length", str(len(reply.body)))
                 self.end_headers()
+                self.wfile.write(reply.body)
 
             def log_message(self, format: str, *args: Any) -> None:
                 """Quiet: the receipts are the record."""

@@ -220,3 +220,17 @@ async def test_a_retry_carries_the_same_body_as_the_first_try(
     first, second = http_receiver.received("/hook")
     assert first.body == second.body
     assert json.loads(first.body)["timestamp"] == notification.event.as_json()["occurred_at"]
+
+
+async def test_consecutive_webhooks_to_one_receiver_reuse_its_connection(
+    http_receiver: HttpReceiver, notifier: WebhookNotifier
+) -> None:
+    http_receiver.answer_by_default(
+        "/hook", Reply(200, {"content-type": "application/json"}, body=b'{"ok": true}')
+    )
+    receiver = http_receiver.receiver("/hook")
+
+    for _ in range(3):
+        await notifier.send(notification_for(receiver))
+
+    assert len({receipt.client_port for receipt in http_receiver.received("/hook")}) == 1
