@@ -15,6 +15,7 @@ What it does, in .demo-alerts/ (wiped at each start):
 
 from __future__ import annotations
 
+import argparse
 import base64
 import hashlib
 import hmac
@@ -27,6 +28,7 @@ import subprocess  # ruff: ignore[suspicious-subprocess-import]  # fixed argv li
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -467,8 +469,10 @@ class AlertsDemo:
             raise SystemExit(1)
 
 
-def main() -> int:
-    AlertsDemo(DEMO_DIR).run()
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dir", type=Path, default=DEMO_DIR, help=f"demo directory (default {DEMO_DIR})")
+    AlertsDemo(parser.parse_args(argv).dir.resolve()).run()
     return 0
 
 
