@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
-import psycopg2
 import pytest
 from batch_job_support import (
     LOOPBACK,
@@ -26,13 +25,11 @@ from batch_job_support import (
     serve_app,
 )
 from moto.server import ThreadedMotoServer
-from psycopg2 import sql
 from sqlalchemy import Engine, create_engine
 
 from batch_job.example_ml_api import create_app
 from batch_job.load import metadata
-
-POSTGRES_ADMIN_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
+from tests.support.peers import scratch_database
 
 
 @pytest.fixture
@@ -60,20 +57,8 @@ def scripted_ml_api() -> Iterator[ScriptedMLApi]:
 @pytest.fixture(scope="session")
 def postgres_database() -> Iterator[str]:
     """A database of this session's own on the local PostgreSQL; yields its SQLAlchemy URL (no password)."""
-    name = f"batch_job_test_{uuid.uuid4().hex[:12]}"
-    _run_admin(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    yield f"postgresql+psycopg2://postgres@{LOOPBACK}:5432/{name}"
-    _run_admin(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
-
-
-def _run_admin(statement: sql.Composed) -> None:
-    connection = psycopg2.connect(POSTGRES_ADMIN_DSN)
-    connection.autocommit = True  # CREATE/DROP DATABASE cannot run in a transaction
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute(statement)
-    finally:
-        connection.close()
+    with scratch_database("batch_job_test_") as name:
+        yield f"postgresql+psycopg2://postgres@{LOOPBACK}:5432/{name}"
 
 
 @pytest.fixture

@@ -16,22 +16,24 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import time
-import uuid
 from collections.abc import Iterator
 
-import psycopg2
 import pytest
 from containers_support import (
-    BUCKET,
     ML_API_KEY,
-    PG_DSN,
+    S3_ACCESS_KEY_ID,
+    S3_SECRET_ACCESS_KEY,
     SCRIPTS,
+    run,
+)
+
+from tests.support.peers import (
     Landing,
     MlApi,
-    free_port,
-    run,
+    ml_api_process,
+    s3_landing,
+    scratch_database,
     stop,
     wait_until_up,
 )
@@ -84,47 +86,18 @@ def docker_api(podman_env: dict[str, str], tmp_path_factory: pytest.TempPathFact
 @pytest.fixture(scope="session")
 def ml_api() -> Iterator[MlApi]:
     """The example ML API as its own process, requiring ML_API_KEY."""
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "batch_job.example_ml_api", "--host", "127.0.0.1", "--port", str(port)],
-        env={**os.environ, "EXAMPLE_ML_API_KEY": ML_API_KEY},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_up(f"{url}/healthz", process)
-        yield MlApi(url=url, port=port)
-    finally:
-        stop(process)
+    with ml_api_process(ML_API_KEY) as ml_api:
+        yield ml_api
 
 
 @pytest.fixture(scope="session")
 def landing(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Landing]:
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        landing = Landing(endpoint=f"http://127.0.0.1:{port}", scratch=tmp_path_factory.mktemp("landing"))
-        landing.client().create_bucket(Bucket=BUCKET)
+    with s3_landing(tmp_path_factory.mktemp("landing"), S3_ACCESS_KEY_ID, S3_SECRET_ACCESS_KEY) as landing:
         yield landing
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="session")
 def results_db() -> Iterator[str]:
     """A PostgreSQL database of its own for the session's scored rows; dropped at the end."""
-    name = f"containers_tests_{uuid.uuid4().hex[:12]}"
-    admin = psycopg2.connect(PG_DSN)
-    admin.autocommit = True
-    with admin.cursor() as cursor:
-        cursor.execute(f'CREATE DATABASE "{name}"')
-    try:
+    with scratch_database("containers_tests_") as name:
         yield name
-    finally:
-        with admin.cursor() as cursor:
-            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()

@@ -3,25 +3,16 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
-import time
-import uuid
-from contextlib import closing
-from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
-import httpx
-import psycopg2
+from tests.support.peers import BUCKET, PREFIX, Landing, free_port, query_results
 
-from batch_job.sample_data import write_day
+__all__ = ["BUCKET", "PREFIX", "Landing", "free_port", "query_results"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = REPO_ROOT / "scripts" / "containers"
-PG_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
-BUCKET = "transactions"
-PREFIX = "incoming"
 
 # Distinctive made-up credentials, so the leak checks can look for them anywhere.
 S3_ACCESS_KEY_ID = "AKIA-CTR-ACCESS-Z81QX4"
@@ -48,81 +39,6 @@ def run(command: list[str], env: dict[str, str] | None = None, timeout: float = 
 
 def podman(podman_env: dict[str, str], *args: str) -> str:
     return run(["podman", *args], env=podman_env)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_until_up(url: str, process: subprocess.Popen, timeout: float = 30, uds: str | None = None) -> None:
-    """Poll `url` (over the unix socket `uds`, if given) until it answers or the server process dies."""
-    deadline = time.monotonic() + timeout
-    with httpx.Client(transport=httpx.HTTPTransport(uds=uds) if uds else None, timeout=1) as client:
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"{url}: the server exited with {process.returncode} before answering")
-            try:
-                client.get(url)
-                return
-            except httpx.TransportError:
-                time.sleep(0.1)
-    raise RuntimeError(f"{url} did not answer within {timeout} s")
-
-
-def stop(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
-@dataclass(frozen=True)
-class MlApi:
-    url: str
-    port: int
-
-
-@dataclass(frozen=True)
-class Landing:
-    """moto's S3 server on loopback, with the landing bucket; puts a day's CSV objects under the prefix."""
-
-    endpoint: str
-    scratch: Path
-
-    def client(self):
-        import boto3
-
-        return boto3.client(
-            "s3",
-            endpoint_url=self.endpoint,
-            aws_access_key_id=S3_ACCESS_KEY_ID,
-            aws_secret_access_key=S3_SECRET_ACCESS_KEY,
-            region_name="us-east-1",
-        )
-
-    def put_sample_day(self, day: date, rows: int, bad_share: float = 0.0) -> None:
-        self.put_file(day, write_day(self.scratch / uuid.uuid4().hex, day, rows, bad_share))
-
-    def put_invalid_day(self, day: date) -> None:
-        """A CSV without the required columns: the whole day's input is invalid (exit 65)."""
-        path = self.scratch / uuid.uuid4().hex / "transactions.csv"
-        path.parent.mkdir(parents=True)
-        path.write_text("id,value\n1,2\n")
-        self.put_file(day, path)
-
-    def put_file(self, day: date, path: Path) -> None:
-        self.client().upload_file(str(path), BUCKET, f"{PREFIX}/{day.isoformat()}/{path.name}")
-
-
-def query_results(results_db: str, sql: str, *params) -> list[tuple]:
-    dsn = f"host=127.0.0.1 port=5432 user=postgres dbname={results_db}"
-    with closing(psycopg2.connect(dsn)) as connection, connection, connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        return cursor.fetchall()
 
 
 def job_environment(landing: Landing, results_db: str, ml_api_url: str, run_date: date) -> dict[str, str]:

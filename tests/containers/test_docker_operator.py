@@ -26,10 +26,8 @@ from pathlib import Path
 
 import pytest
 from containers_support import (
-    BUCKET,
     DB_PASSWORD,
     ML_API_KEY,
-    PREFIX,
     S3_ACCESS_KEY_ID,
     S3_SECRET_ACCESS_KEY,
     SECRET_JOB_ENVIRONMENT,
@@ -38,6 +36,9 @@ from containers_support import (
     query_results,
 )
 from containers_support import run as run_command
+
+from tests.support.peers import Landing
+from tests.support.peers import connection_variables as peer_connection_variables
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.timeout(1800)]
 
@@ -99,40 +100,17 @@ def _copy(source: socket.socket, target: socket.socket) -> None:
         pass
 
 
-def connection_variables(landing, results_db: str, ml_api_url: str) -> dict[str, str]:
-    def variable(conn_id: str, **fields) -> tuple[str, str]:
-        return f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(fields)
-
-    s3_host, s3_port = landing.endpoint.removeprefix("http://").split(":")
-    return dict(
-        [
-            variable(
-                "minio_default",
-                conn_type="generic",
-                host=s3_host,
-                port=int(s3_port),
-                login=S3_ACCESS_KEY_ID,
-                password=S3_SECRET_ACCESS_KEY,
-                extra={"bucket": BUCKET, "prefix": PREFIX, "secure": False},
-            ),
-            variable(
-                "postgres_default",
-                conn_type="postgres",
-                host="127.0.0.1",
-                port=5432,
-                schema=results_db,
-                login="postgres",
-                password=DB_PASSWORD,
-            ),
-            # No retries inside the job: a refused ML API call fails the attempt, Airflow retries the task.
-            variable(
-                "ml_api_default",
-                conn_type="http",
-                host=ml_api_url,
-                password=ML_API_KEY,
-                extra={"max_retries": 0},
-            ),
-        ]
+def connection_variables(landing: Landing, results_db: str, ml_api_url: str) -> dict[str, str]:
+    # No retries inside the job: a refused ML API call fails the attempt, Airflow retries the task.
+    return peer_connection_variables(
+        landing.endpoint,
+        results_db,
+        ml_api_url,
+        s3_access_key_id=S3_ACCESS_KEY_ID,
+        s3_secret_access_key=S3_SECRET_ACCESS_KEY,
+        db_password=DB_PASSWORD,
+        ml_api_key=ML_API_KEY,
+        ml_api_extra={"max_retries": 0},
     )
 
 

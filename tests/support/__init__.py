@@ -1,0 +1,1 @@
+"""Support modules shared by the test suites (imported as `tests.support...`)."""
