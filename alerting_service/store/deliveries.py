@@ -1,6 +1,6 @@
 """The delivery outbox: create, claim, record outcomes, replay, and the queue figures for /metrics.
 
-Claim semantics (`claim_due`):
+Claim semantics (`claim_batch`):
 - A delivery is due when it is `pending` with `next_attempt_at <= now`, or `in_flight` with
   `lease_until < now`: an expired lease means its worker died or hung, so the delivery is claimable again
   (at-least-once delivery; the stable `webhook_id` lets receivers drop the duplicate).
@@ -11,13 +11,13 @@ Claim semantics (`claim_due`):
   take each other's rows. SQLite has no row locks: the UPDATE repeats the due condition (status and
   lease_until) in its WHERE clause and only the rows it actually changed (the rowcount, via RETURNING) are
   claimed; SQLite runs one writer at a time, so two workers can never both change the same row.
-- The outcome functions (`mark_sent`, `mark_retry`, `mark_dead`) only change a row that is still
+- The outcome functions (`record_outcomes`, `mark_retry`, `mark_dead`) only change a row that is still
   `in_flight` and answer whether they did: False means the lease expired and another worker took it over.
 - The retry horizon is measured from `horizon_starts_at` (creation, or the last replay).
-- The dispatcher uses the batch forms: `claim_batch` (the same guarded UPDATEs, then one Core SELECT of the
-  claimed deliveries joined to their events, no ORM objects) and `record_outcomes` (one transaction per
-  flush: one UPDATE for every delivery sent, one guarded UPDATE per retry or dead-letter); each answers, like
-  the single forms, which rows were still `in_flight` and therefore recorded.
+- The dispatcher claims with `claim_batch` (those guarded UPDATEs, then one Core SELECT of the claimed
+  deliveries joined to their events, no ORM objects) and records with `record_outcomes` (one transaction per
+  flush: one UPDATE for every delivery sent, one guarded UPDATE per retry or dead-letter), which answers which
+  rows were still `in_flight` and therefore recorded.
 
 A delivery to a receiver that is disabled in `receivers_state` is still created `pending` at ingest (ingest
 does not read receiver state, which another process may change); the dispatcher dead-letters it with reason
@@ -35,7 +35,6 @@ from typing import Any
 from sqlalchemy import and_, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import selectinload
 
 from alerting_service.models import (
     Delivery,
@@ -81,35 +80,6 @@ def _pending_due(now: datetime) -> Any:
     return and_(Delivery.status == DeliveryStatus.PENDING, Delivery.next_attempt_at <= now)
 
 
-async def claim_due(session: AsyncSession, *, now: datetime, limit: int, lease: timedelta) -> list[Delivery]:
-    """Claim up to `limit` due deliveries (expired leases, then the oldest due), with their event loaded.
-
-    Two guarded UPDATEs rather than one on `expired OR pending`: each condition alone walks
-    `ix_deliveries_status_next_attempt_at` in order, while the OR made SQLite read and sort the whole backlog
-    on every claim (milliseconds per claim with tens of thousands pending, inside the write lock).
-    """
-    ids = await _claim(session, _lease_expired(now), order_by=None, limit=limit, now=now, lease=lease)
-    if len(ids) < limit:
-        ids += await _claim(
-            session,
-            _pending_due(now),
-            order_by=Delivery.next_attempt_at,
-            limit=limit - len(ids),
-            now=now,
-            lease=lease,
-        )
-    if not ids:
-        return []
-    rows = await session.execute(
-        select(Delivery)
-        .where(Delivery.id.in_(ids))
-        .options(selectinload(Delivery.event))
-        .order_by(Delivery.next_attempt_at)
-        .execution_options(populate_existing=True)
-    )
-    return list(rows.scalars())
-
-
 @dataclass(frozen=True, slots=True)
 class ClaimedDelivery:
     """A claimed delivery with its event's columns, read with Core (no ORM identity map, no lazy loads)."""
@@ -136,7 +106,13 @@ _DELIVERY_COLUMNS = (
 async def claim_batch(
     session: AsyncSession, *, now: datetime, limit: int, lease: timedelta
 ) -> list[ClaimedDelivery]:
-    """`claim_due` for the dispatcher: the same claim, the rows read in one joined Core SELECT."""
+    """Claim up to `limit` due deliveries (expired leases, then the oldest due), read with their event in one
+    joined Core SELECT.
+
+    Two guarded UPDATEs rather than one on `expired OR pending`: each condition alone walks
+    `ix_deliveries_status_next_attempt_at` in order, while the OR made SQLite read and sort the whole backlog
+    on every claim (milliseconds per claim with tens of thousands pending, inside the write lock).
+    """
     ids = await _claim(session, _lease_expired(now), order_by=None, limit=limit, now=now, lease=lease)
     if len(ids) < limit:
         ids += await _claim(
@@ -246,12 +222,6 @@ async def _finish_attempt(session: AsyncSession, delivery_id: str, **values: Any
         .execution_options(synchronize_session=False)
     )
     return result.rowcount == 1
-
-
-async def mark_sent(session: AsyncSession, delivery_id: str, *, now: datetime) -> bool:
-    return await _finish_attempt(
-        session, delivery_id, status=DeliveryStatus.SENT, sent_at=now, reason=None, last_error=None
-    )
 
 
 async def mark_retry(

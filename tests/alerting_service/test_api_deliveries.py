@@ -27,11 +27,11 @@ async def dead_delivery(api: Api) -> str:
     await api.post_event(idempotency_key="dead")
     async with api.database.sessions() as session, session.begin():
         now = datetime.now(UTC)
-        [claimed] = await delivery_store.claim_due(session, now=now, limit=1, lease=timedelta(seconds=30))
+        [claimed] = await delivery_store.claim_batch(session, now=now, limit=1, lease=timedelta(seconds=30))
         await delivery_store.mark_retry(
             session, claimed.id, next_attempt_at=now, reason="server_error", error="HTTP 502"
         )
-        [claimed] = await delivery_store.claim_due(session, now=now, limit=1, lease=timedelta(seconds=30))
+        [claimed] = await delivery_store.claim_batch(session, now=now, limit=1, lease=timedelta(seconds=30))
         await delivery_store.mark_dead(session, claimed.id, reason="client_error", error="HTTP 400")
     return claimed.id
 
@@ -60,7 +60,7 @@ async def test_a_replayed_delivery_is_pending_again_and_keeps_its_attempts(api: 
     assert answer.status_code == 200
     assert (answer.json()["status"], answer.json()["attempts"]) == ("pending", 2)
     async with api.database.sessions() as session:
-        [due] = await delivery_store.claim_due(
+        [due] = await delivery_store.claim_batch(
             session, now=datetime.now(UTC), limit=5, lease=timedelta(seconds=30)
         )
     assert due.id == delivery_id

@@ -16,7 +16,7 @@ async def claim(database: Database, now: datetime, limit: int = 100) -> list[str
     async with database.sessions() as session, session.begin():
         return [
             delivery.id
-            for delivery in await delivery_store.claim_due(session, now=now, limit=limit, lease=LEASE)
+            for delivery in await delivery_store.claim_batch(session, now=now, limit=limit, lease=LEASE)
         ]
 
 
@@ -106,7 +106,9 @@ async def test_an_outcome_after_the_lease_was_taken_over_is_not_recorded(
         )
 
     async with database.sessions() as session, session.begin():
-        recorded = await delivery_store.mark_sent(session, delivery_id, now=now)
+        recorded = await delivery_store.record_outcomes(
+            session, [delivery_store.Outcome(delivery_id, DeliveryStatus.SENT)], now=now
+        )
 
-    assert recorded is False
+    assert recorded == set()
     assert (await database.delivery(delivery_id)).status == DeliveryStatus.PENDING
