@@ -95,7 +95,8 @@ def demo_environment(paths: DemoPaths, ml_api_port: int, api_server_port: int = 
         "AIRFLOW__API__PORT": str(api_server_port),
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{api_server_port}/execution/",
         "BATCH_PIPELINE_REPORTS_DIR": str(paths.reports),
-        # `airflow dags test` crashes at the end of a run of a DAG with a Deadline Alert (apache/airflow#73428).
+        # `airflow dags test` crashes at the end of a run of a DAG with a Deadline Alert
+        # (apache/airflow#73428).
         "BATCH_PIPELINE_DEADLINE_MINUTES": "0",
         **{f"AIRFLOW_CONN_{conn_id.upper()}": json.dumps(fields) for conn_id, fields in connections.items()},
     }
