@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from alerting_service.models import DeliveryKind
-from alerting_service.notify.base import DeliveryError, Reason
+from alerting_service.notify.base import DeliveryError, Notification, Reason
 from alerting_service.notify.webhook import WebhookNotifier
 from tests.alerting_service.delivery_fixtures import (
     HttpReceiver,
@@ -39,6 +39,18 @@ def independent_signature(secret: str, receipt: Receipt) -> str:
         f"{receipt.headers['webhook-id']}.{receipt.headers['webhook-timestamp']}.".encode() + receipt.body
     )
     return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+
+
+async def send_again_after_a_500(
+    http_receiver: HttpReceiver, notifier: WebhookNotifier
+) -> tuple[Notification, list[Receipt]]:
+    """One notification sent twice: the first try answered 500, the retry 200; returns both receipts."""
+    http_receiver.script("/hook", Reply(500))
+    notification = notification_for(http_receiver.receiver("/hook"))
+    with pytest.raises(DeliveryError):
+        await notifier.send(notification)
+    await notifier.send(notification)
+    return notification, http_receiver.received("/hook")
 
 
 async def test_a_standard_webhook_carries_the_event_as_json(
@@ -84,13 +96,8 @@ async def test_several_secrets_give_one_signature_each_for_rotation(
 async def test_the_webhook_id_is_the_same_on_every_attempt(
     http_receiver: HttpReceiver, notifier: WebhookNotifier
 ) -> None:
-    http_receiver.script("/hook", Reply(500))
-    notification = notification_for(http_receiver.receiver("/hook"))
-    with pytest.raises(DeliveryError):
-        await notifier.send(notification)
-    await notifier.send(notification)
+    notification, (first, second) = await send_again_after_a_500(http_receiver, notifier)
 
-    first, second = http_receiver.received("/hook")
     assert first.headers["webhook-id"] == second.headers["webhook-id"] == notification.webhook_id
 
 
@@ -211,13 +218,8 @@ async def test_errors_name_scheme_and_host_but_never_the_url_token(
 async def test_a_retry_carries_the_same_body_as_the_first_try(
     http_receiver: HttpReceiver, notifier: WebhookNotifier
 ) -> None:
-    http_receiver.script("/hook", Reply(500))
-    notification = notification_for(http_receiver.receiver("/hook"))
-    with pytest.raises(DeliveryError):
-        await notifier.send(notification)
-    await notifier.send(notification)
+    notification, (first, second) = await send_again_after_a_500(http_receiver, notifier)
 
-    first, second = http_receiver.received("/hook")
     assert first.body == second.body
     assert json.loads(first.body)["timestamp"] == notification.event.as_json()["occurred_at"]
 
