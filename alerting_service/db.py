@@ -16,13 +16,19 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event, text
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from alerting_service.config import Settings
 from alerting_service.models import Base
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+SQLITE_PRAGMAS = (
+    "journal_mode=WAL",
+    "synchronous=FULL",
+    f"busy_timeout={SQLITE_BUSY_TIMEOUT_MS}",
+    "foreign_keys=ON",
+)
 
 
 def database_url(settings: Settings) -> URL:
@@ -32,12 +38,16 @@ def database_url(settings: Settings) -> URL:
     return url
 
 
+def prepare_sqlite_file(url: URL) -> None:
+    if url.database and url.database != ":memory:":
+        Path(url.database).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+
 def create_engine(settings: Settings) -> AsyncEngine:
     """`hide_parameters`: database errors end up in logs, and the values bound to a statement stay out."""
     url = database_url(settings)
     if url.get_backend_name() == "sqlite":
-        if url.database and url.database != ":memory:":
-            Path(url.database).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        prepare_sqlite_file(url)
         # One connection per process: SQLite has one write lock, and a connection waiting for it polls with
         # sleeps of up to 100 ms; waiting for the pooled connection instead queues in asyncio, first come
         # first served. (The ingest writer, the dispatcher and the API then take turns at no extra cost.)
@@ -48,21 +58,18 @@ def create_engine(settings: Settings) -> AsyncEngine:
             hide_parameters=True,
             connect_args={"isolation_level": "IMMEDIATE"},
         )
-        _tune_sqlite(engine)
+        tune_sqlite(engine.sync_engine)
         return engine
     return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True, hide_parameters=True)
 
 
-def _tune_sqlite(engine: AsyncEngine) -> None:
-    @event.listens_for(engine.sync_engine, "connect")
+def tune_sqlite(engine: Engine) -> None:
+    """Set the pragmas on every connection `engine` opens (an async engine's `sync_engine`, or a sync one)."""
+
+    @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
-        for pragma in (
-            "journal_mode=WAL",
-            "synchronous=FULL",
-            f"busy_timeout={SQLITE_BUSY_TIMEOUT_MS}",
-            "foreign_keys=ON",
-        ):
+        for pragma in SQLITE_PRAGMAS:
             cursor.execute(f"PRAGMA {pragma}")
         cursor.close()
 

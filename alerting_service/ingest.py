@@ -1,10 +1,18 @@
 """Accepting events with group commit: the 202 goes out only after the event and its deliveries are committed.
 
-Concurrent requests put their validated event on one asyncio queue and wait on a future. A single writer task
-takes everything queued (up to `batch_max`), decides each event's outcome (duplicate, conflict, or new: muted?
-routed where? resolving what?), writes the whole batch in one transaction with Core bulk inserts, commits, and
-only then answers each request. One commit (one fsync) thus serves many requests, which is what lets a durable
-ingest keep up with an alert storm.
+Concurrent requests put their validated event on one asyncio queue and wait on a future. A single batching
+task takes everything queued (up to `batch_max`) and hands it to the process's database writer
+(store/writer.py), which decides each event's outcome (duplicate, conflict, or new: muted? routed where?
+resolving what?), writes the whole batch in one transaction with Core bulk inserts and commits; only then is
+each request answered.
+One commit (one fsync) thus serves many requests, which is what lets a durable ingest keep up with an alert
+storm.
+
+New deliveries are handed to the in-process dispatcher without a claim transaction: before the batch is
+written, the dispatcher reserves free send slots (`Handoff.reserve`), the deliveries that get one are
+inserted already claimed (in flight, leased to this process, as a claim would leave them), and once committed
+they are started at once (`Handoff.take_over`). The others are inserted pending and claimed as usual. A crash
+before the send is covered like any claimed delivery's: the lease expires and the delivery is claimed again.
 
 If a batch's transaction fails, its events are retried one per transaction, so a single bad event cannot fail
 its neighbours; an event that still fails answers 503 and nothing of it is stored.
@@ -19,11 +27,12 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
 
+from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from alerting_service import metrics
@@ -37,7 +46,9 @@ from alerting_service.silences import SilenceSet
 from alerting_service.store import deliveries as delivery_store
 from alerting_service.store import events as event_store
 from alerting_service.store import silences as silence_store
+from alerting_service.store.deliveries import ClaimedDelivery
 from alerting_service.store.events import FiringTarget, OpenAlert, StoredKey
+from alerting_service.store.writer import Writer
 
 log = logging.getLogger(__name__)
 
@@ -66,15 +77,62 @@ class _Submission:
     future: asyncio.Future[Accepted]
 
 
+class Handoff(Protocol):
+    """The in-process dispatcher, as ingest sees it (see the module docstring)."""
+
+    @property
+    def lease(self) -> timedelta: ...
+
+    def reserve(self, wanted: int) -> dict[str, int]:
+        """Up to `wanted` free send slots per receiver name, held until `take_over` or `release`."""
+        ...
+
+    def take_over(self, claimed: list[ClaimedDelivery], unused: Mapping[str, int]) -> None:
+        """Start the committed deliveries created claimed; give back the reserved slots left unused."""
+        ...
+
+    def release(self, reserved: Mapping[str, int]) -> None: ...
+
+    def wake(self) -> None:
+        """Pending deliveries were committed: look for due ones now."""
+        ...
+
+
+class NoHandoff:
+    """No dispatcher in this process: every delivery is created pending for `alerting-service worker`."""
+
+    lease = timedelta(0)
+
+    def reserve(self, wanted: int) -> dict[str, int]:
+        return {}
+
+    def take_over(self, claimed: list[ClaimedDelivery], unused: Mapping[str, int]) -> None:
+        """Nothing is ever reserved, so nothing is created claimed."""
+
+    def release(self, reserved: Mapping[str, int]) -> None:
+        """Nothing is ever reserved."""
+
+    def wake(self) -> None:
+        """Another process polls the outbox."""
+
+
 @dataclass(slots=True)
 class _BatchPlan:
     """What one transaction writes, and each submission's answer once it is committed."""
 
+    # Send slots reserved for this batch, per receiver; what is left after planning goes back unused.
+    slots: dict[str, int]
+    lease_until: datetime
     event_rows: list[dict[str, Any]] = field(default_factory=list)
     delivery_rows: list[dict[str, Any]] = field(default_factory=list)
+    claimed: list[ClaimedDelivery] = field(default_factory=list)
     resolved: dict[str, str] = field(default_factory=dict)
     outcomes: list[Accepted | IdempotencyConflict] = field(default_factory=list)
     stored_types: list[tuple[EventType, bool]] = field(default_factory=list)
+
+    @property
+    def created_pending(self) -> bool:
+        return len(self.delivery_rows) > len(self.claimed)
 
 
 _STOP = object()
@@ -87,21 +145,24 @@ class _KeyAlreadyStored(Exception):
 class Ingestor:
     def __init__(
         self,
+        writer: Writer,
         sessions: async_sessionmaker[AsyncSession],
         config: AlertingConfig,
         *,
         batch_max: int,
         silence_refresh_seconds: float,
-        on_commit: Callable[[], None],
+        handoff: Handoff,
         queue_max: int = DEFAULT_INGEST_QUEUE_MAX,
     ) -> None:
+        """`writer` writes the batches; `sessions` reads the silences."""
+        self._writer = writer
         self._sessions = sessions
         self._router = Router(config.root_route)
         self._integrations = {receiver.name: receiver.integration for receiver in config.receivers}
         self._batch_max = batch_max
         self._queue_max = queue_max
         self._silence_refresh_seconds = silence_refresh_seconds
-        self._on_commit = on_commit
+        self._handoff = handoff
         self._silences = SilenceSet()
         self._queue: asyncio.Queue[_Submission | object] = asyncio.Queue()
         self._accepting = False
@@ -179,36 +240,53 @@ class Ingestor:
             return
         for submission, outcome in zip(batch, plan.outcomes, strict=True):
             _answer(submission, outcome)
+        self._handoff.take_over(plan.claimed, plan.slots)
+        if plan.created_pending:
+            self._handoff.wake()
         self._count(plan)
-        if plan.delivery_rows:
-            self._on_commit()
 
     async def _commit(self, batch: list[_Submission]) -> _BatchPlan:
-        # Optimistic first: most keys are new, so the batch is written without looking its keys up. If one
-        # was stored already (a re-sent callback), that transaction is rolled back and the batch planned again
-        # knowing the stored keys.
+        reserved = self._handoff.reserve(len(batch))
         try:
-            return await self._commit_once(batch, look_up_keys=False)
-        except _KeyAlreadyStored:
-            return await self._commit_once(batch, look_up_keys=True)
+            # Optimistic first: most keys are new, so the batch is written without looking its keys up. If
+            # one was stored already (a re-sent callback), that transaction is rolled back and the batch
+            # planned again knowing the stored keys.
+            try:
+                return await self._writer.transaction(self._write_batch, batch, reserved, look_up_keys=False)
+            except _KeyAlreadyStored:
+                return await self._writer.transaction(self._write_batch, batch, reserved, look_up_keys=True)
+        except BaseException:
+            self._handoff.release(reserved)
+            raise
 
-    async def _commit_once(self, batch: list[_Submission], *, look_up_keys: bool) -> _BatchPlan:
-        async with self._sessions() as session, session.begin():
-            stored = (
-                await event_store.find_keys(session, {s.event.idempotency_key for s in batch})
-                if look_up_keys
-                else {}
-            )
-            plan = await self._plan(session, batch, stored)
-            inserted = await event_store.insert_new_events(session, plan.event_rows)
-            if inserted < len(plan.event_rows):
-                raise _KeyAlreadyStored
-            await delivery_store.insert_deliveries(session, plan.delivery_rows)
-            await event_store.mark_resolved(session, plan.resolved)
+    def _write_batch(
+        self,
+        connection: Connection,
+        batch: list[_Submission],
+        reserved: Mapping[str, int],
+        *,
+        look_up_keys: bool,
+    ) -> _BatchPlan:
+        """On the writer thread, inside its transaction."""
+        stored = (
+            event_store.find_keys(connection, {s.event.idempotency_key for s in batch})
+            if look_up_keys
+            else {}
+        )
+        plan = self._plan(connection, batch, stored, reserved)
+        inserted = event_store.insert_new_events(connection, plan.event_rows)
+        if inserted < len(plan.event_rows):
+            raise _KeyAlreadyStored
+        delivery_store.insert_deliveries(connection, plan.delivery_rows)
+        event_store.mark_resolved(connection, plan.resolved)
         return plan
 
-    async def _plan(
-        self, session: AsyncSession, batch: list[_Submission], stored: dict[str, StoredKey]
+    def _plan(
+        self,
+        connection: Connection,
+        batch: list[_Submission],
+        stored: dict[str, StoredKey],
+        reserved: Mapping[str, int],
     ) -> _BatchPlan:
         closable = {
             fp
@@ -218,9 +296,9 @@ class Ingestor:
             )
         }
         open_by_fingerprint: defaultdict[str, list[OpenAlert]] = defaultdict(list)
-        for alert in await event_store.open_alerts(session, closable):
+        for alert in event_store.open_alerts(connection, closable):
             open_by_fingerprint[alert.fingerprint].append(alert)
-        plan = _BatchPlan()
+        plan = _BatchPlan(slots=dict(reserved), lease_until=datetime.now(UTC) + self._handoff.lease)
         for submission in batch:
             plan.outcomes.append(self._plan_one(submission, stored, open_by_fingerprint, plan))
         return plan
@@ -261,17 +339,10 @@ class Ingestor:
                     if not muted_by:
                         for target in alert.targets:
                             targets.setdefault(target.receiver, Integration(target.integration))
-        plan.event_rows.append(_event_row(submission, event_id, own_fingerprint, muted_by))
-        plan.delivery_rows += [
-            delivery_store.new_delivery_row(
-                event_id=event_id,
-                receiver=receiver,
-                integration=integration,
-                kind=kind,
-                now=submission.received_at,
-            )
-            for receiver, integration in targets.items()
-        ]
+        event_row = _event_row(submission, event_id, own_fingerprint, muted_by)
+        plan.event_rows.append(event_row)
+        for receiver, integration in targets.items():
+            _add_delivery(plan, event_row, receiver, integration, kind)
         plan.stored_types.append((event.type, muted_by is not None))
         return Accepted(event_id, duplicate=False)
 
@@ -292,6 +363,35 @@ class Ingestor:
                 log.exception(
                     "could not reload silences; keeping the previous ones", extra={"action": "silences"}
                 )
+
+
+def _add_delivery(
+    plan: _BatchPlan, event_row: dict[str, Any], receiver: str, integration: Integration, kind: DeliveryKind
+) -> None:
+    """Created claimed if a send slot is reserved for its receiver, pending otherwise."""
+    claim = plan.slots.get(receiver, 0) > 0
+    row = delivery_store.new_delivery_row(
+        event_id=event_row["id"],
+        receiver=receiver,
+        integration=integration,
+        kind=kind,
+        now=event_row["received_at"],
+        lease_until=plan.lease_until if claim else None,
+    )
+    plan.delivery_rows.append(row)
+    if claim:
+        plan.slots[receiver] -= 1
+        plan.claimed.append(
+            ClaimedDelivery(
+                id=row["id"],
+                receiver=receiver,
+                kind=row["kind"],
+                attempts=row["attempts"],
+                horizon_starts_at=row["horizon_starts_at"],
+                webhook_id=row["webhook_id"],
+                event=event_row,
+            )
+        )
 
 
 def _answer(submission: _Submission, outcome: Accepted | Exception) -> None:

@@ -664,6 +664,9 @@ def main() -> int:
         "--delivery-seconds", type=float, default=10, help="delivery phase length (default 10)"
     )
     parser.add_argument("--delivery-wait", type=float, default=60, help="max wait for late webhooks (s)")
+    parser.add_argument(
+        "--phase", choices=["ingest", "delivery"], action="append", help="run only this phase (repeatable)"
+    )
     parser.add_argument("--skip-alertmanager", action="store_true")
     parser.add_argument("--skip-service", action="store_true")
     parser.add_argument(
@@ -725,6 +728,8 @@ def main() -> int:
         if not args.skip_alertmanager:
             targets.append("alertmanager")
         for phase, runner in (("ingest", ingest_phase), ("delivery", delivery_phase)):
+            if args.phase and phase not in args.phase:
+                continue
             for name in targets:
                 if name == "service":
                     target = start_service(procs, tmp, phase, receiver_port, args.standin, args.service_env)

@@ -1,8 +1,9 @@
 """The FastAPI application: `create_app(settings)`.
 
 Configuration (YAML, API keys) is loaded when the app is created, so a bad one fails before the server
-listens. The lifespan opens the database, starts the group-commit ingestor and, when `run_dispatcher` is set,
-the in-process Dispatcher, which the ingestor wakes after each commit that created deliveries.
+listens. The lifespan opens the database and its writer (store/writer.py), starts the group-commit ingestor
+and, when `run_dispatcher` is set, the in-process Dispatcher, to which the ingestor hands the deliveries it
+commits.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from alerting_service.config import AlertingConfig, Settings, load_alerting_conf
 from alerting_service.db import create_engine, create_schema, create_session_factory
 from alerting_service.dispatch.worker import Dispatcher
 from alerting_service.expectations import watching
-from alerting_service.ingest import Ingestor
+from alerting_service.ingest import Ingestor, NoHandoff
+from alerting_service.store.writer import Writer
 
 COMPONENT_REF = "#/components/schemas/{model}"  # a pydantic template, filled in per model
 TAGS = [
@@ -64,25 +66,24 @@ async def _lifespan(app: FastAPI, settings: Settings, config: AlertingConfig) ->
     engine = create_engine(settings)
     await create_schema(engine)
     sessions = create_session_factory(engine)
-    # The group-commit writer has a connection of its own: ingest never queues behind the dispatcher's
-    # transactions on the shared one.
-    writer_engine = create_engine(settings)
+    writer = Writer(settings)
     stop = asyncio.Event()
-    dispatcher = Dispatcher(settings, sessions, config) if settings.run_dispatcher else None
-    wake = dispatcher.wake if dispatcher is not None else _nothing_to_wake
+    dispatcher = Dispatcher(writer, config) if settings.run_dispatcher else None
+    handoff = dispatcher if dispatcher is not None else NoHandoff()
     ingestor = Ingestor(
-        create_session_factory(writer_engine),
+        writer,
+        sessions,
         config,
         batch_max=settings.ingest_batch_max,
         queue_max=settings.ingest_queue_max,
         silence_refresh_seconds=settings.silence_refresh_seconds,
-        on_commit=wake,
+        handoff=handoff,
     )
     await ingestor.start()
     delivering = (
         asyncio.create_task(dispatcher.run(stop), name="dispatcher") if dispatcher is not None else None
     )
-    app.state.services = Services(config, engine, sessions, ingestor, wake)
+    app.state.services = Services(config, engine, sessions, ingestor, handoff.wake)
     try:
         # The watcher records through the ingestor: it stops first.
         async with watching(config.expectations, session_factory=sessions, ingestor=ingestor):
@@ -92,12 +93,8 @@ async def _lifespan(app: FastAPI, settings: Settings, config: AlertingConfig) ->
         stop.set()
         if delivering is not None:
             await delivering
-        await writer_engine.dispose()
+        writer.close()
         await engine.dispose()
-
-
-def _nothing_to_wake() -> None:
-    """No in-process dispatcher: a separate `alerting-service worker` polls the outbox."""
 
 
 # Async although it awaits nothing: Starlette would run a sync handler in its thread pool.

@@ -1,17 +1,21 @@
 """The dispatcher: claims due deliveries from the outbox, sends them, and records what happened.
 
-Shaped like procrastinate's worker: one class, small named coroutines. It runs inside the API process (woken
-by ingest right after a commit) or as `alerting-service worker` processes (polling); several may run against
-one PostgreSQL database, since claims are leased rows.
+Shaped like procrastinate's worker: one class, small named coroutines. It runs inside the API process or as
+`alerting-service worker` processes (polling); several may run against one PostgreSQL database, since claims
+are leased rows. Inside the API process, ingest hands it the deliveries it has just committed, created already
+claimed for the send slots the dispatcher reserved (`reserve` / `take_over`, see ingest.py), so a fresh alert
+is sent without a claim transaction; the rest are claimed from the outbox. While earlier deliveries are still
+due in the outbox, nothing is reserved, so fresh ones queue behind them instead of overtaking them.
 
 - Every send runs as its own task, under its receiver's `max_concurrency`: a slow or dead destination holds
   only its own slots. A claimed delivery whose receiver has no free slot is handed back at once instead of
   waiting in memory behind the slow one.
-- Database work is batched and short: one claim transaction takes as many due deliveries as there are free
-  slots (Core statements, no ORM objects), and outcomes wait in a buffer that is flushed in one transaction
-  (one UPDATE for all those sent) a few milliseconds after the first arrives, or at once when `flush_max`
-  are waiting. On SQLite every commit is an fsync under the one writer lock shared with ingest: a claim and
-  an outcome transaction per delivery capped delivery at ~120 webhooks/s. A graceful stop flushes the buffer.
+- Database work is batched and short, and runs on the process's database writer (store/writer.py), in turn
+  with ingest's group commits: one claim transaction takes as many due deliveries as there are free slots
+  (Core statements, no ORM objects), and outcomes wait in a buffer that is flushed in one transaction (one
+  UPDATE for all those sent) a few milliseconds after the first arrives, or at once when `flush_max` are
+  waiting. On SQLite every commit is an fsync: a claim and an outcome transaction per delivery capped delivery
+  at ~120 webhooks/s. A graceful stop flushes the buffer.
   A crash between a send and its flush loses only the outcome: the lease expires and the delivery is sent
   again, the at-least-once contract that already covered a crash mid-send.
 - A send never outlives its lease (it is cut off at its deadline, before the lease ends), so a live worker's
@@ -24,14 +28,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy import Connection
 
 from alerting_service import metrics
 from alerting_service.config import (
@@ -41,14 +45,15 @@ from alerting_service.config import (
     WebhookReceiver,
     load_alerting_config,
 )
-from alerting_service.db import create_engine, create_schema, create_session_factory
+from alerting_service.db import create_engine, create_schema
 from alerting_service.dispatch.retry import Dead, RetryPolicy
-from alerting_service.models import Delivery, DeliveryKind, DeliveryStatus
+from alerting_service.models import DeliveryKind, DeliveryStatus
 from alerting_service.notify.base import AlertEvent, DeliveryError, Notification, Notifier, Reason
 from alerting_service.notify.email import EmailNotifier
 from alerting_service.notify.webhook import WebhookNotifier
 from alerting_service.store import deliveries
 from alerting_service.store.deliveries import ClaimedDelivery, Outcome
+from alerting_service.store.writer import Writer
 
 log = logging.getLogger(__name__)
 
@@ -99,15 +104,9 @@ def retry_policy(config: AlertingConfig) -> RetryPolicy:
 
 class Dispatcher:
     def __init__(
-        self,
-        settings: Settings,
-        session_factory: async_sessionmaker[AsyncSession],
-        routing_config: AlertingConfig,
-        tuning: DispatchTuning = DispatchTuning(),
+        self, writer: Writer, routing_config: AlertingConfig, tuning: DispatchTuning = DispatchTuning()
     ) -> None:
-        """`settings` belongs to the signature every caller shares; nothing in it is needed yet."""
-        del settings
-        self._sessions = session_factory
+        self._writer = writer
         self._receivers: dict[str, Receiver] = {
             receiver.name: receiver for receiver in routing_config.receivers
         }
@@ -122,12 +121,45 @@ class Dispatcher:
         self._outcomes: list[_Pending] = []
         self._outcomes_waiting = asyncio.Event()
         self._closing = False
-        self._busy: Counter[str] = Counter()  # receiver name -> sends in flight
+        self._stopping = False  # set when the stop begins: no more slots for ingest
+        self._busy: Counter[str] = Counter()  # receiver name -> sends in flight or slots reserved by ingest
         self._last_error: dict[str, str] = {}  # receiver name -> last logged error, to log only changes
+        self._disabled: dict[str, str] = {}  # receiver name -> why, as of the last claim or 410
+        # The last claim found due deliveries: more may be waiting, and fresh ones must not overtake them.
+        self._behind = True
 
     def wake(self) -> None:
-        """Look for due deliveries now (called by ingest after it committed new ones)."""
+        """Deliveries are due in the outbox (ingest committed pending ones, a retry is due): claim now."""
+        self._behind = True
         self._wake.set()
+
+    # --- taking over from ingest (ingest.Handoff) -------------------------------------------------------
+
+    @property
+    def lease(self) -> timedelta:
+        return self._lease
+
+    def reserve(self, wanted: int) -> dict[str, int]:
+        """Up to `wanted` free send slots per enabled receiver; none while older deliveries are due."""
+        if self._behind or self._stopping:
+            return {}
+        reserved: dict[str, int] = {}
+        for name, receiver in self._receivers.items():
+            free = min(wanted, _max_concurrency(receiver) - self._busy[name])
+            if free > 0 and name not in self._disabled:
+                reserved[name] = free
+                self._busy[name] += free
+        return reserved
+
+    def release(self, reserved: Mapping[str, int]) -> None:
+        self._busy.subtract(reserved)
+
+    def take_over(self, claimed: list[ClaimedDelivery], unused: Mapping[str, int]) -> None:
+        """Start the deliveries ingest committed in flight under this dispatcher's lease, in their slots."""
+        self.release(unused)
+        self.release(Counter(delivery.receiver for delivery in claimed))
+        for delivery in claimed:
+            self._start(delivery, self._receivers[delivery.receiver])
 
     async def run(self, stop_event: asyncio.Event) -> None:
         """Dispatch until `stop_event` is set, then let in-flight sends finish (up to shutdown_timeout)."""
@@ -139,6 +171,7 @@ class Dispatcher:
                 if not await self._claim_and_start_logging_errors():
                     await self._wait_for_work(stopping)
         finally:
+            self._stopping = True
             stopping.cancel()
             await self._shutdown(flusher)
 
@@ -156,19 +189,18 @@ class Dispatcher:
         free = self._free_slots()
         if free == 0:
             return False
-        now = _now()
-        async with self._sessions() as session, session.begin():
-            claimed = await deliveries.claim_batch(session, now=now, limit=free, lease=self._lease)
-            disabled = await deliveries.disabled_receivers(session) if claimed else {}
+        claimed, self._disabled = await self._writer.transaction(
+            _claim, now=_now(), limit=free, lease=self._lease
+        )
+        self._behind = bool(claimed)
         for_later: list[ClaimedDelivery] = []
         for delivery in claimed:
             receiver = self._receivers.get(delivery.receiver)
             if receiver is None:
                 self._give_up(delivery, Reason.UNKNOWN_RECEIVER, "receiver is not in the configuration")
-            elif delivery.receiver in disabled:
-                self._give_up(
-                    delivery, Reason.DESTINATION_DISABLED, f"receiver disabled: {disabled[delivery.receiver]}"
-                )
+            elif delivery.receiver in self._disabled:
+                reason = self._disabled[delivery.receiver]
+                self._give_up(delivery, Reason.DESTINATION_DISABLED, f"receiver disabled: {reason}")
             elif self._busy[receiver.name] >= _max_concurrency(receiver):
                 for_later.append(delivery)
             else:
@@ -190,19 +222,9 @@ class Dispatcher:
 
     async def _hand_back(self, claimed: list[ClaimedDelivery]) -> None:
         """Return claims no slot is free for: due again shortly; the claim does not count as an attempt."""
-        if not claimed:
-            return
-        async with self._sessions() as session, session.begin():
-            await session.execute(
-                update(Delivery)
-                .where(Delivery.id.in_([d.id for d in claimed]), Delivery.status == DeliveryStatus.IN_FLIGHT)
-                .values(
-                    status=DeliveryStatus.PENDING,
-                    lease_until=None,
-                    next_attempt_at=_now() + self._tuning.hand_back_delay,
-                    attempts=Delivery.attempts - 1,
-                )
-                .execution_options(synchronize_session=False)
+        if claimed:
+            await self._writer.transaction(
+                deliveries.hand_back, [d.id for d in claimed], due_at=_now() + self._tuning.hand_back_delay
             )
 
     # --- sending ----------------------------------------------------------------------------------------
@@ -216,7 +238,8 @@ class Dispatcher:
     def _finished(self, task: asyncio.Task[None], receiver_name: str) -> None:
         self._sends.pop(task, None)
         self._busy[receiver_name] -= 1
-        self.wake()  # a slot is free: there may be deliveries waiting for it
+        if self._behind:  # a slot is free and deliveries may be waiting for one
+            self._wake.set()
 
     async def _deliver(self, delivery: ClaimedDelivery, receiver: Receiver) -> None:
         error = await self._attempt(delivery, receiver)
@@ -267,6 +290,8 @@ class Dispatcher:
         decision = self._policy.decide(
             error, attempts=delivery.attempts, created_at=delivery.horizon_starts_at, now=_now()
         )
+        if error.disables_receiver:
+            self._disabled[receiver.name] = error.message  # no more slots reserved for it from now on
         if isinstance(decision, Dead):
 
             def dead(now: datetime) -> None:
@@ -332,10 +357,9 @@ class Dispatcher:
     async def _flush(self, batch: list[_Pending]) -> None:
         now = _now()
         try:
-            async with self._sessions() as session, session.begin():
-                recorded = await deliveries.record_outcomes(
-                    session, [pending.outcome for pending in batch], now=now
-                )
+            recorded = await self._writer.transaction(
+                deliveries.record_outcomes, [pending.outcome for pending in batch], now=now
+            )
         except (
             Exception
         ) as exc:  # the database is unreachable: the leases expire and the deliveries are retried
@@ -401,6 +425,15 @@ class Dispatcher:
 _Then = Callable[[datetime], None]
 
 
+def _claim(
+    connection: Connection, *, now: datetime, limit: int, lease: timedelta
+) -> tuple[list[ClaimedDelivery], dict[str, str]]:
+    """On the writer thread: the claimed deliveries, and the receivers disabled at the time."""
+    return deliveries.claim_batch(
+        connection, now=now, limit=limit, lease=lease
+    ), deliveries.disabled_receivers(connection)
+
+
 @dataclass(frozen=True, slots=True)
 class _Pending:
     outcome: Outcome
@@ -449,16 +482,19 @@ def _now() -> datetime:
 
 async def run_worker(settings: Settings, tuning: DispatchTuning = DispatchTuning()) -> None:
     """`alerting-service worker`: a dispatcher in its own process until SIGTERM or SIGINT."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
     engine = create_engine(settings)
     try:
         await create_schema(engine)
-        dispatcher = Dispatcher(
-            settings, create_session_factory(engine), load_alerting_config(settings), tuning
-        )
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
-        await dispatcher.run(stop)
     finally:
         await engine.dispose()
+    writer = Writer(settings)
+    try:
+        dispatcher = Dispatcher(writer, load_alerting_config(settings), tuning)
+        log.info("worker started", extra={"pid": os.getpid()})
+        await dispatcher.run(stop)
+    finally:
+        writer.close()

@@ -27,12 +27,12 @@ does not read receiver state, which another process may change); the dispatcher 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, func, insert, select, update
+from sqlalchemy import Connection, and_, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -48,28 +48,39 @@ from alerting_service.models import (
 
 
 def new_delivery_row(
-    *, event_id: str, receiver: str, integration: Integration, kind: DeliveryKind, now: datetime
+    *,
+    event_id: str,
+    receiver: str,
+    integration: Integration,
+    kind: DeliveryKind,
+    now: datetime,
+    lease_until: datetime | None = None,
 ) -> dict[str, Any]:
-    """The column values of a new pending delivery, due at once (for Core bulk inserts)."""
+    """The column values of a new delivery, due at once (for Core bulk inserts).
+
+    With `lease_until` it is created already claimed, exactly as `claim_batch` would leave it (`in_flight`,
+    one attempt, leased): the in-process dispatcher takes it over from ingest without a claim transaction.
+    """
     return {
         "id": new_id(),
         "event_id": event_id,
         "receiver": receiver,
         "integration": integration.value,
         "kind": kind.value,
-        "status": DeliveryStatus.PENDING.value,
-        "attempts": 0,
+        "status": (DeliveryStatus.PENDING if lease_until is None else DeliveryStatus.IN_FLIGHT).value,
+        "attempts": 0 if lease_until is None else 1,
         "created_at": now,
         "horizon_starts_at": now,
         "next_attempt_at": now,
+        "lease_until": lease_until,
+        "last_attempt_at": None if lease_until is None else now,
         "webhook_id": f"msg_{uuid.uuid4().hex}",
     }
 
 
-async def insert_deliveries(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
+def insert_deliveries(connection: Connection, rows: list[dict[str, Any]]) -> None:
     if rows:
-        connection = await session.connection()
-        await connection.execute(insert(Delivery.__table__), rows)
+        connection.execute(insert(Delivery.__table__), rows)
 
 
 def _lease_expired(now: datetime) -> Any:
@@ -103,8 +114,8 @@ _DELIVERY_COLUMNS = (
 )
 
 
-async def claim_batch(
-    session: AsyncSession, *, now: datetime, limit: int, lease: timedelta
+def claim_batch(
+    connection: Connection, *, now: datetime, limit: int, lease: timedelta
 ) -> list[ClaimedDelivery]:
     """Claim up to `limit` due deliveries (expired leases, then the oldest due), read with their event in one
     joined Core SELECT.
@@ -113,10 +124,10 @@ async def claim_batch(
     `ix_deliveries_status_next_attempt_at` in order, while the OR made SQLite read and sort the whole backlog
     on every claim (milliseconds per claim with tens of thousands pending, inside the write lock).
     """
-    ids = await _claim(session, _lease_expired(now), order_by=None, limit=limit, now=now, lease=lease)
+    ids = _claim(connection, _lease_expired(now), order_by=None, limit=limit, now=now, lease=lease)
     if len(ids) < limit:
-        ids += await _claim(
-            session,
+        ids += _claim(
+            connection,
             _pending_due(now),
             order_by=Delivery.next_attempt_at,
             limit=limit - len(ids),
@@ -126,7 +137,7 @@ async def claim_batch(
     if not ids:
         return []
     event_columns = list(Event.__table__.columns)
-    rows = await session.execute(
+    rows = connection.execute(
         select(*_DELIVERY_COLUMNS, *event_columns)
         .join_from(Delivery, Event, Delivery.event_id == Event.id)
         .where(Delivery.id.in_(ids))
@@ -152,12 +163,12 @@ class Outcome:
     disable_receiver: str | None = None  # a receiver to disable with `error` as the reason (e.g. 410 Gone)
 
 
-async def record_outcomes(session: AsyncSession, outcomes: Sequence[Outcome], *, now: datetime) -> set[str]:
+def record_outcomes(connection: Connection, outcomes: Sequence[Outcome], *, now: datetime) -> set[str]:
     """Record many outcomes in the caller's transaction; the ids recorded (still `in_flight`, lease held)."""
     recorded: set[str] = set()
     sent = [outcome.delivery_id for outcome in outcomes if outcome.status == DeliveryStatus.SENT]
     if sent:
-        result = await session.execute(
+        result = connection.execute(
             update(Delivery)
             .where(Delivery.id.in_(sent), Delivery.status == DeliveryStatus.IN_FLIGHT)
             .values(status=DeliveryStatus.SENT, sent_at=now, reason=None, last_error=None, lease_until=None)
@@ -169,13 +180,13 @@ async def record_outcomes(session: AsyncSession, outcomes: Sequence[Outcome], *,
         if outcome.status == DeliveryStatus.SENT:
             continue
         if outcome.status == DeliveryStatus.DEAD:
-            done = await mark_dead(
-                session, outcome.delivery_id, reason=outcome.reason or "", error=outcome.error or ""
+            done = mark_dead(
+                connection, outcome.delivery_id, reason=outcome.reason or "", error=outcome.error or ""
             )
         else:
             assert outcome.next_attempt_at is not None
-            done = await mark_retry(
-                session,
+            done = mark_retry(
+                connection,
                 outcome.delivery_id,
                 next_attempt_at=outcome.next_attempt_at,
                 reason=outcome.reason or "",
@@ -184,22 +195,22 @@ async def record_outcomes(session: AsyncSession, outcomes: Sequence[Outcome], *,
         if done:
             recorded.add(outcome.delivery_id)
         if outcome.disable_receiver is not None:
-            await disable_receiver(session, outcome.disable_receiver, reason=outcome.error or "", now=now)
+            disable_receiver(connection, outcome.disable_receiver, reason=outcome.error or "", now=now)
     return recorded
 
 
-async def _claim(
-    session: AsyncSession, due: Any, *, order_by: Any, limit: int, now: datetime, lease: timedelta
+def _claim(
+    connection: Connection, due: Any, *, order_by: Any, limit: int, now: datetime, lease: timedelta
 ) -> list[str]:
     candidates = select(Delivery.id).where(due).order_by(order_by).limit(limit)
-    if session.get_bind().dialect.name == "postgresql":
+    if connection.dialect.name == "postgresql":
         # Materialised: PostgreSQL may otherwise re-run an IN-subquery with LIMIT and claim more than `limit`.
         candidates_cte = (
             candidates.with_for_update(skip_locked=True).cte("candidates").prefix_with("MATERIALIZED")
         )
     else:
         candidates_cte = candidates.cte("candidates")
-    claimed = await session.execute(
+    claimed = connection.execute(
         update(Delivery)
         .where(Delivery.id.in_(select(candidates_cte.c.id)), due)
         .values(
@@ -214,8 +225,25 @@ async def _claim(
     return list(claimed.scalars())
 
 
-async def _finish_attempt(session: AsyncSession, delivery_id: str, **values: Any) -> bool:
-    result = await session.execute(
+def hand_back(connection: Connection, delivery_ids: Collection[str], *, due_at: datetime) -> None:
+    """Return claims that were not sent (no free slot, or cut off at shutdown): pending again, due at
+    `due_at`; the claim does not count as an attempt."""
+    if delivery_ids:
+        connection.execute(
+            update(Delivery)
+            .where(Delivery.id.in_(delivery_ids), Delivery.status == DeliveryStatus.IN_FLIGHT)
+            .values(
+                status=DeliveryStatus.PENDING,
+                lease_until=None,
+                next_attempt_at=due_at,
+                attempts=Delivery.attempts - 1,
+            )
+            .execution_options(synchronize_session=False)
+        )
+
+
+def _finish_attempt(connection: Connection, delivery_id: str, **values: Any) -> bool:
+    result = connection.execute(
         update(Delivery)
         .where(Delivery.id == delivery_id, Delivery.status == DeliveryStatus.IN_FLIGHT)
         .values(lease_until=None, **values)
@@ -224,12 +252,12 @@ async def _finish_attempt(session: AsyncSession, delivery_id: str, **values: Any
     return result.rowcount == 1
 
 
-async def mark_retry(
-    session: AsyncSession, delivery_id: str, *, next_attempt_at: datetime, reason: str, error: str
+def mark_retry(
+    connection: Connection, delivery_id: str, *, next_attempt_at: datetime, reason: str, error: str
 ) -> bool:
     """Back to pending until `next_attempt_at`. `error` must already be redacted."""
-    return await _finish_attempt(
-        session,
+    return _finish_attempt(
+        connection,
         delivery_id,
         status=DeliveryStatus.PENDING,
         next_attempt_at=next_attempt_at,
@@ -238,10 +266,10 @@ async def mark_retry(
     )
 
 
-async def mark_dead(session: AsyncSession, delivery_id: str, *, reason: str, error: str) -> bool:
+def mark_dead(connection: Connection, delivery_id: str, *, reason: str, error: str) -> bool:
     """Dead-letter the delivery; it stays listed under GET /v1/deliveries?status=dead until replayed."""
-    return await _finish_attempt(
-        session, delivery_id, status=DeliveryStatus.DEAD, reason=reason, last_error=error
+    return _finish_attempt(
+        connection, delivery_id, status=DeliveryStatus.DEAD, reason=reason, last_error=error
     )
 
 
@@ -303,11 +331,11 @@ async def queue_stats(session: AsyncSession) -> QueueStats:
 # --- receivers_state: destinations disabled at run time ----------------------------------------------------
 
 
-async def disable_receiver(session: AsyncSession, name: str, *, reason: str, now: datetime) -> None:
+def disable_receiver(connection: Connection, name: str, *, reason: str, now: datetime) -> None:
     """Disable `name` (e.g. a webhook answered 410 Gone) until an admin re-enables it."""
-    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
     statement = dialect.insert(ReceiverState).values(name=name, disabled_at=now, disabled_reason=reason)
-    await session.execute(
+    connection.execute(
         statement.on_conflict_do_update(
             index_elements=[ReceiverState.name], set_={"disabled_at": now, "disabled_reason": reason}
         )
@@ -320,7 +348,7 @@ async def enable_receiver(session: AsyncSession, name: str) -> bool:
     return result.rowcount == 1
 
 
-async def disabled_receivers(session: AsyncSession) -> dict[str, str]:
+def disabled_receivers(connection: Connection) -> dict[str, str]:
     """Disabled receiver name -> the reason it was disabled."""
-    rows = await session.execute(select(ReceiverState.name, ReceiverState.disabled_reason))
+    rows = connection.execute(select(ReceiverState.name, ReceiverState.disabled_reason))
     return {name: reason or "" for name, reason in rows}

@@ -1,4 +1,8 @@
-"""Events: the bulk writes of a group commit, the open alerts a success closes, and the admin reads."""
+"""Events: the bulk writes of a group commit, the open alerts a success closes, and the admin reads.
+
+The group commit's functions take the writer's synchronous `Connection` (store/writer.py); the admin reads an
+`AsyncSession`.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import Connection, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
@@ -37,30 +41,29 @@ class OpenAlert:
     targets: list[FiringTarget]
 
 
-async def find_keys(session: AsyncSession, keys: Collection[str]) -> dict[str, StoredKey]:
-    rows = await session.execute(
+def find_keys(connection: Connection, keys: Collection[str]) -> dict[str, StoredKey]:
+    rows = connection.execute(
         select(Event.idempotency_key, Event.id, Event.body_hash).where(Event.idempotency_key.in_(keys))
     )
     return {key: StoredKey(event_id, body_hash) for key, event_id, body_hash in rows}
 
 
-async def insert_new_events(session: AsyncSession, rows: list[dict[str, Any]]) -> int:
+def insert_new_events(connection: Connection, rows: list[dict[str, Any]]) -> int:
     """Insert the events whose idempotency key is not stored yet; how many were inserted."""
     if not rows:
         return 0
-    connection = await session.connection()
     dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
     # Core on the table (the ORM bulk path costs several times more per row); one multi-row statement.
     statement = dialect.insert(Event.__table__).on_conflict_do_nothing(index_elements=["idempotency_key"])
-    result = await connection.execute(statement.returning(Event.__table__.c.id), rows)
+    result = connection.execute(statement.returning(Event.__table__.c.id), rows)
     return len(result.all())
 
 
-async def open_alerts(session: AsyncSession, fingerprints: Collection[str]) -> list[OpenAlert]:
+def open_alerts(connection: Connection, fingerprints: Collection[str]) -> list[OpenAlert]:
     """Unresolved firing events with these fingerprints, oldest first."""
     if not fingerprints:
         return []
-    events = await session.execute(
+    events = connection.execute(
         select(Event.id, Event.fingerprint)
         .where(
             Event.fingerprint.in_(fingerprints),
@@ -71,7 +74,7 @@ async def open_alerts(session: AsyncSession, fingerprints: Collection[str]) -> l
     )
     alerts = {event_id: OpenAlert(event_id, fp, []) for event_id, fp in events}
     if alerts:
-        targets = await session.execute(
+        targets = connection.execute(
             select(Delivery.event_id, Delivery.receiver, Delivery.integration).where(
                 Delivery.event_id.in_(alerts), Delivery.kind == DeliveryKind.FIRING
             )
@@ -81,7 +84,7 @@ async def open_alerts(session: AsyncSession, fingerprints: Collection[str]) -> l
     return list(alerts.values())
 
 
-async def mark_resolved(session: AsyncSession, resolved: dict[str, str]) -> None:
+def mark_resolved(connection: Connection, resolved: dict[str, str]) -> None:
     """Record, for each firing event id, the id of the success event that resolved it."""
     if resolved:
         statement = (
@@ -89,7 +92,7 @@ async def mark_resolved(session: AsyncSession, resolved: dict[str, str]) -> None
             .where(Event.__table__.c.id == bindparam("event_id"))
             .values(resolved_by=bindparam("success_id"))
         )
-        await session.execute(
+        connection.execute(
             statement, [{"event_id": event_id, "success_id": by} for event_id, by in resolved.items()]
         )
 

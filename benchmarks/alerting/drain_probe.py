@@ -1,6 +1,6 @@
 """Diagnosis: how fast the service's dispatcher drains a backlog, and what its claim query costs.
 
-    uv run --frozen python benchmarks/alerting/drain_probe.py [--fill-seconds 10] [--one-connection]
+    uv run --frozen python benchmarks/alerting/drain_probe.py [--fill-seconds 10]
 
 1. Fill: the service with ``ALERTING_RUN_DISPATCHER=false`` takes wrk's load (64 connections) for
    ``--fill-seconds``: every event leaves a pending webhook delivery in its SQLite outbox. Then it is stopped.
@@ -8,11 +8,7 @@
    claim candidate query as ``store/deliveries.claim_due`` issued it on SQLite before commit f963bd8 (one
    query, OR of the two due conditions), and of its pending branch alone (what the service does since).
 3. Drain: the service restarted on the same data dir with its dispatcher, nothing else sent to it; webhooks
-   counted at the local receiver for ``--drain-seconds``. ``--one-connection`` starts it through
-   ``one_connection_service.py``, which only caps the SQLite pool at one connection (writers then queue in
-   asyncio instead of SQLite's sleeping busy handler): an experiment, the service's files are not changed.
-   Since commit 4ee89e7 the service itself keeps one SQLite connection per process: the flag changes nothing
-   there.
+   counted at the local receiver for ``--drain-seconds``.
 
 Figures only, measured in this run; every process it starts is stopped in ``finally``.
 """
@@ -71,7 +67,6 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fill-seconds", type=float, default=10)
     parser.add_argument("--drain-seconds", type=float, default=10)
-    parser.add_argument("--one-connection", action="store_true", help="cap the SQLite pool at one connection")
     args = parser.parse_args()
     print(f"[start] load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
     bench.ensure_tools()
@@ -99,29 +94,27 @@ def main() -> int:
         env.pop("ALERTING_DATABASE_URL", None)
         serve = [str(Path(sys.executable).parent / "alerting-service")]
 
-        def start(dispatcher: bool, argv: list[str]) -> bench.Target:
+        def start(dispatcher: bool) -> bench.Target:
             port = bench.free_port()
             run_env = {**env, "ALERTING_RUN_DISPATCHER": "true" if dispatcher else "false"}
-            command = [*argv, "serve", "--host", bench.HOST, "--port", str(port)]
+            command = [*serve, "serve", "--host", bench.HOST, "--port", str(port)]
             procs.start("service", command, tmp / "service.log", run_env)
             bench.wait_ready(procs, "service", [f"http://{bench.HOST}:{port}/readyz"])
             return bench.Target("service", port, "/v1/events", 202, token=token)
 
-        target = start(False, serve)
+        target = start(False)
         fill = argparse.Namespace(threads=2, connections=64)
         result = bench.run_wrk(target, fill, args.fill_seconds, f"fill{secrets.token_hex(3)}")
         print(f"[fill] {result['ok']} events accepted in {result['duration_us'] / 1e6:.1f} s, dispatcher off")
         procs.stop("service")
         claim_query_figures(tmp / "data" / "alerts.db")
 
-        argv = [sys.executable, str(HERE / "one_connection_service.py")] if args.one_connection else serve
-        start(True, argv)
+        start(True)
         begin, before = time.monotonic(), bench.receiver_count(receiver_port)
         time.sleep(args.drain_seconds)
         elapsed, after = time.monotonic() - begin, bench.receiver_count(receiver_port)
-        pool = "one pooled connection (patched at run time)" if args.one_connection else "as shipped"
         print(
-            f"[drain] dispatcher {pool}: {after - before} webhooks in {elapsed:.1f} s "
+            f"[drain] {after - before} webhooks in {elapsed:.1f} s "
             f"({(after - before) / elapsed:.0f}/s), nothing else sent to the service"
         )
     finally:

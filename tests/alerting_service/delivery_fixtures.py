@@ -33,7 +33,7 @@ from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import httpx
@@ -50,6 +50,9 @@ from alerting_service.config import EmailReceiver, Settings, WebhookReceiver
 from alerting_service.models import Delivery, DeliveryKind, DeliveryStatus, Event
 from alerting_service.notify.base import AlertEvent, Notification
 from alerting_service.store import deliveries
+from alerting_service.store.writer import Writer
+
+T = TypeVar("T")
 
 Receiver = EmailReceiver | WebhookReceiver
 
@@ -437,8 +440,22 @@ class Database:
                 )
             )
             await session.flush()
-            await deliveries.insert_deliveries(session, rows)
+            await (await session.connection()).run_sync(deliveries.insert_deliveries, rows)
         return [row["id"] for row in rows]
+
+    @asynccontextmanager
+    async def writer(self) -> AsyncGenerator[Writer]:
+        """The service's database writer on this database, closed on exit."""
+        writer = Writer(self.settings)
+        try:
+            yield writer
+        finally:
+            writer.close()
+
+    async def write(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """`function(connection, *args, **kwargs)` of the store, in one transaction, as the writer runs it."""
+        async with self.engine.begin() as connection:
+            return await connection.run_sync(function, *args, **kwargs)
 
     async def delivery(self, delivery_id: str) -> Delivery:
         async with self.sessions() as session:
@@ -549,6 +566,13 @@ class ServiceProcess:
                     return False
 
             await eventually(ready, within=30)
+
+    async def until_logged(self, text: str) -> None:
+        def logged() -> bool:
+            assert self._process is not None and self._process.poll() is None, self.log()
+            return text in self.log()
+
+        await eventually(logged, within=30)
 
     def kill(self) -> None:
         """SIGKILL: no shutdown code runs, as in a crash or an OOM kill."""

@@ -6,11 +6,13 @@ from collections.abc import AsyncGenerator
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from sqlalchemy import Connection
 
 from alerting_service.store import deliveries as delivery_store
 from tests.alerting_service.conftest import ADMIN, Api, SettingsFactory, running_api
 from tests.alerting_service.delivery_fixtures import Database, new_whsec
 
+LEASE = timedelta(seconds=30)
 ROUTING = {
     "receivers": [{"name": "hook", "webhook": {"url": "http://127.0.0.1:9/h", "secrets": [new_whsec()]}}]
 }
@@ -25,15 +27,18 @@ async def api(make_settings: SettingsFactory, database: Database) -> AsyncGenera
 async def dead_delivery(api: Api) -> str:
     """A failure whose one delivery was tried twice and dead-lettered, as the dispatcher would leave it."""
     await api.post_event(idempotency_key="dead")
-    async with api.database.sessions() as session, session.begin():
-        now = datetime.now(UTC)
-        [claimed] = await delivery_store.claim_batch(session, now=now, limit=1, lease=timedelta(seconds=30))
-        await delivery_store.mark_retry(
-            session, claimed.id, next_attempt_at=now, reason="server_error", error="HTTP 502"
-        )
-        [claimed] = await delivery_store.claim_batch(session, now=now, limit=1, lease=timedelta(seconds=30))
-        await delivery_store.mark_dead(session, claimed.id, reason="client_error", error="HTTP 400")
-    return claimed.id
+    await api.database.write(_try_twice_then_dead_letter, now=datetime.now(UTC))
+    [dead] = (await api.client.get("/v1/deliveries", params={"status": "dead"}, headers=ADMIN)).json()["data"]
+    return dead["id"]
+
+
+def _try_twice_then_dead_letter(connection: Connection, *, now: datetime) -> None:
+    [claimed] = delivery_store.claim_batch(connection, now=now, limit=1, lease=LEASE)
+    delivery_store.mark_retry(
+        connection, claimed.id, next_attempt_at=now, reason="server_error", error="HTTP 502"
+    )
+    [claimed] = delivery_store.claim_batch(connection, now=now, limit=1, lease=LEASE)
+    delivery_store.mark_dead(connection, claimed.id, reason="client_error", error="HTTP 400")
 
 
 async def test_dead_letters_are_listed_with_their_reason_and_error(api: Api) -> None:
@@ -59,10 +64,7 @@ async def test_a_replayed_delivery_is_pending_again_and_keeps_its_attempts(api: 
 
     assert answer.status_code == 200
     assert (answer.json()["status"], answer.json()["attempts"]) == ("pending", 2)
-    async with api.database.sessions() as session:
-        [due] = await delivery_store.claim_batch(
-            session, now=datetime.now(UTC), limit=5, lease=timedelta(seconds=30)
-        )
+    [due] = await api.database.write(delivery_store.claim_batch, now=datetime.now(UTC), limit=5, lease=LEASE)
     assert due.id == delivery_id
 
 
@@ -90,14 +92,14 @@ async def test_replaying_an_unknown_delivery_is_a_404(api: Api) -> None:
 
 
 async def test_a_disabled_receiver_is_enabled_again(api: Api) -> None:
-    async with api.database.sessions() as session, session.begin():
-        await delivery_store.disable_receiver(session, "hook", reason="HTTP 410", now=datetime.now(UTC))
+    await api.database.write(
+        delivery_store.disable_receiver, "hook", reason="HTTP 410", now=datetime.now(UTC)
+    )
 
     answer = await api.client.post("/v1/receivers/hook/enable", headers=ADMIN)
 
     assert answer.json() == {"name": "hook", "was_disabled": True}
-    async with api.database.sessions() as session:
-        assert await delivery_store.disabled_receivers(session) == {}
+    assert await api.database.write(delivery_store.disabled_receivers) == {}
 
 
 async def test_enabling_an_unknown_receiver_is_a_404(api: Api) -> None:

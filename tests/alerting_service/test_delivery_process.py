@@ -72,6 +72,8 @@ async def test_several_workers_on_postgresql_deliver_each_notification_exactly_o
         # Workers start once the schema exists: create_schema takes no lock; simultaneous first starts race.
         await service.until_ready()
         workers = [start_service(settings, "worker") for _ in range(3)]
+        for worker in workers:  # all three compete for the deliveries, and each can stop gracefully
+            await worker.until_logged("worker started")
         acknowledged = await post_failure_events(service.url, 60)
         await eventually(
             lambda: set(acknowledged) <= set(delivered_event_ids(http_receiver.received("/hook"))), within=30

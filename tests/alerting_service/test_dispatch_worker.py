@@ -9,12 +9,16 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 
 import pytest
+from sqlalchemy import select
 
 from alerting_service.config import AlertingConfig, RetryConfig
 from alerting_service.dispatch.worker import Dispatcher, DispatchTuning, lease_for, send_deadline
+from alerting_service.ingest import Ingestor
 from alerting_service.metrics import REGISTRY
-from alerting_service.models import DeliveryStatus
+from alerting_service.models import Delivery, DeliveryStatus
+from alerting_service.schemas import EventIn
 from alerting_service.store import deliveries
+from alerting_service.store.writer import Writer
 from tests.alerting_service.delivery_fixtures import (
     Database,
     HttpReceiver,
@@ -22,6 +26,7 @@ from tests.alerting_service.delivery_fixtures import (
     Reply,
     SmtpServer,
     eventually,
+    service_routing,
 )
 
 FAST = DispatchTuning(poll_interval=0.05, hand_back_delay=timedelta(milliseconds=20), shutdown_timeout=2.0)
@@ -40,14 +45,19 @@ async def dispatching(
         receivers=list(receivers),
         retry=RetryConfig(initial_backoff=10 * MS, max_backoff=50 * MS, horizon=horizon),
     )
-    dispatcher = Dispatcher(database.settings, database.sessions, config, tuning)
+    async with database.writer() as writer, running(Dispatcher(writer, config, tuning)) as dispatcher:
+        yield dispatcher
+
+
+@asynccontextmanager
+async def running(dispatcher: Dispatcher) -> AsyncGenerator[Dispatcher]:
     stop = asyncio.Event()
-    running = asyncio.create_task(dispatcher.run(stop))
+    task = asyncio.create_task(dispatcher.run(stop))
     try:
         yield dispatcher
     finally:
         stop.set()
-        await running
+        await task
 
 
 async def test_an_event_reaches_email_and_webhook(
@@ -121,8 +131,7 @@ async def test_a_410_disables_the_receiver_and_dead_letters_the_delivery(
         await database.until_status(gone_id, DeliveryStatus.DEAD)
 
     assert (await database.delivery(gone_id)).reason == "destination_disabled"
-    async with database.sessions() as session:
-        assert webhook.name in await deliveries.disabled_receivers(session)
+    assert webhook.name in await database.write(deliveries.disabled_receivers)
 
 
 async def test_a_hung_receiver_does_not_delay_another(
@@ -241,3 +250,50 @@ def test_the_lease_outlasts_the_slowest_receivers_send_deadline(http_receiver: H
     slow = http_receiver.receiver("/b", name="slow", timeout_seconds=20)
     assert lease_for([fast, slow]) > send_deadline(slow) > send_deadline(fast)
     assert send_deadline(slow) >= timedelta(seconds=20)
+
+
+@asynccontextmanager
+async def ingesting(
+    database: Database, writer: Writer, config: AlertingConfig, dispatcher: Dispatcher
+) -> AsyncGenerator[Ingestor]:
+    ingestor = Ingestor(
+        writer, database.sessions, config, batch_max=16, silence_refresh_seconds=60, handoff=dispatcher
+    )
+    await ingestor.start()
+    try:
+        yield ingestor
+    finally:
+        await ingestor.stop()
+
+
+def task_failure(key: str) -> EventIn:
+    body = {"idempotency_key": key, "type": "task_failure", "dag_id": "d", "task_id": key}
+    return EventIn.model_validate(body, strict=False)
+
+
+async def deliveries_of(database: Database, event_id: str) -> list[Delivery]:
+    async with database.sessions() as session:
+        return list(await session.scalars(select(Delivery).where(Delivery.event_id == event_id)))
+
+
+async def test_ingest_hands_a_new_delivery_to_the_idle_dispatcher_without_a_claim(
+    database: Database, http_receiver: HttpReceiver
+) -> None:
+    webhook = http_receiver.receiver("/hook")
+    config = AlertingConfig.model_validate(service_routing(webhook))
+    async with (
+        database.writer() as writer,
+        running(Dispatcher(writer, config, DispatchTuning(poll_interval=3600))) as dispatcher,
+        ingesting(database, writer, config, dispatcher) as ingestor,
+    ):
+        # Sent either way; afterwards nothing is due, so the dispatcher has slots to lend to ingest.
+        await ingestor.submit(task_failure("first"))
+        await eventually(lambda: len(http_receiver.received("/hook")) == 1)
+
+        second = await ingestor.submit(task_failure("second"))
+        [delivery] = await deliveries_of(database, second.id)
+        await database.until_status(delivery.id, DeliveryStatus.SENT)
+
+    sent = await database.delivery(delivery.id)
+    # Created in flight, its one attempt starting as it was written: no claim ever picked it up.
+    assert (sent.attempts, sent.last_attempt_at) == (1, sent.created_at)

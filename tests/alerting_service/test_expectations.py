@@ -23,8 +23,9 @@ from alerting_service.expectations import (
     missed_event,
     record_through,
 )
-from alerting_service.ingest import Ingestor
+from alerting_service.ingest import Ingestor, NoHandoff
 from alerting_service.models import Event
+from alerting_service.store.writer import Writer
 
 PIPELINE = Expectation(dag_id="batch_pipeline_dag", succeed_by=time(4, 0), labels={"team": "data"})
 
@@ -217,13 +218,20 @@ async def test_run_checks_until_stopped_and_survives_a_failing_round(session_fac
 
 
 @pytest.fixture
-async def ingestor(session_factory: Any) -> AsyncIterator[Ingestor]:
+async def ingestor(session_factory: Any, tmp_path: Path) -> AsyncIterator[Ingestor]:
+    writer = Writer(Settings(data_dir=tmp_path))
     ingestor = Ingestor(
-        session_factory, AlertingConfig(), batch_max=16, silence_refresh_seconds=60, on_commit=lambda: None
+        writer,
+        session_factory,
+        AlertingConfig(),
+        batch_max=16,
+        silence_refresh_seconds=60,
+        handoff=NoHandoff(),
     )
     await ingestor.start()
     yield ingestor
     await ingestor.stop()
+    writer.close()
 
 
 async def stored(session_factory: Any, event_id: str) -> Event:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from alerting_service.config import AlertingConfig
-from alerting_service.ingest import Accepted, IdempotencyConflict, Ingestor
+from alerting_service.ingest import Accepted, IdempotencyConflict, Ingestor, NoHandoff
 from alerting_service.metrics import REGISTRY
 from alerting_service.models import Event
 from alerting_service.schemas import EventIn
@@ -18,12 +18,18 @@ from tests.alerting_service.delivery_fixtures import Database
 
 @pytest.fixture
 async def ingestor(database: Database) -> AsyncGenerator[Ingestor]:
-    ingestor = Ingestor(
-        database.sessions, AlertingConfig(), batch_max=64, silence_refresh_seconds=60, on_commit=lambda: None
-    )
-    await ingestor.start()
-    yield ingestor
-    await ingestor.stop()
+    async with database.writer() as writer:
+        ingestor = Ingestor(
+            writer,
+            database.sessions,
+            AlertingConfig(),
+            batch_max=64,
+            silence_refresh_seconds=60,
+            handoff=NoHandoff(),
+        )
+        await ingestor.start()
+        yield ingestor
+        await ingestor.stop()
 
 
 def event(key: str, event_type: str, **fields: Any) -> EventIn:

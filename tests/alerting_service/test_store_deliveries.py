@@ -13,11 +13,8 @@ LEASE = timedelta(seconds=30)
 
 
 async def claim(database: Database, now: datetime, limit: int = 100) -> list[str]:
-    async with database.sessions() as session, session.begin():
-        return [
-            delivery.id
-            for delivery in await delivery_store.claim_batch(session, now=now, limit=limit, lease=LEASE)
-        ]
+    claimed = await database.write(delivery_store.claim_batch, now=now, limit=limit, lease=LEASE)
+    return [delivery.id for delivery in claimed]
 
 
 async def pending(database: Database, smtp_server: SmtpServer, count: int) -> list[str]:
@@ -69,14 +66,13 @@ async def test_a_delivery_not_yet_due_is_not_claimed(database: Database, smtp_se
     [delivery_id] = await pending(database, smtp_server, 1)
     now = datetime.now(UTC)
     [claimed] = await claim(database, now)
-    async with database.sessions() as session, session.begin():
-        await delivery_store.mark_retry(
-            session,
-            claimed,
-            next_attempt_at=now + timedelta(minutes=5),
-            reason="server_error",
-            error="HTTP 503",
-        )
+    await database.write(
+        delivery_store.mark_retry,
+        claimed,
+        next_attempt_at=now + timedelta(minutes=5),
+        reason="server_error",
+        error="HTTP 503",
+    )
 
     assert await claim(database, now + timedelta(minutes=4)) == []
     assert await claim(database, now + timedelta(minutes=5)) == [delivery_id]
@@ -100,15 +96,13 @@ async def test_an_outcome_after_the_lease_was_taken_over_is_not_recorded(
     [delivery_id] = await pending(database, smtp_server, 1)
     now = datetime.now(UTC)
     await claim(database, now)
-    async with database.sessions() as session, session.begin():
-        await delivery_store.mark_retry(
-            session, delivery_id, next_attempt_at=now, reason="timeout", error="timed out"
-        )
+    await database.write(
+        delivery_store.mark_retry, delivery_id, next_attempt_at=now, reason="timeout", error="timed out"
+    )
 
-    async with database.sessions() as session, session.begin():
-        recorded = await delivery_store.record_outcomes(
-            session, [delivery_store.Outcome(delivery_id, DeliveryStatus.SENT)], now=now
-        )
+    recorded = await database.write(
+        delivery_store.record_outcomes, [delivery_store.Outcome(delivery_id, DeliveryStatus.SENT)], now=now
+    )
 
     assert recorded == set()
     assert (await database.delivery(delivery_id)).status == DeliveryStatus.PENDING
