@@ -389,6 +389,7 @@ def _add_delivery(
                 attempts=row["attempts"],
                 horizon_starts_at=row["horizon_starts_at"],
                 webhook_id=row["webhook_id"],
+                lease_until=row["lease_until"],
                 event=event_row,
             )
         )

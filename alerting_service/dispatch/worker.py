@@ -8,14 +8,17 @@ is sent without a claim transaction; the rest are claimed from the outbox. While
 due in the outbox, nothing is reserved, so fresh ones queue behind them instead of overtaking them.
 
 - Every send runs as its own task, under its receiver's `max_concurrency`: a slow or dead destination holds
-  only its own slots. A claimed delivery whose receiver has no free slot is handed back at once instead of
-  waiting in memory behind the slow one.
+  only its own slots. Each receiver also has a queue of claimed deliveries waiting for one of its slots,
+  `QUEUE_PER_SLOT` times as long as it has slots (the prefetch of a message-queue consumer), so one claim
+  feeds many sends instead of one claim transaction per freed slot. A claimed delivery whose receiver's queue
+  is full is handed back at once; one whose lease no longer outlasts its send deadline by the time a slot
+  frees (a hung receiver) is handed back instead of sent, so no send outlives its lease.
 - Database work is batched and short, and runs on the process's database writer (store/writer.py), in turn
-  with ingest's group commits: one claim transaction takes as many due deliveries as there are free slots
-  (Core statements, no ORM objects), and outcomes wait in a buffer that is flushed in one transaction (one
-  UPDATE for all those sent) a few milliseconds after the first arrives, or at once when `flush_max` are
-  waiting. On SQLite every commit is an fsync: a claim and an outcome transaction per delivery capped delivery
-  at ~120 webhooks/s. A graceful stop flushes the buffer.
+  with ingest's group commits: one claim transaction takes as many due deliveries as there is room in the
+  queues (Core statements, no ORM objects), and outcomes wait in a buffer that is flushed in one transaction
+  (one UPDATE for all those sent) a few milliseconds after the first arrives, or at once when `flush_max`
+  are waiting. On SQLite every commit is an fsync: a claim and an outcome transaction per delivery capped
+  delivery at ~120 webhooks/s. A graceful stop flushes the buffer.
   A crash between a send and its flush loses only the outcome: the lease expires and the delivery is sent
   again, the at-least-once contract that already covered a crash mid-send.
 - A send never outlives its lease (it is cut off at its deadline, before the lease ends), so a live worker's
@@ -30,7 +33,7 @@ import asyncio
 import logging
 import os
 import signal
-from collections import Counter
+from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -82,6 +85,10 @@ SEND_DEADLINE_FACTOR = 4
 LEASE_MARGIN = timedelta(seconds=5)
 # The lease when no receiver is configured (deliveries are then only given up, never sent).
 MINIMUM_LEASE = timedelta(seconds=30)
+# A receiver's queue of claimed deliveries holds this many per send slot (see the module docstring).
+QUEUE_PER_SLOT = 8
+# While behind, finished sends wake the claim loop once this share of the queues' room is free again.
+CLAIM_WHEN_FREE = 0.25
 
 
 def send_deadline(receiver: Receiver) -> timedelta:
@@ -123,10 +130,19 @@ class Dispatcher:
         self._closing = False
         self._stopping = False  # set when the stop begins: no more slots for ingest
         self._busy: Counter[str] = Counter()  # receiver name -> sends in flight or slots reserved by ingest
+        self._queued: defaultdict[str, deque[ClaimedDelivery]] = defaultdict(deque)  # waiting for a slot
+        self._handing_back: set[asyncio.Task[None]] = set()
         self._last_error: dict[str, str] = {}  # receiver name -> last logged error, to log only changes
         self._disabled: dict[str, str] = {}  # receiver name -> why, as of the last claim or 410
+        # Disabled here (a 410) but not yet recorded: a claim's read of the database must not undo them.
+        self._disabling: dict[str, str] = {}
         # The last claim found due deliveries: more may be waiting, and fresh ones must not overtake them.
         self._behind = True
+
+    @property
+    def caught_up(self) -> bool:
+        """The last claim found nothing due: ingest may hand this dispatcher fresh deliveries."""
+        return not self._behind
 
     def wake(self) -> None:
         """Deliveries are due in the outbox (ingest committed pending ones, a retry is due): claim now."""
@@ -140,12 +156,12 @@ class Dispatcher:
         return self._lease
 
     def reserve(self, wanted: int) -> dict[str, int]:
-        """Up to `wanted` free send slots per enabled receiver; none while older deliveries are due."""
+        """Room for up to `wanted` deliveries per enabled receiver; none while older deliveries are due."""
         if self._behind or self._stopping:
             return {}
         reserved: dict[str, int] = {}
         for name, receiver in self._receivers.items():
-            free = min(wanted, _max_concurrency(receiver) - self._busy[name])
+            free = min(wanted, self._room(receiver))
             if free > 0 and name not in self._disabled:
                 reserved[name] = free
                 self._busy[name] += free
@@ -158,8 +174,7 @@ class Dispatcher:
         """Start the deliveries ingest committed in flight under this dispatcher's lease, in their slots."""
         self.release(unused)
         self.release(Counter(delivery.receiver for delivery in claimed))
-        for delivery in claimed:
-            self._start(delivery, self._receivers[delivery.receiver])
+        self._enqueue(claimed)
 
     async def run(self, stop_event: asyncio.Event) -> None:
         """Dispatch until `stop_event` is set, then let in-flight sends finish (up to shutdown_timeout)."""
@@ -185,15 +200,17 @@ class Dispatcher:
             return False
 
     async def _claim_and_start(self) -> bool:
-        """Claim as many due deliveries as there are free slots and start them; False if none was due."""
-        free = self._free_slots()
+        """Claim as many due deliveries as the queues have room for and start what the slots allow; False
+        if none was due."""
+        free = self._free_room()
         if free == 0:
             return False
-        claimed, self._disabled = await self._writer.transaction(
-            _claim, now=_now(), limit=free, lease=self._lease
-        )
+        claimed, disabled = await self._writer.transaction(_claim, now=_now(), limit=free, lease=self._lease)
+        self._disabled = disabled | self._disabling
         self._behind = bool(claimed)
+        sendable: list[ClaimedDelivery] = []
         for_later: list[ClaimedDelivery] = []
+        room = {name: self._room(receiver) for name, receiver in self._receivers.items()}
         for delivery in claimed:
             receiver = self._receivers.get(delivery.receiver)
             if receiver is None:
@@ -201,17 +218,28 @@ class Dispatcher:
             elif delivery.receiver in self._disabled:
                 reason = self._disabled[delivery.receiver]
                 self._give_up(delivery, Reason.DESTINATION_DISABLED, f"receiver disabled: {reason}")
-            elif self._busy[receiver.name] >= _max_concurrency(receiver):
+            elif room[receiver.name] <= 0:
                 for_later.append(delivery)
             else:
-                self._start(delivery, receiver)
+                room[receiver.name] -= 1
+                sendable.append(delivery)
+        self._enqueue(sendable)
         await self._hand_back(for_later)
         return bool(claimed)
 
-    def _free_slots(self) -> int:
-        free = sum(max(_max_concurrency(r) - self._busy[name], 0) for name, r in self._receivers.items())
+    def _room(self, receiver: Receiver) -> int:
+        """How many more deliveries `receiver` can take: free slots plus free places in its queue."""
+        capacity = _max_concurrency(receiver) * (1 + QUEUE_PER_SLOT)
+        return capacity - self._busy[receiver.name] - len(self._queued[receiver.name])
+
+    def _free_room(self) -> int:
+        free = sum(max(self._room(receiver), 0) for receiver in self._receivers.values())
         # With no receiver configured, deliveries left from an older config are still claimed (and given up).
         return free if self._receivers else 1
+
+    def _worth_claiming(self) -> bool:
+        capacity = sum(_max_concurrency(r) * (1 + QUEUE_PER_SLOT) for r in self._receivers.values())
+        return self._free_room() >= max(1, int(capacity * CLAIM_WHEN_FREE))
 
     async def _wait_for_work(self, stopping: asyncio.Task[bool]) -> None:
         woken = asyncio.create_task(self._wake.wait())
@@ -221,13 +249,42 @@ class Dispatcher:
         woken.cancel()
 
     async def _hand_back(self, claimed: list[ClaimedDelivery]) -> None:
-        """Return claims no slot is free for: due again shortly; the claim does not count as an attempt."""
+        """Return claims that will not be sent now: due again shortly; the claim does not count as an
+        attempt."""
         if claimed:
             await self._writer.transaction(
                 deliveries.hand_back, [d.id for d in claimed], due_at=_now() + self._tuning.hand_back_delay
             )
 
+    async def _hand_back_logging_errors(self, claimed: list[ClaimedDelivery]) -> None:
+        try:
+            await self._hand_back(claimed)
+        except Exception as exc:  # the database is gone: the leases expire and others claim them again
+            log.error("could not hand back deliveries", extra={"error": type(exc).__name__})
+
     # --- sending ----------------------------------------------------------------------------------------
+
+    def _enqueue(self, claimed: list[ClaimedDelivery]) -> None:
+        """Queue claimed deliveries (in due order) behind their receiver's, then start what slots allow."""
+        for delivery in claimed:
+            self._queued[delivery.receiver].append(delivery)
+        for name in {delivery.receiver for delivery in claimed}:
+            self._start_queued(self._receivers[name])
+
+    def _start_queued(self, receiver: Receiver) -> None:
+        """Fill `receiver`'s free slots from its queue; hand back what waited too long to be sent safely."""
+        queue, expiring = self._queued[receiver.name], []
+        deadline = send_deadline(receiver)
+        while queue and self._busy[receiver.name] < _max_concurrency(receiver):
+            delivery = queue.popleft()
+            if delivery.lease_until - _now() < deadline:
+                expiring.append(delivery)
+            else:
+                self._start(delivery, receiver)
+        if expiring:
+            task = asyncio.create_task(self._hand_back_logging_errors(expiring))
+            self._handing_back.add(task)
+            task.add_done_callback(self._handing_back.discard)
 
     def _start(self, delivery: ClaimedDelivery, receiver: Receiver) -> None:
         self._busy[receiver.name] += 1
@@ -238,7 +295,8 @@ class Dispatcher:
     def _finished(self, task: asyncio.Task[None], receiver_name: str) -> None:
         self._sends.pop(task, None)
         self._busy[receiver_name] -= 1
-        if self._behind:  # a slot is free and deliveries may be waiting for one
+        self._start_queued(self._receivers[receiver_name])
+        if self._behind and self._worth_claiming():  # deliveries may be due, and the queues have room
             self._wake.set()
 
     async def _deliver(self, delivery: ClaimedDelivery, receiver: Receiver) -> None:
@@ -291,7 +349,8 @@ class Dispatcher:
             error, attempts=delivery.attempts, created_at=delivery.horizon_starts_at, now=_now()
         )
         if error.disables_receiver:
-            self._disabled[receiver.name] = error.message  # no more slots reserved for it from now on
+            # No more slots reserved for it from now on.
+            self._disabled[receiver.name] = self._disabling[receiver.name] = error.message
         if isinstance(decision, Dead):
 
             def dead(now: datetime) -> None:
@@ -369,6 +428,8 @@ class Dispatcher:
             )
             return
         for pending in batch:
+            if pending.outcome.disable_receiver is not None:  # recorded whatever became of the delivery
+                self._disabling.pop(pending.outcome.disable_receiver, None)
             if pending.outcome.delivery_id in recorded:
                 pending.then(now)
             else:
@@ -405,17 +466,19 @@ class Dispatcher:
     async def _shutdown(self, flusher: asyncio.Task[None]) -> None:
         """Let in-flight sends finish; cut off the rest and hand them back rather than wait for the lease.
 
-        The outcomes of the finished sends are flushed before the dispatcher returns."""
+        Queued deliveries are handed back at once. The outcomes of the finished sends are flushed before the
+        dispatcher returns."""
+        queued = [delivery for queue in self._queued.values() for delivery in queue]
+        self._queued.clear()
+        await self._hand_back_logging_errors(queued)
         if self._sends:
             _, unfinished = await asyncio.wait(set(self._sends), timeout=self._tuning.shutdown_timeout)
             cut_off = [self._sends[task] for task in unfinished]
             for task in unfinished:
                 task.cancel()
             await asyncio.gather(*unfinished, return_exceptions=True)
-            try:
-                await self._hand_back(cut_off)
-            except Exception as exc:  # the database is gone too: the leases expire and others take over
-                log.error("could not hand back cut-off sends", extra={"error": type(exc).__name__})
+            await self._hand_back_logging_errors(cut_off)
+        await asyncio.gather(*self._handing_back)
         self._closing = True
         self._outcomes_waiting.set()
         await flusher

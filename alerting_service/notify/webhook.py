@@ -17,6 +17,7 @@ import contextlib
 import ipaddress
 import json
 import socket
+import urllib.request
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -36,6 +37,10 @@ MAX_DRAINED_REPLY_BYTES = 64 * 1024
 class WebhookNotifier:
     def __init__(self) -> None:
         self._session: aiohttp.ClientSession | None = None  # made in the event loop, at the first send
+        # (scheme, host) -> the proxy HTTP(S)_PROXY / NO_PROXY name for it, as for any outbound HTTP of the
+        # host. Looked up once: aiohttp's `trust_env` reads the environment and ~/.netrc again on every
+        # request, a tenth of the CPU of a send. Proxy credentials go in the proxy URL.
+        self._proxies: dict[tuple[str, str], str | None] = {}
 
     async def aclose(self) -> None:
         if self._session is not None:
@@ -47,9 +52,15 @@ class WebhookNotifier:
                 headers={"user-agent": USER_AGENT},
                 cookie_jar=aiohttp.DummyCookieJar(),  # a receiver's cookies must not reach the next receiver
                 connector=aiohttp.TCPConnector(limit=0),  # the dispatcher bounds concurrency per receiver
-                trust_env=True,  # HTTP(S)_PROXY / NO_PROXY, as for any outbound HTTP of the host
             )
         return self._session
+
+    def _proxy_for(self, url: str) -> str | None:
+        parts = urlsplit(url)
+        key = (parts.scheme, parts.netloc)
+        if key not in self._proxies:
+            self._proxies[key] = _environment_proxy(*key)
+        return self._proxies[key]
 
     async def send(self, notification: Notification) -> None:
         receiver = notification.receiver
@@ -67,6 +78,7 @@ class WebhookNotifier:
                 data=body,
                 headers=headers,
                 allow_redirects=False,
+                proxy=self._proxy_for(url),
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=step, sock_read=step),
             ) as response:
                 status, response_headers = response.status, response.headers
@@ -82,6 +94,12 @@ class WebhookNotifier:
         error = classify_http_status(status, response_headers)
         if error is not None:
             raise error.about(f"POST {destination}")
+
+
+def _environment_proxy(scheme: str, netloc: str) -> str | None:
+    if urllib.request.proxy_bypass(netloc):
+        return None
+    return urllib.request.getproxies().get(scheme)
 
 
 async def _drain_small_reply(response: aiohttp.ClientResponse) -> None:

@@ -101,6 +101,7 @@ class ClaimedDelivery:
     attempts: int
     horizon_starts_at: datetime
     webhook_id: str
+    lease_until: datetime
     event: Mapping[str, Any]
 
 
@@ -111,6 +112,7 @@ _DELIVERY_COLUMNS = (
     Delivery.attempts,
     Delivery.horizon_starts_at,
     Delivery.webhook_id,
+    Delivery.lease_until,
 )
 
 

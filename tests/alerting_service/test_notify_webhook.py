@@ -236,3 +236,26 @@ async def test_consecutive_webhooks_to_one_receiver_reuse_its_connection(
         await notifier.send(notification_for(receiver))
 
     assert len({receipt.client_port for receipt in http_receiver.received("/hook")}) == 1
+
+
+@pytest.fixture
+def proxied_through(http_receiver: HttpReceiver, monkeypatch: pytest.MonkeyPatch) -> HttpReceiver:
+    """HTTP_PROXY names the loopback receiver, which then gets each proxied request as an absolute URL.
+
+    Set before the notifier's first send to a host, when it reads the environment."""
+    for name in ("NO_PROXY", "no_proxy", "HTTP_PROXY", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", http_receiver.url(""))
+    return http_receiver
+
+
+async def test_a_webhook_goes_through_the_proxy_the_environment_names(
+    proxied_through: HttpReceiver, notifier: WebhookNotifier
+) -> None:
+    hook = "http://alerts.example.invalid/hook"
+    receiver = proxied_through.receiver("/unused", url=hook)
+
+    await notifier.send(notification_for(receiver))
+
+    [receipt] = proxied_through.receipts
+    assert receipt.path == hook
