@@ -76,13 +76,14 @@ class DispatchTuning:
     flush_delay: float = 0.005
     # ... or at once when this many are waiting.
     flush_max: int = 256
+    # A claim's lease outlasts the longest send by this much: time to record the outcome, or to wait in a
+    # receiver's queue (a delivery that waited longer is handed back instead of sent).
+    lease_margin: timedelta = timedelta(seconds=5)
 
 
 # A send is cut off after this many times its receiver's timeout: the timeout bounds each step (connect,
 # each SMTP command, reading the reply), not the whole send.
 SEND_DEADLINE_FACTOR = 4
-# A claim's lease outlasts the longest send by this much, time enough to record the outcome.
-LEASE_MARGIN = timedelta(seconds=5)
 # The lease when no receiver is configured (deliveries are then only given up, never sent).
 MINIMUM_LEASE = timedelta(seconds=30)
 # A receiver's queue of claimed deliveries holds this many per send slot (see the module docstring).
@@ -96,9 +97,9 @@ def send_deadline(receiver: Receiver) -> timedelta:
     return timedelta(seconds=config.timeout_seconds * SEND_DEADLINE_FACTOR)
 
 
-def lease_for(receivers: Iterable[Receiver]) -> timedelta:
+def lease_for(receivers: Iterable[Receiver], margin: timedelta) -> timedelta:
     """Long enough for the slowest receiver's longest send: a live worker's claim never expires mid-send."""
-    return max((send_deadline(receiver) + LEASE_MARGIN for receiver in receivers), default=MINIMUM_LEASE)
+    return max((send_deadline(receiver) + margin for receiver in receivers), default=MINIMUM_LEASE)
 
 
 def retry_policy(config: AlertingConfig) -> RetryPolicy:
@@ -118,7 +119,7 @@ class Dispatcher:
             receiver.name: receiver for receiver in routing_config.receivers
         }
         self._policy = retry_policy(routing_config)
-        self._lease = lease_for(routing_config.receivers)
+        self._lease = lease_for(routing_config.receivers, tuning.lease_margin)
         self._tuning = tuning
         self._email = EmailNotifier()
         self._webhook = WebhookNotifier()
@@ -136,12 +137,13 @@ class Dispatcher:
         self._disabled: dict[str, str] = {}  # receiver name -> why, as of the last claim or 410
         # Disabled here (a 410) but not yet recorded: a claim's read of the database must not undo them.
         self._disabling: dict[str, str] = {}
-        # The last claim found due deliveries: more may be waiting, and fresh ones must not overtake them.
+        # The last claim was full, or pending deliveries were committed since: more may be due, and fresh
+        # ones must not overtake them.
         self._behind = True
 
     @property
     def caught_up(self) -> bool:
-        """The last claim found nothing due: ingest may hand this dispatcher fresh deliveries."""
+        """The last claim took everything due: ingest may hand this dispatcher fresh deliveries."""
         return not self._behind
 
     def wake(self) -> None:
@@ -207,7 +209,8 @@ class Dispatcher:
             return False
         claimed, disabled = await self._writer.transaction(_claim, now=_now(), limit=free, lease=self._lease)
         self._disabled = disabled | self._disabling
-        self._behind = bool(claimed)
+        # A claim that had room to spare took everything due: fresh deliveries may be handed over again.
+        self._behind = len(claimed) >= free
         sendable: list[ClaimedDelivery] = []
         for_later: list[ClaimedDelivery] = []
         room = {name: self._room(receiver) for name, receiver in self._receivers.items()}
