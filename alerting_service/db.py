@@ -48,9 +48,9 @@ def create_engine(settings: Settings) -> AsyncEngine:
     url = database_url(settings)
     if url.get_backend_name() == "sqlite":
         prepare_sqlite_file(url)
-        # One connection per process: SQLite has one write lock, and a connection waiting for it polls with
-        # sleeps of up to 100 ms; waiting for the pooled connection instead queues in asyncio, first come
-        # first served. (The ingest writer, the dispatcher and the API then take turns at no extra cost.)
+        # One connection: the admin API's reads and rare writes queue for it in asyncio, first come first
+        # served. The hot writes have the writer's own connection (store/writer.py); SQLite has one write
+        # lock, and an API write that finds it taken polls with sleeps of up to 100 ms, which is rare.
         engine = create_async_engine(
             url,
             pool_size=1,
