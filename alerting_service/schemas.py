@@ -55,6 +55,8 @@ def _utc(value: datetime) -> datetime:
 
 
 Text = Annotated[str, AfterValidator(_no_nul)]
+# The integer columns are SQL INTEGER: 32 bits on PostgreSQL.
+INT32_MAX = 2**31 - 1
 UTCTimestamp = Annotated[AwareDatetime, AfterValidator(_utc)]
 LabelName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
 
@@ -70,9 +72,9 @@ class EventIn(BaseModel):
     dag_id: Text = Field(min_length=1, max_length=250)
     task_id: Text | None = Field(default=None, min_length=1, max_length=250)
     run_id: Text | None = Field(default=None, min_length=1, max_length=250)
-    map_index: int = Field(default=-1, ge=-1)
-    try_number: int | None = Field(default=None, ge=0)
-    max_tries: int | None = Field(default=None, ge=0)
+    map_index: int = Field(default=-1, ge=-1, le=INT32_MAX)
+    try_number: int | None = Field(default=None, ge=0, le=INT32_MAX)
+    max_tries: int | None = Field(default=None, ge=0, le=INT32_MAX)
     logical_date: UTCTimestamp | None = None
     occurred_at: UTCTimestamp | None = Field(
         default=None, description="Defaults to the time it was received."

@@ -4,8 +4,8 @@ Shaped like procrastinate's worker: one class, small named coroutines. It runs i
 `alerting-service worker` processes (polling); several may run against one PostgreSQL database, since claims
 are leased rows. Inside the API process, ingest hands it the deliveries it has just committed, created already
 claimed for the send slots the dispatcher reserved (`reserve` / `take_over`, see ingest.py), so a fresh alert
-is sent without a claim transaction; the rest are claimed from the outbox. While earlier deliveries are still
-due in the outbox, nothing is reserved, so fresh ones queue behind them instead of overtaking them.
+is sent without a claim transaction; the rest are claimed from the outbox. While the last claim was full (a
+backlog), nothing is reserved, so fresh ones queue behind the backlog instead of overtaking it.
 
 - Every send runs as its own task, under its receiver's `max_concurrency`: a slow or dead destination holds
   only its own slots. Each receiver also has a queue of claimed deliveries waiting for one of its slots,
@@ -137,8 +137,8 @@ class Dispatcher:
         self._disabled: dict[str, str] = {}  # receiver name -> why, as of the last claim or 410
         # Disabled here (a 410) but not yet recorded: a claim's read of the database must not undo them.
         self._disabling: dict[str, str] = {}
-        # The last claim was full, or pending deliveries were committed since: more may be due, and fresh
-        # ones must not overtake them.
+        # The last claim was full (or none was made yet): more may be due, and fresh ones must not overtake
+        # them.
         self._behind = True
 
     @property
@@ -147,8 +147,12 @@ class Dispatcher:
         return not self._behind
 
     def wake(self) -> None:
-        """Deliveries are due in the outbox (ingest committed pending ones, a retry is due): claim now."""
-        self._behind = True
+        """Deliveries are due in the outbox (ingest committed pending ones, a retry is due): claim now.
+
+        Room is still lent to ingest meanwhile: those were committed moments ago and the claim follows at
+        once, while waiting for it would make every batch under load pending in turn (each batch's wake lands
+        before the previous claim is done). A real backlog fills a claim, and a full claim stops the lending.
+        """
         self._wake.set()
 
     # --- taking over from ingest (ingest.Handoff) -------------------------------------------------------

@@ -158,6 +158,8 @@ def without(field: str) -> dict[str, Any]:
         (VALID | {"type": "task_exploded"}, "type"),
         (VALID | {"dag_id": 42}, "dag_id"),
         (VALID | {"try_number": "2"}, "try_number"),
+        (VALID | {"try_number": 2**63}, "try_number"),
+        (VALID | {"max_tries": 2**31}, "max_tries"),
         (VALID | {"occurred_at": "2026-01-14T02:07:12"}, "occurred_at"),
         (VALID | {"labels": {"team": 1}}, "labels"),
         (VALID | {"dag_id": "d\u0000"}, "dag_id"),
