@@ -34,4 +34,5 @@ lint: sync
 bench: sync
 	$(UV) run --frozen python benchmarks/dag_parse.py
 	$(UV) run --frozen python benchmarks/callback_overhead.py
+	$(UV) run --frozen python benchmarks/webhook_clients.py
 	$(UV) run --frozen python benchmarks/alerting_service_bench.py
