@@ -9,9 +9,9 @@ One commit (one fsync) thus serves many requests, which is what lets a durable i
 storm.
 
 New deliveries are handed to the in-process dispatcher without a claim transaction: before the batch is
-written, the dispatcher reserves free send slots (`Handoff.reserve`), the deliveries that get one are
-inserted already claimed (in flight, leased to this process, as a claim would leave them), and once committed
-they are started at once (`Handoff.take_over`). The others are inserted pending and claimed as usual. A crash
+written, the dispatcher lends room in its receivers' queues (`Handoff.reserve`); the deliveries that get some
+are inserted already claimed (in flight, leased to this process, as a claim would leave them) and queued for
+sending once committed (`Handoff.take_over`). The others are inserted pending and claimed as usual. A crash
 before the send is covered like any claimed delivery's: the lease expires and the delivery is claimed again.
 
 If a batch's transaction fails, its events are retried one per transaction, so a single bad event cannot fail
@@ -84,7 +84,8 @@ class Handoff(Protocol):
     def lease(self) -> timedelta: ...
 
     def reserve(self, wanted: int) -> dict[str, int]:
-        """Up to `wanted` free send slots per receiver name, held until `take_over` or `release`."""
+        """Room for up to `wanted` deliveries per receiver name (free send slots and queue places), held until
+        `take_over` or `release`."""
         ...
 
     def take_over(self, claimed: list[ClaimedDelivery], unused: Mapping[str, int]) -> None:

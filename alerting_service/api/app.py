@@ -89,12 +89,16 @@ async def _lifespan(app: FastAPI, settings: Settings, config: AlertingConfig) ->
         async with watching(config.expectations, session_factory=sessions, ingestor=ingestor):
             yield
     finally:
-        await ingestor.stop()
-        stop.set()
-        if delivering is not None:
-            await delivering
-        writer.close()
-        await engine.dispose()
+        try:
+            await ingestor.stop()  # first: no hand-off reaches a dispatcher that has stopped
+        finally:
+            stop.set()
+            try:
+                if delivering is not None:
+                    await delivering
+            finally:
+                writer.close()
+                await engine.dispose()
 
 
 # Async although it awaits nothing: Starlette would run a sync handler in its thread pool.

@@ -130,7 +130,8 @@ class Dispatcher:
         self._outcomes_waiting = asyncio.Event()
         self._closing = False
         self._stopping = False  # set when the stop begins: no more slots for ingest
-        self._busy: Counter[str] = Counter()  # receiver name -> sends in flight or slots reserved by ingest
+        self._busy: Counter[str] = Counter()  # receiver name -> sends in flight
+        self._reserved: Counter[str] = Counter()  # receiver name -> queue room lent to ingest's open batches
         self._queued: defaultdict[str, deque[ClaimedDelivery]] = defaultdict(deque)  # waiting for a slot
         self._handing_back: set[asyncio.Task[None]] = set()
         self._last_error: dict[str, str] = {}  # receiver name -> last logged error, to log only changes
@@ -170,11 +171,11 @@ class Dispatcher:
             free = min(wanted, self._room(receiver))
             if free > 0 and name not in self._disabled:
                 reserved[name] = free
-                self._busy[name] += free
+                self._reserved[name] += free
         return reserved
 
     def release(self, reserved: Mapping[str, int]) -> None:
-        self._busy.subtract(reserved)
+        self._reserved.subtract(reserved)
 
     def take_over(self, claimed: list[ClaimedDelivery], unused: Mapping[str, int]) -> None:
         """Start the deliveries ingest committed in flight under this dispatcher's lease, in their slots."""
@@ -235,9 +236,11 @@ class Dispatcher:
         return bool(claimed)
 
     def _room(self, receiver: Receiver) -> int:
-        """How many more deliveries `receiver` can take: free slots plus free places in its queue."""
+        """How many more deliveries `receiver` can take: free slots plus free places in its queue, less the
+        room lent to ingest."""
         capacity = _max_concurrency(receiver) * (1 + QUEUE_PER_SLOT)
-        return capacity - self._busy[receiver.name] - len(self._queued[receiver.name])
+        name = receiver.name
+        return capacity - self._busy[name] - self._reserved[name] - len(self._queued[name])
 
     def _free_room(self) -> int:
         free = sum(max(self._room(receiver), 0) for receiver in self._receivers.values())
@@ -260,7 +263,9 @@ class Dispatcher:
         attempt."""
         if claimed:
             await self._writer.transaction(
-                deliveries.hand_back, [d.id for d in claimed], due_at=_now() + self._tuning.hand_back_delay
+                deliveries.hand_back,
+                [(d.id, d.lease_until) for d in claimed],
+                due_at=_now() + self._tuning.hand_back_delay,
             )
 
     async def _hand_back_logging_errors(self, claimed: list[ClaimedDelivery]) -> None:
@@ -279,12 +284,18 @@ class Dispatcher:
             self._start_queued(self._receivers[name])
 
     def _start_queued(self, receiver: Receiver) -> None:
-        """Fill `receiver`'s free slots from its queue; hand back what waited too long to be sent safely."""
+        """Fill `receiver`'s free slots from its queue; hand back what waited too long to be sent safely.
+
+        A queued delivery is sent only while its lease outlasts the send's deadline plus half the margin, the
+        time left to record its outcome before the lease ends."""
         queue, expiring = self._queued[receiver.name], []
-        deadline = send_deadline(receiver)
+        needed = send_deadline(receiver) + self._tuning.lease_margin / 2
         while queue and self._busy[receiver.name] < _max_concurrency(receiver):
             delivery = queue.popleft()
-            if delivery.lease_until - _now() < deadline:
+            if receiver.name in self._disabled:  # a 410 came while it waited
+                reason = self._disabled[receiver.name]
+                self._give_up(delivery, Reason.DESTINATION_DISABLED, f"receiver disabled: {reason}")
+            elif delivery.lease_until - _now() < needed:
                 expiring.append(delivery)
             else:
                 self._start(delivery, receiver)
@@ -345,7 +356,7 @@ class Dispatcher:
 
         if self._last_error.pop(receiver.name, None) is not None:
             log.info("receiver recovered", extra={"receiver": receiver.name, "delivery_id": delivery.id})
-        self._record(Outcome(delivery.id, DeliveryStatus.SENT), recorded)
+        self._record(Outcome(delivery.id, delivery.lease_until, DeliveryStatus.SENT), recorded)
 
     def _failed(self, delivery: ClaimedDelivery, receiver: Receiver, error: DeliveryError) -> None:
         metrics.notifications_failed_total.labels(
@@ -372,6 +383,7 @@ class Dispatcher:
 
             outcome = Outcome(
                 delivery.id,
+                delivery.lease_until,
                 DeliveryStatus.DEAD,
                 reason=decision.reason,
                 error=error.message,
@@ -382,6 +394,7 @@ class Dispatcher:
             retry_at = decision.retry_at
             outcome = Outcome(
                 delivery.id,
+                delivery.lease_until,
                 DeliveryStatus.PENDING,
                 reason=error.reason,
                 error=error.message,
@@ -396,7 +409,10 @@ class Dispatcher:
                 extra={"delivery_id": delivery.id, "receiver": delivery.receiver, "reason": reason.value},
             )
 
-        self._record(Outcome(delivery.id, DeliveryStatus.DEAD, reason=reason, error=message), dead)
+        outcome = Outcome(
+            delivery.id, delivery.lease_until, DeliveryStatus.DEAD, reason=reason, error=message
+        )
+        self._record(outcome, dead)
 
     def _record(self, outcome: Outcome, then: _Then) -> None:
         """Queue an outcome for the next flush; `then(now)` runs once it is recorded."""
@@ -434,9 +450,13 @@ class Dispatcher:
                 extra={"deliveries": len(batch), "error": type(exc).__name__},
             )
             return
+        finally:
+            # Recorded with the batch, or not at all (the 410 comes again on the retry): from now on the
+            # database's word holds either way.
+            for pending in batch:
+                if pending.outcome.disable_receiver is not None:
+                    self._disabling.pop(pending.outcome.disable_receiver, None)
         for pending in batch:
-            if pending.outcome.disable_receiver is not None:  # recorded whatever became of the delivery
-                self._disabling.pop(pending.outcome.disable_receiver, None)
             if pending.outcome.delivery_id in recorded:
                 pending.then(now)
             else:

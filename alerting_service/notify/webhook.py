@@ -14,7 +14,6 @@ whether one process can deliver 500 alerts a second while it ingests them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import json
 import socket
@@ -33,6 +32,7 @@ from alerting_service.notify.templating import render
 
 USER_AGENT = "alerting-service/1"
 MAX_DRAINED_REPLY_BYTES = 64 * 1024
+DRAIN_SECONDS = 1.0
 
 
 class WebhookNotifier:
@@ -58,7 +58,9 @@ class WebhookNotifier:
 
     def _proxy_for(self, url: str) -> str | None:
         parts = urlsplit(url)
-        key = (parts.scheme, parts.netloc)
+        # The host and port only: the URL's user info (a token, often) is not part of NO_PROXY's match.
+        host = parts.hostname or ""
+        key = (parts.scheme, f"{host}:{parts.port}" if parts.port else host)
         if key not in self._proxies:
             self._proxies[key] = _environment_proxy(*key)
         return self._proxies[key]
@@ -97,26 +99,32 @@ class WebhookNotifier:
             raise error.about(f"POST {destination}")
 
 
-def _environment_proxy(scheme: str, netloc: str) -> str | None:
-    if urllib.request.proxy_bypass(netloc):
+def _environment_proxy(scheme: str, host: str) -> str | None:
+    if urllib.request.proxy_bypass(host):
         return None
     return urllib.request.getproxies().get(scheme)
 
 
 async def _drain_small_reply(response: aiohttp.ClientResponse) -> None:
-    """Read up to MAX_DRAINED_REPLY_BYTES of the reply; past that, or on an error, the connection is dropped.
+    """Read up to MAX_DRAINED_REPLY_BYTES of the reply for up to DRAIN_SECONDS; past either, or on an error,
+    the connection is dropped.
 
     A small reply is read to its end so the connection goes back to the pool instead of costing a new TCP (and
     TLS) handshake per webhook; a huge one is never buffered. The status is already known, so a failure here
     must not turn a delivered webhook into a retry.
     """
     received = 0
-    with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-        while chunk := await response.content.readany():
-            received += len(chunk)
-            if received > MAX_DRAINED_REPLY_BYTES:
-                response.close()
+    try:
+        async with asyncio.timeout(DRAIN_SECONDS):  # a reply that trickles in must not outlast the send
+            while chunk := await response.content.readany():
+                received += len(chunk)
+                if received > MAX_DRAINED_REPLY_BYTES:
+                    break
+            else:
                 return
+    except (aiohttp.ClientError, TimeoutError):
+        pass
+    response.close()
 
 
 async def refuse_private_destination(url: str, destination: str) -> None:

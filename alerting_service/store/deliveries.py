@@ -11,8 +11,10 @@ Claim semantics (`claim_batch`):
   take each other's rows. SQLite has no row locks: the UPDATE repeats the due condition (status and
   lease_until) in its WHERE clause and only the rows it actually changed (the rowcount, via RETURNING) are
   claimed; SQLite runs one writer at a time, so two workers can never both change the same row.
-- The outcome functions (`record_outcomes`, `mark_retry`, `mark_dead`) only change a row that is still
-  `in_flight` and answer whether they did: False means the lease expired and another worker took it over.
+- The outcome functions (`record_outcomes`, `mark_retry`, `mark_dead`) and `hand_back` only change a row
+  that is still `in_flight` under the lease they were given (`lease_until` as the claim set it: a fencing
+  token) and answer whether they did: False means the lease expired and the delivery was claimed again, by
+  another worker or this one, whose claim they must not undo.
 - The retry horizon is measured from `horizon_starts_at` (creation, or the last replay).
 - The dispatcher claims with `claim_batch` (those guarded UPDATEs, then one Core SELECT of the claimed
   deliveries joined to their events, no ORM objects) and records with `record_outcomes` (one transaction per
@@ -32,7 +34,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, func, insert, select, update
+from sqlalchemy import Connection, and_, delete, func, insert, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -158,6 +160,7 @@ class Outcome:
     """What one attempt came to: sent (`status` SENT), back to pending until `next_attempt_at`, or dead."""
 
     delivery_id: str
+    lease_until: datetime  # of the claim the attempt was made under
     status: DeliveryStatus
     reason: str | None = None
     error: str | None = None  # already redacted
@@ -168,11 +171,11 @@ class Outcome:
 def record_outcomes(connection: Connection, outcomes: Sequence[Outcome], *, now: datetime) -> set[str]:
     """Record many outcomes in the caller's transaction; the ids recorded (still `in_flight`, lease held)."""
     recorded: set[str] = set()
-    sent = [outcome.delivery_id for outcome in outcomes if outcome.status == DeliveryStatus.SENT]
+    sent = [outcome for outcome in outcomes if outcome.status == DeliveryStatus.SENT]
     if sent:
         result = connection.execute(
             update(Delivery)
-            .where(Delivery.id.in_(sent), Delivery.status == DeliveryStatus.IN_FLIGHT)
+            .where(_under_lease([(outcome.delivery_id, outcome.lease_until) for outcome in sent]))
             .values(status=DeliveryStatus.SENT, sent_at=now, reason=None, last_error=None, lease_until=None)
             .returning(Delivery.id)
             .execution_options(synchronize_session=False)
@@ -183,13 +186,18 @@ def record_outcomes(connection: Connection, outcomes: Sequence[Outcome], *, now:
             continue
         if outcome.status == DeliveryStatus.DEAD:
             done = mark_dead(
-                connection, outcome.delivery_id, reason=outcome.reason or "", error=outcome.error or ""
+                connection,
+                outcome.delivery_id,
+                lease_until=outcome.lease_until,
+                reason=outcome.reason or "",
+                error=outcome.error or "",
             )
         else:
             assert outcome.next_attempt_at is not None
             done = mark_retry(
                 connection,
                 outcome.delivery_id,
+                lease_until=outcome.lease_until,
                 next_attempt_at=outcome.next_attempt_at,
                 reason=outcome.reason or "",
                 error=outcome.error or "",
@@ -227,13 +235,20 @@ def _claim(
     return list(claimed.scalars())
 
 
-def hand_back(connection: Connection, delivery_ids: Collection[str], *, due_at: datetime) -> None:
-    """Return claims that were not sent (no free slot, or cut off at shutdown): pending again, due at
-    `due_at`; the claim does not count as an attempt."""
-    if delivery_ids:
+def _under_lease(leases: Collection[tuple[str, datetime]]) -> Any:
+    """The rows still `in_flight` under these (delivery id, lease_until) claims."""
+    return and_(
+        tuple_(Delivery.id, Delivery.lease_until).in_(leases), Delivery.status == DeliveryStatus.IN_FLIGHT
+    )
+
+
+def hand_back(connection: Connection, leases: Collection[tuple[str, datetime]], *, due_at: datetime) -> None:
+    """Return claims that were not sent (no free slot, or cut off at shutdown), each given as (delivery id,
+    lease_until): pending again, due at `due_at`; the claim does not count as an attempt."""
+    if leases:
         connection.execute(
             update(Delivery)
-            .where(Delivery.id.in_(delivery_ids), Delivery.status == DeliveryStatus.IN_FLIGHT)
+            .where(_under_lease(leases))
             .values(
                 status=DeliveryStatus.PENDING,
                 lease_until=None,
@@ -244,10 +259,10 @@ def hand_back(connection: Connection, delivery_ids: Collection[str], *, due_at: 
         )
 
 
-def _finish_attempt(connection: Connection, delivery_id: str, **values: Any) -> bool:
+def _finish_attempt(connection: Connection, delivery_id: str, lease_until: datetime, **values: Any) -> bool:
     result = connection.execute(
         update(Delivery)
-        .where(Delivery.id == delivery_id, Delivery.status == DeliveryStatus.IN_FLIGHT)
+        .where(_under_lease([(delivery_id, lease_until)]))
         .values(lease_until=None, **values)
         .execution_options(synchronize_session=False)
     )
@@ -255,12 +270,19 @@ def _finish_attempt(connection: Connection, delivery_id: str, **values: Any) -> 
 
 
 def mark_retry(
-    connection: Connection, delivery_id: str, *, next_attempt_at: datetime, reason: str, error: str
+    connection: Connection,
+    delivery_id: str,
+    *,
+    lease_until: datetime,
+    next_attempt_at: datetime,
+    reason: str,
+    error: str,
 ) -> bool:
     """Back to pending until `next_attempt_at`. `error` must already be redacted."""
     return _finish_attempt(
         connection,
         delivery_id,
+        lease_until,
         status=DeliveryStatus.PENDING,
         next_attempt_at=next_attempt_at,
         reason=reason,
@@ -268,10 +290,12 @@ def mark_retry(
     )
 
 
-def mark_dead(connection: Connection, delivery_id: str, *, reason: str, error: str) -> bool:
+def mark_dead(
+    connection: Connection, delivery_id: str, *, lease_until: datetime, reason: str, error: str
+) -> bool:
     """Dead-letter the delivery; it stays listed under GET /v1/deliveries?status=dead until replayed."""
     return _finish_attempt(
-        connection, delivery_id, status=DeliveryStatus.DEAD, reason=reason, last_error=error
+        connection, delivery_id, lease_until, status=DeliveryStatus.DEAD, reason=reason, last_error=error
     )
 
 

@@ -34,7 +34,12 @@ SYNC_DRIVERS = {"sqlite": "sqlite+pysqlite", "postgresql": "postgresql+psycopg2"
 
 
 def sync_url(url: URL) -> URL:
-    return url.set(drivername=SYNC_DRIVERS[url.get_backend_name()])
+    """The same database through the synchronous driver; asyncpg's `ssl` option becomes libpq's `sslmode`
+    (same values: disable, prefer, require, verify-ca, verify-full)."""
+    url = url.set(drivername=SYNC_DRIVERS[url.get_backend_name()])
+    if url.get_backend_name() == "postgresql" and "ssl" in url.query:
+        url = url.update_query_dict({"sslmode": url.query["ssl"]}).difference_update_query(["ssl"])
+    return url
 
 
 class Writer:

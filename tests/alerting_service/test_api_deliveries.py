@@ -35,10 +35,17 @@ async def dead_delivery(api: Api) -> str:
 def _try_twice_then_dead_letter(connection: Connection, *, now: datetime) -> None:
     [claimed] = delivery_store.claim_batch(connection, now=now, limit=1, lease=LEASE)
     delivery_store.mark_retry(
-        connection, claimed.id, next_attempt_at=now, reason="server_error", error="HTTP 502"
+        connection,
+        claimed.id,
+        lease_until=claimed.lease_until,
+        next_attempt_at=now,
+        reason="server_error",
+        error="HTTP 502",
     )
     [claimed] = delivery_store.claim_batch(connection, now=now, limit=1, lease=LEASE)
-    delivery_store.mark_dead(connection, claimed.id, reason="client_error", error="HTTP 400")
+    delivery_store.mark_dead(
+        connection, claimed.id, lease_until=claimed.lease_until, reason="client_error", error="HTTP 400"
+    )
 
 
 async def test_dead_letters_are_listed_with_their_reason_and_error(api: Api) -> None:

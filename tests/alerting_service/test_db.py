@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 
 from alerting_service.config import load_settings
 from alerting_service.db import create_engine, create_schema
+from alerting_service.store.writer import sync_url
 from tests.alerting_service.delivery_fixtures import _create_postgres_database, _drop_postgres_database
 
 
@@ -48,3 +50,9 @@ async def test_processes_starting_together_create_the_schema_once_without_collid
         for engine in engines:
             await engine.dispose()
         await _drop_postgres_database(name)
+
+
+def test_the_writer_reaches_postgresql_through_psycopg2_with_asyncpgs_ssl_option_as_sslmode() -> None:
+    url = make_url("postgresql+asyncpg://alerts@db.bank.example:5432/alerts?ssl=require")
+
+    assert str(sync_url(url)) == "postgresql+psycopg2://alerts@db.bank.example:5432/alerts?sslmode=require"

@@ -234,6 +234,28 @@ async def test_a_delivery_that_waited_for_a_slot_longer_than_its_lease_allows_is
     assert len(http_receiver.received("/hook")) == 1
 
 
+async def test_room_lent_to_an_open_ingest_batch_does_not_hold_back_a_queued_delivery(
+    database: Database, http_receiver: HttpReceiver
+) -> None:
+    hang = threading.Event()
+    http_receiver.script("/hook", Reply(hold=hang))
+    webhook = http_receiver.receiver("/hook", max_concurrency=1, timeout_seconds=30)
+    try:
+        async with dispatching(database, webhook) as dispatcher:
+            await database.add_event(webhook)
+            await eventually(lambda: http_receiver.received("/hook"))
+            [queued_id] = await database.add_event(webhook)
+            await database.until_status(queued_id, DeliveryStatus.IN_FLIGHT)  # waiting for the one slot
+            lent = dispatcher.reserve(1)  # an ingest batch is being written
+            assert lent == {webhook.name: 1}
+            hang.set()  # the slot frees meanwhile
+
+            await database.until_status(queued_id, DeliveryStatus.SENT)
+            dispatcher.take_over([], lent)  # the batch routed nothing to it
+    finally:
+        hang.set()
+
+
 async def test_a_delivery_to_a_receiver_no_longer_configured_is_dead(
     database: Database, http_receiver: HttpReceiver
 ) -> None:

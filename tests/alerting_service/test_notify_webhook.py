@@ -259,3 +259,16 @@ async def test_a_webhook_goes_through_the_proxy_the_environment_names(
 
     [receipt] = proxied_through.receipts
     assert receipt.path == hook
+
+
+async def test_a_host_no_proxy_names_is_called_directly_even_with_user_info_in_its_url(
+    proxied_through: HttpReceiver, notifier: WebhookNotifier, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    hook = proxied_through.url("/hook").replace("http://", "http://user:t0ken@")
+    receiver = proxied_through.receiver("/unused", url=hook)
+
+    await notifier.send(notification_for(receiver))
+
+    [receipt] = proxied_through.receipts
+    assert receipt.path == "/hook"

@@ -69,6 +69,7 @@ async def test_a_delivery_not_yet_due_is_not_claimed(database: Database, smtp_se
     await database.write(
         delivery_store.mark_retry,
         claimed,
+        lease_until=now + LEASE,
         next_attempt_at=now + timedelta(minutes=5),
         reason="server_error",
         error="HTTP 503",
@@ -97,12 +98,58 @@ async def test_an_outcome_after_the_lease_was_taken_over_is_not_recorded(
     now = datetime.now(UTC)
     await claim(database, now)
     await database.write(
-        delivery_store.mark_retry, delivery_id, next_attempt_at=now, reason="timeout", error="timed out"
+        delivery_store.mark_retry,
+        delivery_id,
+        lease_until=now + LEASE,
+        next_attempt_at=now,
+        reason="timeout",
+        error="timed out",
     )
 
-    recorded = await database.write(
-        delivery_store.record_outcomes, [delivery_store.Outcome(delivery_id, DeliveryStatus.SENT)], now=now
-    )
+    recorded = await database.write(delivery_store.record_outcomes, [sent(delivery_id, now + LEASE)], now=now)
 
     assert recorded == set()
     assert (await database.delivery(delivery_id)).status == DeliveryStatus.PENDING
+
+
+def sent(delivery_id: str, lease_until: datetime) -> delivery_store.Outcome:
+    return delivery_store.Outcome(delivery_id, lease_until, DeliveryStatus.SENT)
+
+
+async def reclaimed(database: Database, smtp_server: SmtpServer) -> tuple[str, datetime, datetime]:
+    """A delivery claimed, then claimed again once that lease expired: (id, first lease, second lease)."""
+    [delivery_id] = await pending(database, smtp_server, 1)
+    first = datetime.now(UTC)
+    await claim(database, first)
+    second = first + LEASE + timedelta(seconds=1)
+    assert await claim(database, second) == [delivery_id]
+    return delivery_id, first + LEASE, second + LEASE
+
+
+async def test_an_outcome_under_an_expired_lease_does_not_undo_the_claim_that_followed(
+    database: Database, smtp_server: SmtpServer
+) -> None:
+    delivery_id, first_lease, second_lease = await reclaimed(database, smtp_server)
+
+    recorded = await database.write(
+        delivery_store.record_outcomes, [sent(delivery_id, first_lease)], now=first_lease
+    )
+
+    assert recorded == set()
+    delivery = await database.delivery(delivery_id)
+    assert (delivery.status, delivery.lease_until) == (DeliveryStatus.IN_FLIGHT, second_lease)
+
+
+async def test_a_hand_back_under_an_expired_lease_does_not_undo_the_claim_that_followed(
+    database: Database, smtp_server: SmtpServer
+) -> None:
+    delivery_id, first_lease, second_lease = await reclaimed(database, smtp_server)
+
+    await database.write(delivery_store.hand_back, [(delivery_id, first_lease)], due_at=first_lease)
+
+    delivery = await database.delivery(delivery_id)
+    assert (delivery.status, delivery.attempts, delivery.lease_until) == (
+        DeliveryStatus.IN_FLIGHT,
+        2,
+        second_lease,
+    )
