@@ -129,7 +129,7 @@ class Dispatcher:
         self._outcomes: list[_Pending] = []
         self._outcomes_waiting = asyncio.Event()
         self._closing = False
-        self._stopping = False  # set when the stop begins: no more slots for ingest
+        self._stopping = False  # set when the stop begins: no more room lent to ingest
         self._busy: Counter[str] = Counter()  # receiver name -> sends in flight
         self._reserved: Counter[str] = Counter()  # receiver name -> queue room lent to ingest's open batches
         self._queued: defaultdict[str, deque[ClaimedDelivery]] = defaultdict(deque)  # waiting for a slot
@@ -163,7 +163,7 @@ class Dispatcher:
         return self._lease
 
     def reserve(self, wanted: int) -> dict[str, int]:
-        """Room for up to `wanted` deliveries per enabled receiver; none while older deliveries are due."""
+        """Room for up to `wanted` deliveries per enabled receiver; none while the last claim was full."""
         if self._behind or self._stopping:
             return {}
         reserved: dict[str, int] = {}
@@ -178,7 +178,8 @@ class Dispatcher:
         self._reserved.subtract(reserved)
 
     def take_over(self, claimed: list[ClaimedDelivery], unused: Mapping[str, int]) -> None:
-        """Start the deliveries ingest committed in flight under this dispatcher's lease, in their slots."""
+        """Queue the deliveries ingest committed in flight under this dispatcher's lease, in the room lent for
+        them, and give back the room left unused."""
         self.release(unused)
         self.release(Counter(delivery.receiver for delivery in claimed))
         self._enqueue(claimed)

@@ -188,6 +188,19 @@ async def test_a_send_cut_off_by_the_shutdown_timeout_is_handed_back(
     assert (delivery.status, delivery.lease_until) == (DeliveryStatus.PENDING, None)
 
 
+async def queued_behind_a_held_send(
+    database: Database, http_receiver: HttpReceiver, webhook: Receiver, count: int
+) -> list[str]:
+    """One delivery to `webhook` (one slot) being sent and held by the receiver, then `count` more claimed and
+    waiting in the dispatcher's queue for that slot; their ids."""
+    await database.add_event(webhook)
+    await eventually(lambda: http_receiver.received("/hook"))
+    queued = [(await database.add_event(webhook))[0] for _ in range(count)]
+    for delivery_id in queued:
+        await database.until_status(delivery_id, DeliveryStatus.IN_FLIGHT)
+    return queued
+
+
 async def test_deliveries_queued_for_a_busy_receiver_are_handed_back_at_a_graceful_stop(
     database: Database, http_receiver: HttpReceiver
 ) -> None:
@@ -197,11 +210,7 @@ async def test_deliveries_queued_for_a_busy_receiver_are_handed_back_at_a_gracef
     tuning = DispatchTuning(poll_interval=0.05, shutdown_timeout=0.1)
     try:
         async with dispatching(database, webhook, tuning=tuning):
-            await database.add_event(webhook)
-            await eventually(lambda: http_receiver.received("/hook"))
-            queued = [(await database.add_event(webhook))[0] for _ in range(2)]
-            for delivery_id in queued:  # claimed, waiting in memory for the one slot
-                await database.until_status(delivery_id, DeliveryStatus.IN_FLIGHT)
+            queued = await queued_behind_a_held_send(database, http_receiver, webhook, 2)
     finally:
         hang.set()
 
@@ -242,10 +251,7 @@ async def test_room_lent_to_an_open_ingest_batch_does_not_hold_back_a_queued_del
     webhook = http_receiver.receiver("/hook", max_concurrency=1, timeout_seconds=30)
     try:
         async with dispatching(database, webhook) as dispatcher:
-            await database.add_event(webhook)
-            await eventually(lambda: http_receiver.received("/hook"))
-            [queued_id] = await database.add_event(webhook)
-            await database.until_status(queued_id, DeliveryStatus.IN_FLIGHT)  # waiting for the one slot
+            [queued_id] = await queued_behind_a_held_send(database, http_receiver, webhook, 1)
             lent = dispatcher.reserve(1)  # an ingest batch is being written
             assert lent == {webhook.name: 1}
             hang.set()  # the slot frees meanwhile
