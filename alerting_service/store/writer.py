@@ -50,10 +50,6 @@ class Writer:
         # One thread: transactions run one after another, on one connection.
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="db-writer")
 
-    @property
-    def dialect_name(self) -> str:
-        return self._engine.dialect.name
-
     async def transaction(
         self, fn: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
     ) -> T:
