@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
+import contextlib
+import os
+import shutil
 import sys
+import tempfile
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
 import uvicorn
 
-from alerting_service.api.app import create_app
+from alerting_service.api.app import APP_FACTORY, configure_logging, create_app, prepare_shared_state
 from alerting_service.auth import configured_keys
 from alerting_service.config import (
     ENV_PREFIX,
@@ -26,6 +30,7 @@ from alerting_service.config import (
     load_settings,
 )
 from alerting_service.dispatch.worker import run_worker
+from alerting_service.metrics import MULTIPROCESS_DIR_VARIABLE
 
 EX_CONFIG = 78
 
@@ -41,6 +46,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--access-log", action="store_true", help="log every request (off: it costs throughput)"
     )
+    serve.add_argument(
+        "--processes",
+        type=_at_least_one,
+        default=1,
+        help="server processes on the one port, each with its own ingest and dispatcher (default 1)",
+    )
     worker = commands.add_parser("worker", help="run only the dispatcher, delivering what `serve` accepted")
     check = commands.add_parser("check-config", help="validate the settings and the YAML, then exit")
     for command in (serve, worker, check):
@@ -48,13 +59,19 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _at_least_one(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return int(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     arguments = _parser().parse_args(argv)
     try:
         settings = load_settings(**({"config_file": arguments.config} if arguments.config else {}))
-        logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+        configure_logging(settings)
         if arguments.command == "serve":
-            return _serve(settings, arguments.host, arguments.port, access_log=arguments.access_log)
+            return _serve(settings, arguments)
         if arguments.command == "worker":
             asyncio.run(run_worker(settings))
             return 0
@@ -64,19 +81,36 @@ def main(argv: list[str] | None = None) -> int:
         return EX_CONFIG
 
 
-def _serve(settings: Settings, host: str, port: int, *, access_log: bool) -> int:
-    app = create_app(settings)
-    uvicorn.run(
-        app,
-        host=host,
-        port=port,
-        loop="uvloop",
-        http="httptools",
-        access_log=access_log,
-        log_level=settings.log_level.lower(),
-        timeout_graceful_shutdown=30,
-    )
+def _serve(settings: Settings, arguments: argparse.Namespace) -> int:
+    options: dict[str, Any] = {
+        "host": arguments.host,
+        "port": arguments.port,
+        "loop": "uvloop",
+        "http": "httptools",
+        "access_log": arguments.access_log,
+        "log_level": settings.log_level.lower(),
+        "timeout_graceful_shutdown": 30,
+    }
+    if arguments.processes == 1:
+        uvicorn.run(create_app(settings), **options)
+        return 0
+    asyncio.run(prepare_shared_state(settings))
+    if settings.config_file is not None:  # the processes load their settings anew, `--config` included
+        os.environ[f"{ENV_PREFIX}CONFIG_FILE"] = str(settings.config_file)
+    with _metrics_shared_between_processes():
+        uvicorn.run(APP_FACTORY, factory=True, workers=arguments.processes, **options)
     return 0
+
+
+@contextlib.contextmanager
+def _metrics_shared_between_processes() -> Generator[None]:
+    """A fresh directory for the processes' metric files (metrics.py), removed when the server stops."""
+    directory = tempfile.mkdtemp(prefix="alerting-service-metrics-")
+    os.environ[MULTIPROCESS_DIR_VARIABLE] = directory
+    try:
+        yield
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def _check_config(settings: Settings) -> int:

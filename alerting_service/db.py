@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event, text
-from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from alerting_service.config import Settings
@@ -83,12 +83,12 @@ def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSessi
 SCHEMA_LOCK_KEY = 0x616C657274  # "alert"
 
 
-async def create_schema(engine: AsyncEngine) -> None:
-    async with engine.begin() as connection:
-        if connection.dialect.name == "postgresql":
-            # Two processes creating the tables at once would collide on PostgreSQL's catalog.
-            await connection.execute(text(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK_KEY})"))
-        await connection.run_sync(Base.metadata.create_all)
+def create_schema(connection: Connection) -> None:
+    """Create the missing tables: `await writer.transaction(create_schema)`, so that processes starting
+    together take turns (the writer's file lock on SQLite, an advisory lock on PostgreSQL's catalog)."""
+    if connection.dialect.name == "postgresql":
+        connection.execute(text(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK_KEY})"))
+    Base.metadata.create_all(connection)
 
 
 async def is_reachable(engine: AsyncEngine) -> bool:

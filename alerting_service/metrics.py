@@ -3,10 +3,17 @@
 Named like Alertmanager's (`alertmanager_notifications_total` -> `alerting_notifications_total`) so existing
 dashboards and alert rules carry over. The delivery-queue gauges are set from the database at scrape time
 (`record_queue_stats`), so they are right even when the dispatcher runs in another process.
+
+`serve --processes N` (cli.py) starts its processes with `PROMETHEUS_MULTIPROC_DIR` set: each process then
+writes its samples to files there, and `/metrics`, whichever process answers, sums the counters and
+histograms of all of them; the queue gauges give the most recent value any process read from the database.
+The process_*, python_* and gc metrics are left out in that mode: they would describe only the process that
+answered.
 """
 
 from __future__ import annotations
 
+import os
 from datetime import datetime
 
 from prometheus_client import (
@@ -16,6 +23,7 @@ from prometheus_client import (
     Gauge,
     Histogram,
     generate_latest,
+    multiprocess,
 )
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
@@ -24,10 +32,19 @@ from prometheus_client.process_collector import ProcessCollector
 from alerting_service.models import DeliveryStatus, EventType, Integration
 from alerting_service.notify.base import Reason
 
+# prometheus_client reads the same variable when it is imported, to choose where samples are kept.
+MULTIPROCESS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+MULTIPROCESS = MULTIPROCESS_DIR_VARIABLE in os.environ
+
 REGISTRY = CollectorRegistry()
-ProcessCollector(registry=REGISTRY)
-PlatformCollector(registry=REGISTRY)
-GCCollector(registry=REGISTRY)
+if MULTIPROCESS:
+    EXPOSED = CollectorRegistry()
+    multiprocess.MultiProcessCollector(EXPOSED)
+else:
+    EXPOSED = REGISTRY
+    ProcessCollector(registry=REGISTRY)
+    PlatformCollector(registry=REGISTRY)
+    GCCollector(registry=REGISTRY)
 
 # Alertmanager's latency buckets stop at 20 s; a webhook may take its full timeout and an email relay longer.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
@@ -74,11 +91,13 @@ delivery_queue_depth = Gauge(
     "Deliveries in each state (read from the database at scrape time).",
     ["status"],
     registry=REGISTRY,
+    multiprocess_mode="mostrecent",
 )
 oldest_pending_delivery_age_seconds = Gauge(
     "alerting_oldest_pending_delivery_age_seconds",
     "Age of the oldest delivery not yet sent nor dead; 0 when there is none.",
     registry=REGISTRY,
+    multiprocess_mode="mostrecent",
 )
 
 
@@ -110,4 +129,4 @@ def record_queue_stats(
 
 def exposition() -> tuple[bytes, str]:
     """The Prometheus text format of every metric, and its content type."""
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+    return generate_latest(EXPOSED), CONTENT_TYPE_LATEST

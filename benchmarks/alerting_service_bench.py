@@ -181,7 +181,13 @@ def start_receiver(procs: Processes, tmp: Path) -> int:
 
 
 def start_service(
-    procs: Processes, tmp: Path, phase: str, receiver_port: int, standin: bool, extra_env: list[str]
+    procs: Processes,
+    tmp: Path,
+    phase: str,
+    receiver_port: int,
+    standin: bool,
+    extra_env: list[str],
+    processes: int,
 ) -> Target:
     """The alert service on its embedded default: temp SQLite dir, generated key, one webhook receiver."""
     base = tmp / f"service-{phase}"
@@ -219,7 +225,10 @@ def start_service(
     else:
         exe = Path(sys.executable).parent / "alerting-service"
         argv = [str(exe)] if exe.exists() else [sys.executable, "-m", "alerting_service.cli"]
-    procs.start("service", [*argv, "serve", "--host", HOST, "--port", str(port)], base / "service.log", env)
+    argv += ["serve", "--host", HOST, "--port", str(port)]
+    if processes > 1:
+        argv += ["--processes", str(processes)]
+    procs.start("service", argv, base / "service.log", env)
     wait_ready(procs, "service", [f"http://{HOST}:{port}/readyz", f"http://{HOST}:{port}/healthz"])
     return Target(
         name="service",
@@ -332,12 +341,19 @@ def wait_for_webhooks(
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (all its threads), from /proc."""
+    """User + system CPU time of a process (all its threads) and of its live child processes
+    (`serve --processes N`), from /proc."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        children = [
+            int(child)
+            for task in Path(f"/proc/{pid}/task").iterdir()
+            for child in (task / "children").read_text().split()
+        ]
     except OSError:
         return math.nan
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return own + sum(cpu_seconds(child) for child in children)
 
 
 def group_commit_batches(target: Target) -> tuple[int, float] | None:
@@ -679,6 +695,12 @@ def main() -> int:
         metavar="NAME=VALUE",
         help="extra environment for the service (diagnosis, e.g. ALERTING_RUN_DISPATCHER=false)",
     )
+    parser.add_argument(
+        "--service-processes",
+        type=int,
+        default=1,
+        help="run the service as `serve --processes N` (default 1)",
+    )
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, databases)")
     args = parser.parse_args()
@@ -716,6 +738,7 @@ def main() -> int:
     versions["service commit"] = (commit or "?") + (
         f" + uncommitted changes to {', '.join(changed)}" if changed else ""
     )
+    versions["service processes"] = str(args.service_processes)
     tmp = Path(tempfile.mkdtemp(prefix="alerting-bench-"))
     procs = Processes()
     results: dict[str, dict] = {}
@@ -732,7 +755,15 @@ def main() -> int:
                 continue
             for name in targets:
                 if name == "service":
-                    target = start_service(procs, tmp, phase, receiver_port, args.standin, args.service_env)
+                    target = start_service(
+                        procs,
+                        tmp,
+                        phase,
+                        receiver_port,
+                        args.standin,
+                        args.service_env,
+                        args.service_processes,
+                    )
                 else:
                     target = start_alertmanager(procs, tmp, phase, receiver_port)
                 try:

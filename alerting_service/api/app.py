@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -24,7 +25,7 @@ from alerting_service.api.body_limit import BodySizeLimit
 from alerting_service.api.deps import Services
 from alerting_service.api.routes import deliveries, events, health, receivers, silences
 from alerting_service.auth import load_key_ring
-from alerting_service.config import AlertingConfig, Settings, load_alerting_config
+from alerting_service.config import AlertingConfig, Settings, load_alerting_config, load_settings
 from alerting_service.db import create_engine, create_schema, create_session_factory
 from alerting_service.dispatch.worker import Dispatcher
 from alerting_service.expectations import watching
@@ -39,6 +40,34 @@ TAGS = [
     {"name": "silences", "description": "Mute matching events for a time (admin scope)."},
     {"name": "health", "description": "Probes and Prometheus metrics (no authentication)."},
 ]
+
+
+# `serve --processes N`: each process builds its app from the environment (uvicorn's factory mode).
+APP_FACTORY = "alerting_service.api.app:create_app_from_environment"
+
+
+def configure_logging(settings: Settings) -> None:
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+
+async def prepare_shared_state(settings: Settings) -> None:
+    """What the processes of `serve --processes N` share, done once before they start: the configuration
+    checked (an error stops the server, not each process in turn), the API keys generated on a first start
+    (a process reading the file another is still writing would find no key), the schema created."""
+    load_alerting_config(settings)
+    load_key_ring(settings)
+    writer = Writer(settings)
+    try:
+        await writer.transaction(create_schema)
+    finally:
+        writer.close()
+
+
+def create_app_from_environment() -> FastAPI:
+    """The app of one process of `serve --processes N`, from the `ALERTING_*` environment."""
+    settings = load_settings()
+    configure_logging(settings)
+    return create_app(settings)
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -63,42 +92,41 @@ def create_app(settings: Settings) -> FastAPI:
 
 @contextlib.asynccontextmanager
 async def _lifespan(app: FastAPI, settings: Settings, config: AlertingConfig) -> AsyncGenerator[None]:
-    engine = create_engine(settings)
-    await create_schema(engine)
-    sessions = create_session_factory(engine)
-    writer = Writer(settings)
-    stop = asyncio.Event()
-    dispatcher = Dispatcher(writer, config) if settings.run_dispatcher else None
-    handoff = dispatcher if dispatcher is not None else NoHandoff()
-    ingestor = Ingestor(
-        writer,
-        sessions,
-        config,
-        batch_max=settings.ingest_batch_max,
-        queue_max=settings.ingest_queue_max,
-        silence_refresh_seconds=settings.silence_refresh_seconds,
-        handoff=handoff,
-    )
-    await ingestor.start()
-    delivering = (
-        asyncio.create_task(dispatcher.run(stop), name="dispatcher") if dispatcher is not None else None
-    )
-    app.state.services = Services(config, engine, sessions, ingestor, handoff.wake)
-    try:
+    # Stopped in the reverse order: ingest first (no hand-off reaches a dispatcher that has stopped), then
+    # the dispatcher, then the writer both of them write through.
+    async with contextlib.AsyncExitStack() as resources:
+        writer = Writer(settings)
+        resources.callback(writer.close)
+        await writer.transaction(create_schema)
+        engine = create_engine(settings)
+        resources.push_async_callback(engine.dispose)
+        sessions = create_session_factory(engine)
+        dispatcher = Dispatcher(writer, config) if settings.run_dispatcher else None
+        if dispatcher is not None:
+            stop = asyncio.Event()
+            delivering = asyncio.create_task(dispatcher.run(stop), name="dispatcher")
+            resources.push_async_callback(_stop_dispatching, stop, delivering)
+        handoff = dispatcher if dispatcher is not None else NoHandoff()
+        ingestor = Ingestor(
+            writer,
+            sessions,
+            config,
+            batch_max=settings.ingest_batch_max,
+            queue_max=settings.ingest_queue_max,
+            silence_refresh_seconds=settings.silence_refresh_seconds,
+            handoff=handoff,
+        )
+        await ingestor.start()
+        resources.push_async_callback(ingestor.stop)
+        app.state.services = Services(config, engine, sessions, ingestor, handoff.wake)
         # The watcher records through the ingestor: it stops first.
         async with watching(config.expectations, session_factory=sessions, ingestor=ingestor):
             yield
-    finally:
-        try:
-            await ingestor.stop()  # first: no hand-off reaches a dispatcher that has stopped
-        finally:
-            stop.set()
-            try:
-                if delivering is not None:
-                    await delivering
-            finally:
-                writer.close()
-                await engine.dispose()
+
+
+async def _stop_dispatching(stop: asyncio.Event, delivering: asyncio.Task[None]) -> None:
+    stop.set()
+    await delivering
 
 
 # Async although it awaits nothing: Starlette would run a sync handler in its thread pool.

@@ -48,7 +48,7 @@ from alerting_service.config import (
     WebhookReceiver,
     load_alerting_config,
 )
-from alerting_service.db import create_engine, create_schema
+from alerting_service.db import create_schema
 from alerting_service.dispatch.retry import Dead, RetryPolicy
 from alerting_service.models import DeliveryKind, DeliveryStatus
 from alerting_service.notify.base import AlertEvent, DeliveryError, Notification, Notifier, Reason
@@ -577,13 +577,9 @@ async def run_worker(settings: Settings, tuning: DispatchTuning = DispatchTuning
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    engine = create_engine(settings)
-    try:
-        await create_schema(engine)
-    finally:
-        await engine.dispose()
     writer = Writer(settings)
     try:
+        await writer.transaction(create_schema)
         dispatcher = Dispatcher(writer, load_alerting_config(settings), tuning)
         log.info("worker started", extra={"pid": os.getpid()})
         await dispatcher.run(stop)

@@ -14,8 +14,8 @@ Added here:
   `INGEST_KEY`), a temporary data dir and the routing YAML given as a dict; the in-process dispatcher is off
   unless asked for, so tests of the API see the deliveries it created as they were created;
 - `api` / `running_api(settings)`: the app in-process (lifespan included) behind an httpx.AsyncClient;
-- `start_service(settings, command="serve")`: the service as a real process (crash and restart tests),
-  stopped at the end of the test.
+- `start_service(settings, command="serve", *arguments)`: the service as a real process (crash and restart
+  tests), stopped at the end of the test.
 """
 
 from __future__ import annotations
@@ -35,13 +35,14 @@ from sqlalchemy import func, select, text
 
 from alerting_service.api.app import create_app
 from alerting_service.config import Settings, load_settings
-from alerting_service.db import create_engine, create_schema, create_session_factory
+from alerting_service.db import create_engine, create_session_factory
 from alerting_service.models import Base
 from tests.alerting_service.delivery_fixtures import (  # ruff: ignore[unused-import]
     ADMIN_KEY,
     INGEST_KEY,
     Database,
     ServiceProcess,
+    create_tables,
     database_url,
     http_receiver_fixture,
     silent_port_fixture,
@@ -69,7 +70,7 @@ async def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> AsyncGenerat
     """One PostgreSQL database for the session, with the schema; dropped at the end."""
     async with database_url("postgresql", tmp_path_factory.mktemp("unused")) as url:
         engine = create_engine(load_settings(database_url=url))
-        await create_schema(engine)
+        await create_tables(engine)
         await engine.dispose()
         yield url
 
@@ -81,7 +82,7 @@ async def empty_database(
     url = f"sqlite+aiosqlite:///{tmp_path / 'alerts.db'}" if request.param == "sqlite" else postgres_url
     settings = load_settings(database_url=url, data_dir=tmp_path)
     engine = create_engine(settings)
-    await create_schema(engine)
+    await create_tables(engine)
     if request.param == "postgresql":
         tables = ", ".join(table.name for table in Base.metadata.sorted_tables)
         async with engine.begin() as connection:
@@ -167,9 +168,9 @@ def environment_of(settings: Settings) -> dict[str, str]:
 def start_service(tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
     started: list[ServiceProcess] = []
 
-    def start(settings: Settings, command: str = "serve") -> ServiceProcess:
+    def start(settings: Settings, command: str = "serve", *arguments: str) -> ServiceProcess:
         process = ServiceProcess(
-            command, environment_of(settings), tmp_path / f"{command}-{len(started)}.log"
+            command, environment_of(settings), tmp_path / f"{command}-{len(started)}.log", arguments
         )
         process.start()
         started.append(process)

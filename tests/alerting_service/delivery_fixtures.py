@@ -26,7 +26,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict, deque
-from collections.abc import AsyncGenerator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -47,6 +47,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from alerting_service.config import EmailReceiver, Settings, WebhookReceiver
+from alerting_service.db import create_schema
 from alerting_service.models import Delivery, DeliveryKind, DeliveryStatus, Event
 from alerting_service.notify.base import AlertEvent, Notification
 from alerting_service.store import deliveries
@@ -480,6 +481,12 @@ class Database:
         await eventually(reached)
 
 
+async def create_tables(engine: AsyncEngine) -> None:
+    """The service's schema, through a test's own engine (the service creates it through its writer)."""
+    async with engine.begin() as connection:
+        await connection.run_sync(create_schema)
+
+
 async def _create_postgres_database() -> str:
     name = f"alerting_delivery_{uuid.uuid4().hex[:12]}"
     connection = await asyncpg.connect(POSTGRES_ADMIN_DSN)
@@ -540,8 +547,11 @@ def _receiver_yaml(receiver: Receiver) -> dict[str, Any]:
 class ServiceProcess:
     """`alerting-service <command>` in its own process, with the settings given as ALERTING_* variables."""
 
-    def __init__(self, command: str, environment: dict[str, str], log_path: Path) -> None:
+    def __init__(
+        self, command: str, environment: dict[str, str], log_path: Path, arguments: Sequence[str] = ()
+    ) -> None:
         self.command = command
+        self.arguments = list(arguments)
         self.port = free_port()
         self._environment = {
             k: v for k, v in os.environ.items() if not k.startswith("ALERTING_")
@@ -554,7 +564,7 @@ class ServiceProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        arguments = [sys.executable, "-m", "alerting_service.cli", self.command]
+        arguments = [sys.executable, "-m", "alerting_service.cli", self.command, *self.arguments]
         if self.command == "serve":
             arguments += ["--port", str(self.port)]
         with self._log_path.open("ab") as log_file:

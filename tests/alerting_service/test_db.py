@@ -1,18 +1,20 @@
-"""The database setup: SQLite tuned for durability, and schema creation safe from concurrent starts."""
+"""The database setup: SQLite tuned for durability, its writers taking turns, and schema creation safe
+from concurrent starts."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 from sqlalchemy.engine import make_url
 
 from alerting_service.config import load_settings
 from alerting_service.db import create_engine, create_schema
-from alerting_service.store.writer import sync_url
-from tests.alerting_service.delivery_fixtures import _create_postgres_database, _drop_postgres_database
+from alerting_service.store.writer import Writer, sync_url
+from tests.alerting_service.delivery_fixtures import database_url
 
 
 async def test_sqlite_runs_in_wal_mode_with_full_sync_and_a_busy_timeout(tmp_path: Path) -> None:
@@ -30,26 +32,54 @@ async def test_sqlite_runs_in_wal_mode_with_full_sync_and_a_busy_timeout(tmp_pat
 
 
 async def test_the_embedded_database_is_created_in_the_data_dir(tmp_path: Path) -> None:
-    engine = create_engine(load_settings(data_dir=tmp_path / "data"))
+    writer = Writer(load_settings(data_dir=tmp_path / "data"))
     try:
-        await create_schema(engine)
+        await writer.transaction(create_schema)
     finally:
-        await engine.dispose()
+        writer.close()
 
     assert (tmp_path / "data" / "alerts.db").exists()
 
 
-@pytest.mark.postgres
-async def test_processes_starting_together_create_the_schema_once_without_colliding() -> None:
-    name = await _create_postgres_database()
-    url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
-    engines = [create_engine(load_settings(database_url=url)) for _ in range(4)]
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+async def test_processes_starting_together_create_the_schema_once_without_colliding(
+    backend: str, tmp_path: Path
+) -> None:
+    async with database_url(backend, tmp_path) as url:
+        # Each writer has its own connection and, on SQLite, its own handle on the lock file: as processes do.
+        writers = [Writer(load_settings(database_url=url, data_dir=tmp_path)) for _ in range(4)]
+        try:
+            await asyncio.gather(*(writer.transaction(create_schema) for writer in writers))
+        finally:
+            for writer in writers:
+                writer.close()
+
+
+async def test_a_second_writer_of_the_same_sqlite_file_starts_only_when_the_first_commits(
+    tmp_path: Path,
+) -> None:
+    settings = load_settings(data_dir=tmp_path)
+    first, second = Writer(settings), Writer(settings)
+    holding, release = threading.Event(), threading.Event()
+    order: list[str] = []
+
+    def hold(_connection: Connection) -> None:
+        holding.set()
+        release.wait(timeout=5)
+        order.append("first commits")
+
     try:
-        await asyncio.gather(*(create_schema(engine) for engine in engines))
+        held = asyncio.create_task(first.transaction(hold))
+        await asyncio.to_thread(holding.wait, 5)
+        waiting = asyncio.create_task(second.transaction(lambda _connection: order.append("second starts")))
+        await asyncio.sleep(0.2)
+        release.set()
+        await asyncio.gather(held, waiting)
     finally:
-        for engine in engines:
-            await engine.dispose()
-        await _drop_postgres_database(name)
+        first.close()
+        second.close()
+
+    assert order == ["first commits", "second starts"]
 
 
 def test_the_writer_reaches_postgresql_through_psycopg2_with_asyncpgs_ssl_option_as_sslmode() -> None:

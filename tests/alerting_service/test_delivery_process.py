@@ -1,6 +1,7 @@
-"""The service as real processes: nothing acknowledged is lost to a crash, and workers never double-send.
+"""The service as real processes: nothing acknowledged is lost to a crash, workers never double-send, and
+`serve --processes N` delivers and counts as one service.
 
-Slow by nature (processes start, a crashed process's leases must expire), so kept to the two behaviours only
+Slow by nature (processes start, a crashed process's leases must expire), so kept to the behaviours only
 real processes can show.
 """
 
@@ -9,6 +10,7 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 
@@ -69,7 +71,6 @@ async def test_several_workers_on_postgresql_deliver_each_notification_exactly_o
             run_dispatcher=False,
         )
         service = start_service(settings)
-        # Workers start once the schema exists: create_schema takes no lock; simultaneous first starts race.
         await service.until_ready()
         workers = [start_service(settings, "worker") for _ in range(3)]
         for worker in workers:  # all three compete for the deliveries, and each can stop gracefully
@@ -85,3 +86,35 @@ async def test_several_workers_on_postgresql_deliver_each_notification_exactly_o
     by_webhook_id = Counter(receipt.headers["webhook-id"] for receipt in http_receiver.received("/hook"))
     assert len(by_webhook_id) == 60
     assert set(by_webhook_id.values()) == {1}
+
+
+async def test_serve_with_two_processes_delivers_each_event_once_and_counts_every_event_in_metrics(
+    make_settings: SettingsFactory, start_service: StartService, http_receiver: HttpReceiver
+) -> None:
+    settings = make_settings(routing=service_routing(http_receiver.receiver("/hook")), run_dispatcher=True)
+    service = start_service(settings, "serve", "--processes", "2")
+    await service.until_ready()
+    # Sixty concurrent connections: both processes accept some of them.
+    acknowledged = await post_failure_events(service.url, 60)
+    await eventually(
+        lambda: set(acknowledged) <= set(delivered_event_ids(http_receiver.received("/hook"))), within=30
+    )
+    # A new connection per scrape, answered by either process: each must count the events of both.
+    counted = [await events_received(service.url) for _ in range(8)]
+    exit_code = service.stop()
+
+    by_webhook_id = Counter(receipt.headers["webhook-id"] for receipt in http_receiver.received("/hook"))
+    assert (len(by_webhook_id), set(by_webhook_id.values())) == (60, {1})
+    assert counted == [60.0] * 8
+    assert exit_code == 0
+
+
+async def events_received(service_url: str) -> float:
+    async with httpx.AsyncClient() as client:
+        exposition = (await client.get(f"{service_url}/metrics")).text
+    (sample,) = [
+        line
+        for line in exposition.splitlines()
+        if line.startswith('alerting_events_received_total{type="task_failure"}')
+    ]
+    return float(sample.split()[-1])

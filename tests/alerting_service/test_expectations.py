@@ -13,7 +13,7 @@ import pytest
 from pydantic import TypeAdapter, ValidationError
 
 from alerting_service.config import AlertingConfig, Settings
-from alerting_service.db import create_engine, create_schema, create_session_factory
+from alerting_service.db import create_engine, create_session_factory
 from alerting_service.expectations import (
     Expectation,
     Expectations,
@@ -26,6 +26,7 @@ from alerting_service.expectations import (
 from alerting_service.ingest import Ingestor, NoHandoff
 from alerting_service.models import Event
 from alerting_service.store.writer import Writer
+from tests.alerting_service.delivery_fixtures import create_tables
 
 PIPELINE = Expectation(dag_id="batch_pipeline_dag", succeed_by=time(4, 0), labels={"team": "data"})
 
@@ -108,7 +109,7 @@ def test_succeed_by_reads_the_yaml_time_string() -> None:
 @pytest.fixture
 async def session_factory(tmp_path: Path) -> AsyncIterator[Any]:
     engine = create_engine(Settings(data_dir=tmp_path))
-    await create_schema(engine)
+    await create_tables(engine)
     yield create_session_factory(engine)
     await engine.dispose()
 

@@ -10,9 +10,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import pytest
 import yaml
 
-from alerting_service.cli import EX_CONFIG
+from alerting_service.cli import EX_CONFIG, main
 from alerting_service.config import Settings, load_settings
 from tests.alerting_service.conftest import ADMIN, API_KEYS, INGEST, SettingsFactory, environment_of
 from tests.alerting_service.delivery_fixtures import ServiceProcess, post_failure_events
@@ -73,14 +74,15 @@ async def test_a_stop_during_a_burst_loses_no_acknowledged_event(
     assert await stored(service, acknowledged) == [200] * len(acknowledged)
 
 
-def test_serve_with_a_bad_config_exits_78_naming_the_key(tmp_path: Path) -> None:
+@pytest.mark.parametrize("processes", ["1", "2"])
+def test_serve_with_a_bad_config_exits_78_naming_the_key(processes: str, tmp_path: Path) -> None:
     config_file = tmp_path / "bad.yaml"
     config_file.write_text(yaml.safe_dump({"route": {"receivers": ["pager"]}}))
     environment = {k: v for k, v in os.environ.items() if not k.startswith("ALERTING_")}
     environment |= environment_of(embedded_settings(tmp_path)) | {"ALERTING_CONFIG_FILE": str(config_file)}
 
     finished = subprocess.run(
-        [sys.executable, "-m", "alerting_service.cli", "serve", "--port", "9"],
+        [sys.executable, "-m", "alerting_service.cli", "serve", "--port", "9", "--processes", processes],
         env=environment,
         capture_output=True,
         text=True,
@@ -89,3 +91,11 @@ def test_serve_with_a_bad_config_exits_78_naming_the_key(tmp_path: Path) -> None
 
     assert finished.returncode == EX_CONFIG
     assert "route.receivers: unknown receiver 'pager'" in finished.stderr
+
+
+def test_serve_refuses_fewer_than_one_process(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["serve", "--processes", "0"])
+
+    assert exit_.value.code == 2
+    assert "--processes: expected a whole number of at least 1, got '0'" in capsys.readouterr().err
