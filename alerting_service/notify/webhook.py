@@ -5,6 +5,14 @@ followed, no cookies kept, each receiver's own timeout per step (connect, each r
 called, and private, loopback and link-local addresses are refused unless the receiver allows them. Errors
 name the destination by scheme and host only: webhook URLs often carry tokens.
 
+Receivers that do not allow private addresses share a session whose sockets refuse any non-public address as
+they are made (aiohttp's socket factory): the address checked is the address connected to, after DNS and for
+IP literals alike, so a name that resolves to a public address once and to an internal one a moment later
+(DNS rebinding) cannot get through, only a name's public addresses are ever connected to, and no lookup is
+added to a send. Through a proxy from the environment
+the proxy resolves the destination: the destination is then checked by a lookup of this host's own before
+the send, and the proxy, which the operator named, is connected to like any configured service.
+
 aiohttp rather than httpx: sending is the dispatcher's hot path, and on this project's 2-core machines a POST
 with its reply costs about 1,000 us of CPU through httpx 0.28 against 160 us through aiohttp 3.14
 (benchmarks/webhook_clients.py: 4,000 POSTs of 400 bytes, 8 at a time, to a loopback receiver), which decides
@@ -35,26 +43,39 @@ MAX_DRAINED_REPLY_BYTES = 64 * 1024
 DRAIN_SECONDS = 1.0
 
 
+class NonPublicAddress(OSError):
+    """A socket refused for a receiver without `allow_private_network`; one message for every address, so that
+    aiohttp's happy-eyeballs connector raises it as it is when every address of a host is refused."""
+
+    def __init__(self) -> None:
+        super().__init__("non-public address refused (allow_private_network is off)")
+
+
 class WebhookNotifier:
     def __init__(self) -> None:
-        self._session: aiohttp.ClientSession | None = None  # made in the event loop, at the first send
+        # Made in the event loop, at the first send: one for receivers limited to public addresses (guarded),
+        # one for those allowed private ones and for sends through a proxy.
+        self._sessions: dict[bool, aiohttp.ClientSession] = {}
         # (scheme, host) -> the proxy HTTP(S)_PROXY / NO_PROXY name for it, as for any outbound HTTP of the
         # host. Looked up once: aiohttp's `trust_env` reads the environment and ~/.netrc again on every
         # request, a tenth of the CPU of a send. Proxy credentials go in the proxy URL.
         self._proxies: dict[tuple[str, str], str | None] = {}
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        for session in self._sessions.values():
+            await session.close()
 
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
+    def _client(self, *, guarded: bool) -> aiohttp.ClientSession:
+        if guarded not in self._sessions:
+            self._sessions[guarded] = aiohttp.ClientSession(
                 headers={"user-agent": USER_AGENT},
                 cookie_jar=aiohttp.DummyCookieJar(),  # a receiver's cookies must not reach the next receiver
-                connector=aiohttp.TCPConnector(limit=0),  # the dispatcher bounds concurrency per receiver
+                connector=aiohttp.TCPConnector(
+                    limit=0,  # the dispatcher bounds concurrency per receiver
+                    socket_factory=_public_address_socket if guarded else None,
+                ),
             )
-        return self._session
+        return self._sessions[guarded]
 
     def _proxy_for(self, url: str) -> str | None:
         parts = urlsplit(url)
@@ -71,17 +92,19 @@ class WebhookNotifier:
             raise TypeError(f"receiver {receiver.name!r} is not a webhook receiver")
         url = _url(receiver)
         destination = receiver.webhook.redacted_url
-        if not receiver.webhook.allow_private_network:
+        proxy = self._proxy_for(url)
+        guarded = not receiver.webhook.allow_private_network
+        if guarded and proxy is not None:
             await refuse_private_destination(url, destination)
         body, headers = _request(notification, receiver)
         step = receiver.webhook.timeout_seconds
         try:
-            async with self._client().post(
+            async with self._client(guarded=guarded and proxy is None).post(
                 URL(url, encoded=True),  # exactly as configured: no re-quoting of a signed or tokened URL
                 data=body,
                 headers=headers,
                 allow_redirects=False,
-                proxy=self._proxy_for(url),
+                proxy=proxy,
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=step, sock_read=step),
             ) as response:
                 status, response_headers = response.status, response.headers
@@ -91,6 +114,8 @@ class WebhookNotifier:
                 Reason.TIMEOUT, retryable=True, message=f"POST {destination}: timed out"
             ) from None
         except aiohttp.ClientError as exc:
+            if isinstance(exc, aiohttp.ClientConnectorError) and isinstance(exc.os_error, NonPublicAddress):
+                raise _forbidden(destination) from None
             raise DeliveryError(
                 Reason.CONNECTION, retryable=True, message=f"POST {destination}: {type(exc).__name__}"
             ) from None
@@ -127,8 +152,24 @@ async def _drain_small_reply(response: aiohttp.ClientResponse) -> None:
     response.close()
 
 
+def _public_address_socket(addr_info: aiohttp.AddrInfoType) -> socket.socket:
+    """The socket for one address aiohttp is about to connect to, refused unless the address is public."""
+    family, type_, proto, _, sockaddr = addr_info
+    if not ipaddress.ip_address(sockaddr[0]).is_global:
+        raise NonPublicAddress
+    return socket.socket(family=family, type=type_, proto=proto)
+
+
+def _forbidden(destination: str) -> DeliveryError:
+    return DeliveryError(
+        Reason.FORBIDDEN_DESTINATION,
+        retryable=False,
+        message=f"{destination}: resolves to a non-public address (allow_private_network is off)",
+    )
+
+
 async def refuse_private_destination(url: str, destination: str) -> None:
-    """Raise unless every address the host resolves to is public (guards against SSRF via configuration).
+    """Before a send through a proxy: raise unless every address the host resolves to here is public.
 
     `destination` is the redacted URL errors may show.
     """
@@ -142,14 +183,8 @@ async def refuse_private_destination(url: str, destination: str) -> None:
         raise DeliveryError(
             Reason.CONNECTION, retryable=True, message=f"{destination}: host does not resolve"
         ) from None
-    for *_, sockaddr in infos:
-        address = ipaddress.ip_address(sockaddr[0])
-        if not address.is_global:
-            raise DeliveryError(
-                Reason.FORBIDDEN_DESTINATION,
-                retryable=False,
-                message=f"{destination}: resolves to a non-public address (allow_private_network is off)",
-            )
+    if any(not ipaddress.ip_address(sockaddr[0]).is_global for *_, sockaddr in infos):
+        raise _forbidden(destination)
 
 
 def _request(notification: Notification, receiver: WebhookReceiver) -> tuple[bytes, dict[str, str]]:

@@ -272,3 +272,28 @@ async def test_a_host_no_proxy_names_is_called_directly_even_with_user_info_in_i
 
     [receipt] = proxied_through.receipts
     assert receipt.path == "/hook"
+
+
+async def test_a_proxied_webhook_to_a_private_destination_is_refused_before_it_is_sent(
+    proxied_through: HttpReceiver, notifier: WebhookNotifier
+) -> None:
+    receiver = proxied_through.receiver("/unused", url="http://10.1.2.3/hook", allow_private_network=False)
+
+    with pytest.raises(DeliveryError) as caught:
+        await notifier.send(notification_for(receiver))
+
+    assert (caught.value.reason, caught.value.retryable) == (Reason.FORBIDDEN_DESTINATION, False)
+    assert proxied_through.receipts == []
+
+
+async def test_a_webhook_limited_to_public_addresses_goes_through_a_proxy_on_a_private_address(
+    proxied_through: HttpReceiver, notifier: WebhookNotifier
+) -> None:
+    # The proxy is the operator's own: only the destination must be public (the proxy answers for it here).
+    hook = "http://1.1.1.1/hook"
+    receiver = proxied_through.receiver("/unused", url=hook, allow_private_network=False)
+
+    await notifier.send(notification_for(receiver))
+
+    [receipt] = proxied_through.receipts
+    assert receipt.path == hook
