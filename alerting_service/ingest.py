@@ -269,6 +269,7 @@ class Ingestor:
         look_up_keys: bool,
     ) -> _BatchPlan:
         """On the writer thread, inside its transaction."""
+        event_store.take_turns_on_alerts(connection, _alerts_touched(batch))
         stored = (
             event_store.find_keys(connection, {s.event.idempotency_key for s in batch})
             if look_up_keys
@@ -289,13 +290,7 @@ class Ingestor:
         stored: dict[str, StoredKey],
         reserved: Mapping[str, int],
     ) -> _BatchPlan:
-        closable = {
-            fp
-            for s in batch
-            for fp in resolved_fingerprints(
-                s.event.type, dag_id=s.event.dag_id, own_fingerprint=_fingerprint(s)
-            )
-        }
+        closable = {fp for s in batch for fp in _closed_by(s)}
         open_by_fingerprint: defaultdict[str, list[OpenAlert]] = defaultdict(list)
         for alert in event_store.open_alerts(connection, closable):
             open_by_fingerprint[alert.fingerprint].append(alert)
@@ -404,6 +399,17 @@ def _answer(submission: _Submission, outcome: Accepted | Exception) -> None:
         submission.future.set_exception(outcome)
     else:
         submission.future.set_result(outcome)
+
+
+def _closed_by(submission: _Submission) -> tuple[str, ...]:
+    """The fingerprints of the open alerts this event would close."""
+    event = submission.event
+    return resolved_fingerprints(event.type, dag_id=event.dag_id, own_fingerprint=_fingerprint(submission))
+
+
+def _alerts_touched(batch: list[_Submission]) -> set[str]:
+    """The alerts a batch may open or close: its events' own fingerprints and those they close."""
+    return {fp for s in batch for fp in (_fingerprint(s), *_closed_by(s))}
 
 
 def _fingerprint(submission: _Submission) -> str:

@@ -6,12 +6,13 @@ The group commit's functions take the writer's synchronous `Connection` (store/w
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, func, select, update
+from sqlalchemy import Connection, bindparam, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
@@ -59,6 +60,35 @@ def insert_new_events(connection: Connection, rows: list[dict[str, Any]]) -> int
     return len(result.all())
 
 
+# The first half of PostgreSQL's two-key advisory locks, one per alert fingerprint ("alrt");
+# db.SCHEMA_LOCK_KEY uses the one-key form, a separate key space.
+FINGERPRINT_LOCK_NAMESPACE = 0x616C7274
+
+
+def take_turns_on_alerts(connection: Connection, fingerprints: Collection[str]) -> None:
+    """On PostgreSQL, wait until no other transaction is writing events of these alerts (fingerprints), and
+    keep others waiting until this one ends: transaction-level advisory locks, in ascending order (one
+    statement: unnest yields the array in order), so two batches never deadlock.
+
+    Resolving reads an alert's open events and then closes them: between two processes (`serve --processes N`,
+    several instances) that must not interleave with the other's write of the same alert, or a failure and a
+    success committed side by side leave the alert open, and two successes send its "resolved" twice. SQLite
+    needs nothing: its writers already take turns (store/writer.py).
+    """
+    if connection.dialect.name != "postgresql" or not fingerprints:
+        return
+    keys = sorted({_int4(zlib.crc32(fingerprint.encode())) for fingerprint in fingerprints})
+    connection.execute(
+        text("SELECT pg_advisory_xact_lock(:namespace, key) FROM unnest(:keys) AS key"),
+        {"namespace": FINGERPRINT_LOCK_NAMESPACE, "keys": keys},
+    )
+
+
+def _int4(unsigned: int) -> int:
+    """A crc32 as PostgreSQL's signed 32-bit integer (a collision only makes two alerts take turns)."""
+    return unsigned - (1 << 32) if unsigned >= 1 << 31 else unsigned
+
+
 def open_alerts(connection: Connection, fingerprints: Collection[str]) -> list[OpenAlert]:
     """Unresolved firing events with these fingerprints, oldest first."""
     if not fingerprints:
@@ -85,11 +115,11 @@ def open_alerts(connection: Connection, fingerprints: Collection[str]) -> list[O
 
 
 def mark_resolved(connection: Connection, resolved: dict[str, str]) -> None:
-    """Record, for each firing event id, the id of the success event that resolved it."""
+    """Record, for each firing event id, the id of the success event that resolved it (first success wins)."""
     if resolved:
         statement = (
             update(Event.__table__)
-            .where(Event.__table__.c.id == bindparam("event_id"))
+            .where(Event.__table__.c.id == bindparam("event_id"), Event.__table__.c.resolved_by.is_(None))
             .values(resolved_by=bindparam("success_id"))
         )
         connection.execute(

@@ -3,33 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 from collections.abc import AsyncGenerator
 from typing import Any
 
 import pytest
+from sqlalchemy import Connection, func, select
 
-from alerting_service.config import AlertingConfig
+from alerting_service.config import AlertingConfig, parse_alerting_config
 from alerting_service.ingest import Accepted, IdempotencyConflict, Ingestor, NoHandoff
 from alerting_service.metrics import REGISTRY
-from alerting_service.models import Event
+from alerting_service.models import Delivery, DeliveryKind, Event
 from alerting_service.schemas import EventIn
-from tests.alerting_service.delivery_fixtures import Database
+from alerting_service.store import events as event_store
+from tests.alerting_service.delivery_fixtures import Database, new_whsec
 
 
 @pytest.fixture
 async def ingestor(database: Database) -> AsyncGenerator[Ingestor]:
-    async with database.writer() as writer:
-        ingestor = Ingestor(
-            writer,
-            database.sessions,
-            AlertingConfig(),
-            batch_max=64,
-            silence_refresh_seconds=60,
-            handoff=NoHandoff(),
-        )
-        await ingestor.start()
+    async with running_ingestor(database, AlertingConfig()) as ingestor:
         yield ingestor
-        await ingestor.stop()
 
 
 def event(key: str, event_type: str, **fields: Any) -> EventIn:
@@ -80,3 +74,57 @@ async def test_a_key_repeated_in_the_same_batch_is_a_duplicate_or_a_conflict(ing
 
     assert same == Accepted(first.id, duplicate=True)
     assert isinstance(other, IdempotencyConflict)
+
+
+async def test_two_processes_closing_the_same_alert_at_once_send_its_resolved_notice_once(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A slow read of the open alerts widens the window that two concurrent transactions have anyway.
+    def slow_open_alerts(connection: Connection, fingerprints: Any) -> list[event_store.OpenAlert]:
+        alerts = read_open_alerts(connection, fingerprints)
+        if alerts:
+            time.sleep(0.3)
+        return alerts
+
+    read_open_alerts = event_store.open_alerts
+    monkeypatch.setattr(event_store, "open_alerts", slow_open_alerts)
+    config = parse_alerting_config(
+        f"""
+receivers:
+  - name: hook
+    webhook: {{url: "http://127.0.0.1:9/hook", secrets: ["{new_whsec()}"]}}
+route:
+  receivers: []
+  routes: [{{match: {{type: deadline_missed}}, receivers: [hook]}}]
+""",
+        "test",
+    )
+    async with contextlib.AsyncExitStack() as stack:
+        # Each process of `serve --processes 2` has its own writer and ingestor.
+        first, second = [
+            await stack.enter_async_context(running_ingestor(database, config)) for _ in range(2)
+        ]
+        await first.submit(event("missed", "deadline_missed", dag_id="X", run_id=None, task_id=None))
+        await asyncio.gather(
+            first.submit(event("ok-1", "dag_run_success", dag_id="X", run_id="r1", task_id=None)),
+            second.submit(event("ok-2", "dag_run_success", dag_id="X", run_id="r2", task_id=None)),
+        )
+
+    async with database.sessions() as session:
+        resolved_notices = await session.scalar(
+            select(func.count()).select_from(Delivery).where(Delivery.kind == DeliveryKind.RESOLVED)
+        )
+    assert resolved_notices == 1
+
+
+@contextlib.asynccontextmanager
+async def running_ingestor(database: Database, config: AlertingConfig) -> AsyncGenerator[Ingestor]:
+    async with database.writer() as writer:
+        ingestor = Ingestor(
+            writer, database.sessions, config, batch_max=64, silence_refresh_seconds=60, handoff=NoHandoff()
+        )
+        await ingestor.start()
+        try:
+            yield ingestor
+        finally:
+            await ingestor.stop()
