@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
+from uvicorn.config import STARTUP_FAILURE
+from uvicorn.supervisors import Multiprocess
 
 from alerting_service.api.app import APP_FACTORY, configure_logging, create_app, prepare_shared_state
 from alerting_service.auth import configured_keys
@@ -98,8 +100,13 @@ def _serve(settings: Settings, arguments: argparse.Namespace) -> int:
     if settings.config_file is not None:  # the processes load their settings anew, `--config` included
         os.environ[f"{ENV_PREFIX}CONFIG_FILE"] = str(settings.config_file)
     with _metrics_shared_between_processes():
-        uvicorn.run(APP_FACTORY, factory=True, workers=arguments.processes, **options)
-    return 0
+        config = uvicorn.Config(APP_FACTORY, factory=True, workers=arguments.processes, **options)
+        supervisor = Multiprocess(config, sockets=[config.bind_socket()])
+        supervisor.run()
+    # uvicorn stops every process when one fails to start (a replacement, say, while the database is down),
+    # but exits 0 after that with several processes: a service manager must see the failure.
+    failed = any(process.exitcode == STARTUP_FAILURE for process in supervisor.processes)
+    return STARTUP_FAILURE if failed else 0
 
 
 @contextlib.contextmanager

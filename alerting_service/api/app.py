@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -19,13 +20,20 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.routing import Route
+from uvicorn.config import STARTUP_FAILURE
 
 from alerting_service import __version__
 from alerting_service.api.body_limit import BodySizeLimit
 from alerting_service.api.deps import Services
 from alerting_service.api.routes import deliveries, events, health, receivers, silences
 from alerting_service.auth import load_key_ring
-from alerting_service.config import AlertingConfig, Settings, load_alerting_config, load_settings
+from alerting_service.config import (
+    AlertingConfig,
+    ConfigError,
+    Settings,
+    load_alerting_config,
+    load_settings,
+)
 from alerting_service.db import create_engine, create_schema, create_session_factory
 from alerting_service.dispatch.worker import Dispatcher
 from alerting_service.expectations import watching
@@ -41,6 +49,8 @@ TAGS = [
     {"name": "health", "description": "Probes and Prometheus metrics (no authentication)."},
 ]
 
+
+log = logging.getLogger(__name__)
 
 # `serve --processes N`: each process builds its app from the environment (uvicorn's factory mode).
 APP_FACTORY = "alerting_service.api.app:create_app_from_environment"
@@ -64,10 +74,19 @@ async def prepare_shared_state(settings: Settings) -> None:
 
 
 def create_app_from_environment() -> FastAPI:
-    """The app of one process of `serve --processes N`, from the `ALERTING_*` environment."""
-    settings = load_settings()
-    configure_logging(settings)
-    return create_app(settings)
+    """The app of one process of `serve --processes N`, from the `ALERTING_*` environment.
+
+    A configuration error (the YAML edited since the server started, say) exits with uvicorn's startup-failure
+    code: uvicorn then stops the server, or on a SIGHUP keeps the running processes, instead of restarting a
+    process that cannot start again and again.
+    """
+    try:
+        settings = load_settings()
+        configure_logging(settings)
+        return create_app(settings)
+    except ConfigError as error:
+        log.error("configuration error:\n%s", error)
+        sys.exit(STARTUP_FAILURE)
 
 
 def create_app(settings: Settings) -> FastAPI:

@@ -12,11 +12,12 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from uvicorn.config import STARTUP_FAILURE
 
 from alerting_service.cli import EX_CONFIG, main
 from alerting_service.config import Settings, load_settings
 from tests.alerting_service.conftest import ADMIN, API_KEYS, INGEST, SettingsFactory, environment_of
-from tests.alerting_service.delivery_fixtures import ServiceProcess, post_failure_events
+from tests.alerting_service.delivery_fixtures import ServiceProcess, free_port, post_failure_events
 
 StartService = Callable[..., ServiceProcess]
 
@@ -99,3 +100,28 @@ def test_serve_refuses_fewer_than_one_process(capsys: pytest.CaptureFixture[str]
 
     assert exit_.value.code == 2
     assert "--processes: expected a whole number of at least 1, got '0'" in capsys.readouterr().err
+
+
+def test_serve_with_processes_exits_3_when_its_processes_cannot_start(tmp_path: Path) -> None:
+    # The server's processes (multiprocessing starts them with `python -c`) get a bad setting the parent,
+    # which checked the configuration, did not have: as when the environment or the YAML changes before a
+    # process is replaced. They must stop the server with uvicorn's startup-failure code, not restart in a
+    # loop.
+    (tmp_path / "sitecustomize.py").write_text(
+        'import os, sys\nif sys.argv[:1] == ["-c"]:\n    os.environ["ALERTING_LOG_LEVEL"] = "LOUD"\n'
+    )
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("ALERTING_")}
+    environment |= environment_of(embedded_settings(tmp_path))
+    environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
+
+    port = str(free_port())
+    finished = subprocess.run(
+        [sys.executable, "-m", "alerting_service.cli", "serve", "--port", port, "--processes", "2"],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert finished.returncode == STARTUP_FAILURE
+    assert "ALERTING_LOG_LEVEL" in finished.stderr
