@@ -1,17 +1,18 @@
 """Webhook notifications: a generic JSON body signed per Standard Webhooks, or a Slack incoming-webhook body.
 
-One aiohttp client session for every webhook receiver (keep-alive connection pooling), redirects never
-followed, no cookies kept, each receiver's own timeout per step (connect, each read). Only configured URLs are
-called, and private, loopback and link-local addresses are refused unless the receiver allows them. Errors
-name the destination by scheme and host only: webhook URLs often carry tokens.
+Two aiohttp client sessions, one for the receivers limited to public addresses and one for the others
+(keep-alive connection pooling), redirects never followed, no cookies kept, each receiver's own timeout per
+step (connect, each read). Only configured URLs are called, and private, loopback and link-local addresses
+are refused unless the receiver allows them. Errors name the destination by scheme and host only: webhook
+URLs often carry tokens.
 
-Receivers that do not allow private addresses share a session whose sockets refuse any non-public address as
-they are made (aiohttp's socket factory): the address checked is the address connected to, after DNS and for
-IP literals alike, so a name that resolves to a public address once and to an internal one a moment later
-(DNS rebinding) cannot get through, only a name's public addresses are ever connected to, and no lookup is
-added to a send. Through a proxy from the environment
-the proxy resolves the destination: the destination is then checked by a lookup of this host's own before
-the send, and the proxy, which the operator named, is connected to like any configured service.
+Receivers that do not allow private addresses share a session whose resolver keeps only a name's public
+addresses and whose sockets refuse any non-public address as they are made (aiohttp's socket factory, which
+IP literals meet too): the address checked is the address connected to, so a name that resolves to a public
+address once and to an internal one a moment later (DNS rebinding) cannot get through, only a name's public
+addresses are ever connected to, and no lookup is added to a send. Through a proxy from the environment the
+proxy resolves the destination: the destination is then checked by a lookup of this host's own before the
+send, and the proxy, which the operator named, is connected to like any configured service.
 
 aiohttp rather than httpx: sending is the dispatcher's hot path, and on this project's 2-core machines a POST
 with its reply costs about 1,000 us of CPU through httpx 0.28 against 160 us through aiohttp 3.14
@@ -31,6 +32,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
 from standardwebhooks.webhooks import Webhook
 from yarl import URL
 
@@ -56,6 +58,7 @@ class WebhookNotifier:
         # Made in the event loop, at the first send: one for receivers limited to public addresses (guarded),
         # one for those allowed private ones and for sends through a proxy.
         self._sessions: dict[bool, aiohttp.ClientSession] = {}
+        self._public_resolver: _PublicAddressResolver | None = None  # the guarded session's; closed by us
         # (scheme, host) -> the proxy HTTP(S)_PROXY / NO_PROXY name for it, as for any outbound HTTP of the
         # host. Looked up once: aiohttp's `trust_env` reads the environment and ~/.netrc again on every
         # request, a tenth of the CPU of a send. Proxy credentials go in the proxy URL.
@@ -64,14 +67,20 @@ class WebhookNotifier:
     async def aclose(self) -> None:
         for session in self._sessions.values():
             await session.close()
+        if self._public_resolver is not None:
+            await self._public_resolver.close()
 
     def _client(self, *, guarded: bool) -> aiohttp.ClientSession:
         if guarded not in self._sessions:
+            if guarded:
+                self._public_resolver = _PublicAddressResolver()
             self._sessions[guarded] = aiohttp.ClientSession(
                 headers={"user-agent": USER_AGENT},
                 cookie_jar=aiohttp.DummyCookieJar(),  # a receiver's cookies must not reach the next receiver
                 connector=aiohttp.TCPConnector(
                     limit=0,  # the dispatcher bounds concurrency per receiver
+                    # Names through the resolver; IP literals skip it and meet the socket factory.
+                    resolver=self._public_resolver if guarded else None,
                     socket_factory=_public_address_socket if guarded else None,
                 ),
             )
@@ -114,11 +123,7 @@ class WebhookNotifier:
                 Reason.TIMEOUT, retryable=True, message=f"POST {destination}: timed out"
             ) from None
         except aiohttp.ClientError as exc:
-            if isinstance(exc, aiohttp.ClientConnectorError) and isinstance(exc.os_error, NonPublicAddress):
-                raise _forbidden(destination) from None
-            raise DeliveryError(
-                Reason.CONNECTION, retryable=True, message=f"POST {destination}: {type(exc).__name__}"
-            ) from None
+            raise _client_error(exc, destination) from None
         error = classify_http_status(status, response_headers)
         if error is not None:
             raise error.about(f"POST {destination}")
@@ -150,6 +155,41 @@ async def _drain_small_reply(response: aiohttp.ClientResponse) -> None:
     except (aiohttp.ClientError, TimeoutError):
         pass
     response.close()
+
+
+def _client_error(error: aiohttp.ClientError, destination: str) -> DeliveryError:
+    if isinstance(error, aiohttp.ClientConnectorError) and isinstance(error.os_error, NonPublicAddress):
+        return _forbidden(destination)
+    if isinstance(error, aiohttp.InvalidURL):  # e.g. a numeric host that is no canonical IPv4: never callable
+        return DeliveryError(
+            Reason.CLIENT_ERROR, retryable=False, message=f"POST {destination}: the URL cannot be called"
+        )
+    return DeliveryError(
+        Reason.CONNECTION, retryable=True, message=f"POST {destination}: {type(error).__name__}"
+    )
+
+
+class _PublicAddressResolver(AbstractResolver):
+    """aiohttp's default resolver, keeping only a name's public addresses; NonPublicAddress when none is.
+
+    Dropping the others here, rather than refusing their sockets one by one, keeps the outcome independent of
+    DNS order: aiohttp reports only the last address's error, so a host with a public address that is down
+    and a private one would otherwise fail now as refused (permanent), now as unreachable (retried)."""
+
+    def __init__(self) -> None:
+        self._resolver = aiohttp.DefaultResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        resolved = await self._resolver.resolve(host, port, family)
+        public = [result for result in resolved if ipaddress.ip_address(result["host"]).is_global]
+        if not public:
+            raise NonPublicAddress
+        return public
+
+    async def close(self) -> None:
+        await self._resolver.close()
 
 
 def _public_address_socket(addr_info: aiohttp.AddrInfoType) -> socket.socket:

@@ -297,3 +297,14 @@ async def test_a_webhook_limited_to_public_addresses_goes_through_a_proxy_on_a_p
 
     [receipt] = proxied_through.receipts
     assert receipt.path == hook
+
+
+async def test_a_numeric_host_that_is_no_canonical_ipv4_address_fails_for_good(
+    notifier: WebhookNotifier,
+) -> None:
+    receiver = HttpReceiver().receiver("/hook", url="http://2130706433/hook", allow_private_network=False)
+
+    with pytest.raises(DeliveryError) as caught:
+        await notifier.send(notification_for(receiver))
+
+    assert (caught.value.reason, caught.value.retryable) == (Reason.CLIENT_ERROR, False)
