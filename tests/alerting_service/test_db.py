@@ -55,31 +55,34 @@ async def test_processes_starting_together_create_the_schema_once_without_collid
                 writer.close()
 
 
-async def test_a_second_writer_of_the_same_sqlite_file_starts_only_when_the_first_commits(
+async def test_a_second_writer_of_the_same_sqlite_file_starts_only_when_the_first_has_committed(
     tmp_path: Path,
 ) -> None:
     settings = load_settings(data_dir=tmp_path)
     first, second = Writer(settings), Writer(settings)
     holding, release = threading.Event(), threading.Event()
-    order: list[str] = []
 
-    def hold(_connection: Connection) -> None:
+    def write_and_hold(connection: Connection) -> None:
+        connection.execute(text("INSERT INTO probe VALUES (1)"))
         holding.set()
         release.wait(timeout=5)
-        order.append("first commits")
+
+    def rows_seen(connection: Connection) -> int:
+        return connection.execute(text("SELECT count(*) FROM probe")).scalar_one()
 
     try:
-        held = asyncio.create_task(first.transaction(hold))
+        await first.transaction(lambda connection: connection.execute(text("CREATE TABLE probe (n INTEGER)")))
+        held = asyncio.create_task(first.transaction(write_and_hold))
         await asyncio.to_thread(holding.wait, 5)
-        waiting = asyncio.create_task(second.transaction(lambda _connection: order.append("second starts")))
-        await asyncio.sleep(0.2)
+        waiting = asyncio.create_task(second.transaction(rows_seen))
+        await asyncio.sleep(0.2)  # time enough for the second to start, were it not kept waiting
         release.set()
-        await asyncio.gather(held, waiting)
+        _, seen = await asyncio.gather(held, waiting)
     finally:
         first.close()
         second.close()
 
-    assert order == ["first commits", "second starts"]
+    assert seen == 1
 
 
 def test_the_writer_reaches_postgresql_through_psycopg2_with_asyncpgs_ssl_option_as_sslmode() -> None:
