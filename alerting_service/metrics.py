@@ -8,7 +8,8 @@ dashboards and alert rules carry over. The delivery-queue gauges are set from th
 writes its samples to files there, and `/metrics`, whichever process answers, sums the counters and
 histograms of all of them; the queue gauges give the most recent value any process read from the database.
 The process_*, python_* and gc metrics are left out in that mode: they would describe only the process that
-answered.
+answered. A `PROMETHEUS_MULTIPROC_DIR` set by hand puts even one process in that mode, and clearing its files
+between runs is then the operator's task (Prometheus' own rule for that directory).
 """
 
 from __future__ import annotations

@@ -342,18 +342,24 @@ def wait_for_webhooks(
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process (all its threads) and of its live child processes
-    (`serve --processes N`), from /proc."""
+    (`serve --processes N`), from /proc; a child that exits meanwhile counts for nothing."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-        children = [
-            int(child)
-            for task in Path(f"/proc/{pid}/task").iterdir()
-            for child in (task / "children").read_text().split()
-        ]
     except OSError:
         return math.nan
     own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return own + sum(cpu_seconds(child) for child in children)
+    children = (cpu_seconds(child) for child in child_pids(pid))
+    return own + sum(seconds for seconds in children if not math.isnan(seconds))
+
+
+def child_pids(pid: int) -> list[int]:
+    pids = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            pids += [int(child) for child in (task / "children").read_text().split()]
+        except OSError:
+            continue  # the thread ended meanwhile
+    return pids
 
 
 def group_commit_batches(target: Target) -> tuple[int, float] | None:
