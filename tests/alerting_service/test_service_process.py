@@ -79,16 +79,8 @@ async def test_a_stop_during_a_burst_loses_no_acknowledged_event(
 def test_serve_with_a_bad_config_exits_78_naming_the_key(processes: str, tmp_path: Path) -> None:
     config_file = tmp_path / "bad.yaml"
     config_file.write_text(yaml.safe_dump({"route": {"receivers": ["pager"]}}))
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("ALERTING_")}
-    environment |= environment_of(embedded_settings(tmp_path)) | {"ALERTING_CONFIG_FILE": str(config_file)}
 
-    finished = subprocess.run(
-        [sys.executable, "-m", "alerting_service.cli", "serve", "--port", "9", "--processes", processes],
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    finished = run_serve(tmp_path, "--processes", processes, ALERTING_CONFIG_FILE=str(config_file))
 
     assert finished.returncode == EX_CONFIG
     assert "route.receivers: unknown receiver 'pager'" in finished.stderr
@@ -110,18 +102,21 @@ def test_serve_with_processes_exits_3_when_its_processes_cannot_start(tmp_path: 
     (tmp_path / "sitecustomize.py").write_text(
         'import os, sys\nif sys.argv[:1] == ["-c"]:\n    os.environ["ALERTING_LOG_LEVEL"] = "LOUD"\n'
     )
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("ALERTING_")}
-    environment |= environment_of(embedded_settings(tmp_path))
-    environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
+    python_path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
 
-    port = str(free_port())
-    finished = subprocess.run(
-        [sys.executable, "-m", "alerting_service.cli", "serve", "--port", port, "--processes", "2"],
-        env=environment,
+    finished = run_serve(tmp_path, "--processes", "2", PYTHONPATH=python_path)
+
+    assert finished.returncode == STARTUP_FAILURE
+    assert "ALERTING_LOG_LEVEL" in finished.stderr
+
+
+def run_serve(tmp_path: Path, *arguments: str, **environment: str) -> subprocess.CompletedProcess[str]:
+    """`alerting-service serve` on the embedded default until it exits, with these extra variables."""
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("ALERTING_")}
+    return subprocess.run(
+        [sys.executable, "-m", "alerting_service.cli", "serve", "--port", str(free_port()), *arguments],
+        env=inherited | environment_of(embedded_settings(tmp_path)) | environment,
         capture_output=True,
         text=True,
         timeout=60,
     )
-
-    assert finished.returncode == STARTUP_FAILURE
-    assert "ALERTING_LOG_LEVEL" in finished.stderr
