@@ -35,6 +35,7 @@ from alerting_service.dispatch.worker import run_worker
 from alerting_service.metrics import MULTIPROCESS_DIR_VARIABLE
 
 EX_CONFIG = 78
+WORKER_START_SECONDS = 30
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -100,7 +101,15 @@ def _serve(settings: Settings, arguments: argparse.Namespace) -> int:
     if settings.config_file is not None:  # the processes load their settings anew, `--config` included
         os.environ[f"{ENV_PREFIX}CONFIG_FILE"] = str(settings.config_file)
     with _metrics_shared_between_processes():
-        config = uvicorn.Config(APP_FACTORY, factory=True, workers=arguments.processes, **options)
+        config = uvicorn.Config(
+            APP_FACTORY,
+            factory=True,
+            workers=arguments.processes,
+            # A replacement (a death, a SIGHUP) slower to start than this is given up: imports alone take
+            # seconds on a loaded host, and uvicorn's 5 s default would abandon a reload silently.
+            timeout_worker_healthcheck=WORKER_START_SECONDS,
+            **options,
+        )
         supervisor = Multiprocess(config, sockets=[config.bind_socket()])
         supervisor.run()
     # uvicorn stops every process when one fails to start (a replacement, say, while the database is down),

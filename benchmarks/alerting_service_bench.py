@@ -342,12 +342,13 @@ def wait_for_webhooks(
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process (all its threads) and of its live child processes
-    (`serve --processes N`), from /proc; a child that exits meanwhile counts for nothing."""
+    (`serve --processes N`), from /proc; a child that ended counts once it was waited for."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     except OSError:
         return math.nan
-    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    # utime + stime, and cutime + cstime: children that ended and were waited for count too.
+    own = sum(int(field) for field in fields[11:15]) / os.sysconf("SC_CLK_TCK")
     children = (cpu_seconds(child) for child in child_pids(pid))
     return own + sum(seconds for seconds in children if not math.isnan(seconds))
 

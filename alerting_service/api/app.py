@@ -76,9 +76,9 @@ async def prepare_shared_state(settings: Settings) -> None:
 def create_app_from_environment() -> FastAPI:
     """The app of one process of `serve --processes N`, from the `ALERTING_*` environment.
 
-    A configuration error (the YAML edited since the server started, say) exits with uvicorn's startup-failure
-    code: uvicorn then stops the server, or on a SIGHUP keeps the running processes, instead of restarting a
-    process that cannot start again and again.
+    Any error here (the YAML edited since the server started, the keys file unreadable) exits with
+    uvicorn's startup-failure code: uvicorn then stops the server, or on a SIGHUP keeps the running processes,
+    instead of restarting a process that cannot start again and again.
     """
     try:
         settings = load_settings()
@@ -86,7 +86,9 @@ def create_app_from_environment() -> FastAPI:
         return create_app(settings)
     except ConfigError as error:
         log.error("configuration error:\n%s", error)
-        sys.exit(STARTUP_FAILURE)
+    except Exception:
+        log.exception("the app could not be built")
+    sys.exit(STARTUP_FAILURE)
 
 
 def create_app(settings: Settings) -> FastAPI:

@@ -183,7 +183,7 @@ class _PublicAddressResolver(AbstractResolver):
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
         resolved = await self._resolver.resolve(host, port, family)
-        public = [result for result in resolved if ipaddress.ip_address(result["host"]).is_global]
+        public = [result for result in resolved if is_public_address(result["host"])]
         if not public:
             raise NonPublicAddress
         return public
@@ -192,10 +192,28 @@ class _PublicAddressResolver(AbstractResolver):
         await self._resolver.close()
 
 
+# IPv6 prefixes that carry an IPv4 address in their last 32 bits for a translator (RFC 6052, RFC 8215).
+NAT64_PREFIXES = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+
+
+def is_public_address(text: str) -> bool:
+    """Global, and so is any IPv4 address it embeds: an IPv6 form of 10.0.0.1 (mapped, 6to4, Teredo, NAT64)
+    would reach the internal address through a translator, though Python calls some of them global."""
+    address = ipaddress.ip_address(text)
+    if not address.is_global:
+        return False
+    if isinstance(address, ipaddress.IPv4Address):
+        return True
+    embedded = [address.ipv4_mapped, address.sixtofour, *(address.teredo or ())]
+    if any(address in prefix for prefix in NAT64_PREFIXES):
+        embedded.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+    return all(ipv4.is_global for ipv4 in embedded if ipv4 is not None)
+
+
 def _public_address_socket(addr_info: aiohttp.AddrInfoType) -> socket.socket:
     """The socket for one address aiohttp is about to connect to, refused unless the address is public."""
     family, type_, proto, _, sockaddr = addr_info
-    if not ipaddress.ip_address(sockaddr[0]).is_global:
+    if not is_public_address(sockaddr[0]):
         raise NonPublicAddress
     return socket.socket(family=family, type=type_, proto=proto)
 
@@ -223,7 +241,7 @@ async def refuse_private_destination(url: str, destination: str) -> None:
         raise DeliveryError(
             Reason.CONNECTION, retryable=True, message=f"{destination}: host does not resolve"
         ) from None
-    if any(not ipaddress.ip_address(sockaddr[0]).is_global for *_, sockaddr in infos):
+    if not all(is_public_address(sockaddr[0]) for *_, sockaddr in infos):
         raise _forbidden(destination)
 
 

@@ -106,9 +106,28 @@ def _is_sqlite_file(url: URL) -> bool:
     return url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:")
 
 
+# The writer's PostgreSQL sessions: its transactions run whole and never idle, so one idle in a transaction
+# belongs to a process that hung or lost the network; the server then ends it and frees its locks (other
+# processes' batches may be waiting on them, store/events.py), and keepalives notice a dead peer.
+POSTGRESQL_WRITER_CONNECT_ARGS = {
+    "options": "-c idle_in_transaction_session_timeout=60000",
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+}
+
+
 def _create_sync_engine(url: URL) -> Engine:
     if url.get_backend_name() != "sqlite":
-        return create_engine(url, pool_size=1, max_overflow=0, pool_pre_ping=True, hide_parameters=True)
+        return create_engine(
+            url,
+            pool_size=1,
+            max_overflow=0,
+            pool_pre_ping=True,
+            hide_parameters=True,
+            connect_args=POSTGRESQL_WRITER_CONNECT_ARGS,
+        )
     prepare_sqlite_file(url)
     engine = create_engine(
         url,

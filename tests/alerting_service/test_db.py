@@ -85,6 +85,24 @@ async def test_a_second_writer_of_the_same_sqlite_file_starts_only_when_the_firs
     assert seen == 1
 
 
+def _setting(connection: Connection, name: str) -> str | None:
+    return connection.execute(text(f"SHOW {name}")).scalar()
+
+
+@pytest.mark.postgres
+async def test_the_writers_postgresql_session_ends_a_transaction_left_idle_after_a_minute(
+    tmp_path: Path,
+) -> None:
+    async with database_url("postgresql", tmp_path) as url:
+        writer = Writer(load_settings(database_url=url, data_dir=tmp_path))
+        try:
+            timeout = await writer.transaction(_setting, "idle_in_transaction_session_timeout")
+        finally:
+            writer.close()
+
+    assert timeout == "1min"
+
+
 def test_the_writer_reaches_postgresql_through_psycopg2_with_asyncpgs_ssl_option_as_sslmode() -> None:
     url = make_url("postgresql+asyncpg://alerts@db.bank.example:5432/alerts?ssl=require")
 

@@ -192,7 +192,18 @@ async def test_a_loopback_destination_is_refused_unless_allowed(
 
 
 @pytest.mark.parametrize(
-    "host", ["10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "[::1]", "[fe80::1]", "localhost"]
+    "host",
+    [
+        "10.1.2.3",
+        "172.16.0.1",
+        "192.168.1.1",
+        "169.254.169.254",
+        "[::1]",
+        "[fe80::1]",
+        "localhost",
+        "[64:ff9b::a00:1]",  # 10.0.0.1 through a NAT64 translator
+        "[2002:a00:1::1]",  # 10.0.0.1 in 6to4
+    ],
 )
 async def test_private_and_link_local_destinations_are_refused(notifier: WebhookNotifier, host: str) -> None:
     receiver = HttpReceiver().receiver("/hook", url=f"http://{host}/hook", allow_private_network=False)
