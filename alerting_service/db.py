@@ -38,9 +38,13 @@ def database_url(settings: Settings) -> URL:
     return url
 
 
+def is_sqlite_file(url: URL) -> bool:
+    return url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:")
+
+
 def prepare_sqlite_file(url: URL) -> None:
-    if url.database and url.database != ":memory:":
-        Path(url.database).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if is_sqlite_file(url):
+        Path(str(url.database)).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
 
 
 def create_engine(settings: Settings) -> AsyncEngine:

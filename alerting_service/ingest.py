@@ -27,7 +27,7 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -407,9 +407,10 @@ def _closed_by(submission: _Submission) -> tuple[str, ...]:
     return resolved_fingerprints(event.type, dag_id=event.dag_id, own_fingerprint=_fingerprint(submission))
 
 
-def _alerts_touched(batch: list[_Submission]) -> set[str]:
-    """The alerts a batch may open or close: its events' own fingerprints and those they close."""
-    return {fp for s in batch for fp in (_fingerprint(s), *_closed_by(s))}
+def _alerts_touched(batch: list[_Submission]) -> Iterator[str]:
+    """The alerts a batch may open or close: its events' own fingerprints and those they close (lazily: only
+    PostgreSQL needs them)."""
+    return (fp for s in batch for fp in (_fingerprint(s), *_closed_by(s)))
 
 
 def _fingerprint(submission: _Submission) -> str:

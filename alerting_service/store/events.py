@@ -7,7 +7,7 @@ The group commit's functions take the writer's synchronous `Connection` (store/w
 from __future__ import annotations
 
 import zlib
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -65,7 +65,7 @@ def insert_new_events(connection: Connection, rows: list[dict[str, Any]]) -> int
 FINGERPRINT_LOCK_NAMESPACE = 0x616C7274
 
 
-def take_turns_on_alerts(connection: Connection, fingerprints: Collection[str]) -> None:
+def take_turns_on_alerts(connection: Connection, fingerprints: Iterable[str]) -> None:
     """On PostgreSQL, wait until no other transaction is writing events of these alerts (fingerprints), and
     keep others waiting until this one ends: transaction-level advisory locks, in ascending order (one
     statement: unnest yields the array in order), so two batches never deadlock.
@@ -73,11 +73,13 @@ def take_turns_on_alerts(connection: Connection, fingerprints: Collection[str]) 
     Resolving reads an alert's open events and then closes them: between two processes (`serve --processes N`,
     several instances) that must not interleave with the other's write of the same alert, or a failure and a
     success committed side by side leave the alert open, and two successes send its "resolved" twice. SQLite
-    needs nothing: its writers already take turns (store/writer.py).
+    needs nothing: its writers already take turns (store/writer.py), and `fingerprints` is not even read.
     """
-    if connection.dialect.name != "postgresql" or not fingerprints:
+    if connection.dialect.name != "postgresql":
         return
     keys = sorted({_int4(zlib.crc32(fingerprint.encode())) for fingerprint in fingerprints})
+    if not keys:
+        return
     connection.execute(
         text("SELECT pg_advisory_xact_lock(:namespace, key) FROM unnest(:keys) AS key"),
         {"namespace": FINGERPRINT_LOCK_NAMESPACE, "keys": keys},

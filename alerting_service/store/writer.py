@@ -34,7 +34,7 @@ from sqlalchemy import Connection, Engine, create_engine
 from sqlalchemy.engine import URL
 
 from alerting_service.config import Settings
-from alerting_service.db import database_url, prepare_sqlite_file, tune_sqlite
+from alerting_service.db import database_url, is_sqlite_file, prepare_sqlite_file, tune_sqlite
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -58,7 +58,7 @@ class Writer:
     def __init__(self, settings: Settings) -> None:
         url = sync_url(database_url(settings))
         self._engine = _create_sync_engine(url)
-        self._lock = _SQLiteWriterLock(url.database) if _is_sqlite_file(url) else None
+        self._lock = _SQLiteWriterLock(str(url.database)) if is_sqlite_file(url) else None
         # One thread: transactions run one after another, on one connection.
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="db-writer")
 
@@ -100,10 +100,6 @@ class _SQLiteWriterLock:
 
     def close(self) -> None:
         os.close(self._fd)
-
-
-def _is_sqlite_file(url: URL) -> bool:
-    return url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:")
 
 
 # The writer's PostgreSQL sessions: its transactions run whole and never idle, so one idle in a transaction
