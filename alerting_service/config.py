@@ -43,6 +43,7 @@ from alerting_service.models import EventType, Integration, Severity
 ENV_PREFIX = "ALERTING_"
 FAILURE_TYPES = (EventType.TASK_FAILURE, EventType.DAG_RUN_FAILURE, EventType.DEADLINE_MISSED)
 DEFAULT_INGEST_QUEUE_MAX = 10_000
+MINIMUM_RETENTION = timedelta(days=2)
 
 
 class ConfigError(Exception):
@@ -72,6 +73,12 @@ def _positive(value: timedelta) -> timedelta:
 
 
 Duration = Annotated[timedelta, BeforeValidator(_parse_duration), AfterValidator(_positive)]
+
+
+def _at_least_two_days(value: timedelta) -> timedelta:
+    if value < MINIMUM_RETENTION:
+        raise ValueError("must be at least 2d: idempotency, resolutions and expectations look back a day")
+    return value
 
 
 def read_secret_file(path: Path) -> SecretStr:
@@ -356,6 +363,9 @@ class Settings(BaseSettings):
     ingest_queue_max: int = Field(default=DEFAULT_INGEST_QUEUE_MAX, ge=1)
     # How often the in-memory silences are re-read, for silences changed by another process.
     silence_refresh_seconds: float = Field(default=10.0, gt=0)
+    # Events (with their deliveries) and silences older than this are deleted; never a delivery still to be
+    # sent. Idempotency keys, resolutions and expectations look back up to a day: hence the minimum.
+    retention: Annotated[Duration, AfterValidator(_at_least_two_days)] = timedelta(days=30)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @model_validator(mode="after")

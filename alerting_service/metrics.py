@@ -62,6 +62,11 @@ events_muted_total = Counter(
     ["type"],
     registry=REGISTRY,
 )
+events_pruned_total = Counter(
+    "alerting_events_pruned_total",
+    "Events deleted, with their deliveries, for being older than the retention (ALERTING_RETENTION).",
+    registry=REGISTRY,
+)
 ingest_batch_size = Histogram(
     "alerting_ingest_batch_size",
     "Events written by one group-commit transaction.",

@@ -52,6 +52,10 @@ class DeliveryStatus(enum.StrEnum):
     DEAD = "dead"
 
 
+# Still to be sent: retention never deletes an event with one of these.
+UNFINISHED_STATUSES = (DeliveryStatus.PENDING, DeliveryStatus.IN_FLIGHT)
+
+
 def new_id() -> str:
     """A UUIDv7 (RFC 9562): time-ordered, so new rows append to the primary-key indexes instead of dirtying
     pages all over them. Under an alert storm that keeps each group commit small (fewer pages to sync)."""

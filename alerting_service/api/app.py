@@ -38,6 +38,7 @@ from alerting_service.db import create_engine, create_schema, create_session_fac
 from alerting_service.dispatch.worker import Dispatcher
 from alerting_service.expectations import watching
 from alerting_service.ingest import Ingestor, NoHandoff
+from alerting_service.retention import pruning
 from alerting_service.store.writer import Writer
 
 COMPONENT_REF = "#/components/schemas/{model}"  # a pydantic template, filled in per model
@@ -140,6 +141,7 @@ async def _lifespan(app: FastAPI, settings: Settings, config: AlertingConfig) ->
         await ingestor.start()
         resources.push_async_callback(ingestor.stop)
         app.state.services = Services(config, engine, sessions, ingestor, handoff.wake)
+        await resources.enter_async_context(pruning(writer, settings.retention))
         # The watcher records through the ingestor: it stops first.
         async with watching(config.expectations, session_factory=sessions, ingestor=ingestor):
             yield

@@ -39,6 +39,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from alerting_service.models import (
+    UNFINISHED_STATUSES,
     Delivery,
     DeliveryKind,
     DeliveryStatus,
@@ -344,9 +345,7 @@ async def queue_stats(session: AsyncSession) -> QueueStats:
     rows = await session.execute(select(Delivery.status, func.count()).group_by(Delivery.status))
     counts: dict[str, int] = {status: count for status, count in rows}
     oldest = await session.scalar(
-        select(func.min(Delivery.created_at)).where(
-            Delivery.status.in_([DeliveryStatus.PENDING, DeliveryStatus.IN_FLIGHT])
-        )
+        select(func.min(Delivery.created_at)).where(Delivery.status.in_(UNFINISHED_STATUSES))
     )
     return QueueStats(
         depth={status: counts.get(status.value, 0) for status in DeliveryStatus},

@@ -12,12 +12,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, func, select, text, update
+from sqlalchemy import Connection, bindparam, delete, exists, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
-from alerting_service.models import Delivery, DeliveryKind, Event
+from alerting_service.models import UNFINISHED_STATUSES, Delivery, DeliveryKind, Event
 from alerting_service.resolution import FIRING_TYPES
 
 
@@ -127,6 +127,26 @@ def mark_resolved(connection: Connection, resolved: dict[str, str]) -> None:
         connection.execute(
             statement, [{"event_id": event_id, "success_id": by} for event_id, by in resolved.items()]
         )
+
+
+def delete_finished_before(connection: Connection, cutoff: datetime, *, limit: int) -> int:
+    """Delete up to `limit` of the oldest events received before `cutoff` with their deliveries, skipping any
+    event with a delivery still to be sent; how many events were deleted.
+
+    Each statement repeats its guard, so a delivery an admin replays meanwhile (in another transaction) is
+    kept, with its event: PostgreSQL re-checks a row a concurrent update changed, and the second statement
+    sees what committed before it.
+    """
+    unfinished = exists().where(Delivery.event_id == Event.id, Delivery.status.in_(UNFINISHED_STATUSES))
+    oldest_first = select(Event.id).where(Event.received_at < cutoff, ~unfinished).order_by(Event.received_at)
+    expired = connection.scalars(oldest_first.limit(limit)).all()
+    if not expired:
+        return 0
+    connection.execute(
+        delete(Delivery).where(Delivery.event_id.in_(expired), Delivery.status.not_in(UNFINISHED_STATUSES))
+    )
+    any_delivery = exists().where(Delivery.event_id == Event.id)
+    return connection.execute(delete(Event).where(Event.id.in_(expired), ~any_delivery)).rowcount
 
 
 async def get_with_deliveries(session: AsyncSession, event_id: str) -> Event | None:

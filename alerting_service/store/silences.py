@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import Connection, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from alerting_service.models import Silence, new_id
@@ -56,6 +56,12 @@ async def expire(session: AsyncSession, silence_id: str, *, now: datetime) -> Si
         .execution_options(synchronize_session=False)
     )
     return await session.get(Silence, silence_id, populate_existing=True)
+
+
+def delete_ended_before(connection: Connection, cutoff: datetime) -> int:
+    """Delete the silences that ended (or were expired) before `cutoff`; how many."""
+    ended = or_(Silence.ends_at < cutoff, Silence.expired_at < cutoff)
+    return connection.execute(delete(Silence).where(ended)).rowcount
 
 
 async def not_yet_ended(session: AsyncSession, *, now: datetime) -> list[SilenceRule]:

@@ -186,6 +186,7 @@ def test_a_missing_config_file_names_the_variable(tmp_path: Path) -> None:
         ("ALERTING_DATABASE_URL", "mysql://db/alerts", "ALERTING_DATABASE_URL: use a sqlite"),
         ("ALERTING_DATABASE_URL", "postgresql+asyncpg://u:S3cr3tPw@db/a", "keep the password out of the URL"),
         ("ALERTING_API_KEYS_FILE", "/nonexistent/keys", "ALERTING_API_KEYS_FILE: cannot read"),
+        ("ALERTING_RETENTION", "1d", "ALERTING_RETENTION: must be at least 2d"),
     ],
 )
 def test_a_bad_environment_variable_is_named(

@@ -1,0 +1,148 @@
+"""Retention (retention.py): old events, their deliveries and ended silences are deleted, never an alert still
+to be sent; on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import Connection, update
+
+from alerting_service.models import Delivery, DeliveryStatus, Event, Silence
+from alerting_service.retention import prune_once
+from alerting_service.store.writer import Writer
+from tests.alerting_service.conftest import ADMIN, Api, SettingsFactory, running_api
+from tests.alerting_service.delivery_fixtures import Database, eventually, new_whsec
+from tests.alerting_service.test_api_health import samples
+
+RETENTION = timedelta(days=30)
+ROUTING = {
+    "receivers": [
+        {"name": "hook", "webhook": {"url": "http://127.0.0.1:9/h", "secrets": [new_whsec()]}},
+        {"name": "pager", "webhook": {"url": "http://127.0.0.1:9/p", "secrets": [new_whsec()]}},
+    ]
+}
+
+
+@pytest.fixture
+async def routed_api(make_settings: SettingsFactory, database: Database) -> AsyncGenerator[Api]:
+    async with running_api(make_settings(routing=ROUTING), database) as api:
+        yield api
+
+
+@pytest.fixture
+async def writer(database: Database) -> AsyncGenerator[Writer]:
+    async with database.writer() as running:
+        yield running
+
+
+async def old_event(api: Api, key: str, *statuses: DeliveryStatus, age: timedelta) -> str:
+    """An event received `age` ago whose two deliveries (hook, pager) have these statuses."""
+    answer = await api.post_event(idempotency_key=key)
+    assert answer.status_code == 202, answer.text
+    event_id: str = answer.json()["id"]
+
+    def backdate(connection: Connection) -> None:
+        received_at = datetime.now(UTC) - age
+        connection.execute(update(Event).where(Event.id == event_id).values(received_at=received_at))
+        for receiver, status in zip(("hook", "pager"), statuses, strict=True):
+            connection.execute(
+                update(Delivery)
+                .where(Delivery.event_id == event_id, Delivery.receiver == receiver)
+                .values(status=status)
+            )
+
+    await api.database.write(backdate)
+    return event_id
+
+
+async def exists(api: Api, event_id: str) -> bool:
+    answer = await api.client.get(f"/v1/events/{event_id}", headers=ADMIN)
+    return answer.status_code == 200
+
+
+async def test_an_old_event_whose_deliveries_are_finished_is_deleted_with_them(
+    routed_api: Api, writer: Writer
+) -> None:
+    old = await old_event(routed_api, "old", DeliveryStatus.SENT, DeliveryStatus.DEAD, age=RETENTION * 2)
+
+    pruned = await prune_once(writer, RETENTION, now=datetime.now(UTC))
+
+    assert pruned.events == 1
+    assert not await exists(routed_api, old)
+    assert (await routed_api.row_counts())["deliveries"] == 0
+
+
+@pytest.mark.parametrize("unfinished", [DeliveryStatus.PENDING, DeliveryStatus.IN_FLIGHT])
+async def test_an_old_event_with_a_delivery_still_to_be_sent_is_kept_with_all_its_deliveries(
+    routed_api: Api, writer: Writer, unfinished: DeliveryStatus
+) -> None:
+    kept = await old_event(routed_api, "kept", DeliveryStatus.SENT, unfinished, age=RETENTION * 2)
+
+    pruned = await prune_once(writer, RETENTION, now=datetime.now(UTC))
+
+    assert pruned.events == 0
+    assert len((await routed_api.event(kept))["deliveries"]) == 2
+
+
+async def test_an_event_younger_than_the_retention_is_kept(routed_api: Api, writer: Writer) -> None:
+    young = await old_event(
+        routed_api, "young", DeliveryStatus.SENT, DeliveryStatus.SENT, age=RETENTION - timedelta(hours=1)
+    )
+
+    await prune_once(writer, RETENTION, now=datetime.now(UTC))
+
+    assert await exists(routed_api, young)
+
+
+async def test_a_backlog_larger_than_a_batch_is_deleted_in_one_round(routed_api: Api, writer: Writer) -> None:
+    finished = (DeliveryStatus.SENT, DeliveryStatus.SENT)
+    for n in range(5):
+        await old_event(routed_api, f"backlog-{n}", *finished, age=RETENTION * 2)
+
+    pruned = await prune_once(writer, RETENTION, now=datetime.now(UTC), batch=2)
+
+    assert pruned.events == 5
+    assert (await routed_api.row_counts())["events"] == 0
+
+
+async def test_silences_that_ended_or_were_expired_before_the_retention_are_deleted(
+    routed_api: Api, writer: Writer
+) -> None:
+    now = datetime.now(UTC)
+    created = {}
+    for name in ("ended", "expired", "active"):
+        body = {"matchers": [{"name": "dag_id", "value": name}], "ends_at": (now + RETENTION).isoformat()}
+        answer = await routed_api.client.post("/v1/silences", json=body, headers=ADMIN)
+        created[name] = answer.json()["id"]
+    long_ago = now - RETENTION * 2
+
+    def age_silences(connection: Connection) -> None:
+        for name, values in (("ended", {"ends_at": long_ago}), ("expired", {"expired_at": long_ago})):
+            connection.execute(update(Silence).where(Silence.id == created[name]).values(**values))
+
+    await routed_api.database.write(age_silences)
+
+    pruned = await prune_once(writer, RETENTION, now=now)
+
+    listed = (await routed_api.client.get("/v1/silences", headers=ADMIN)).json()["data"]
+    assert pruned.silences == 2
+    assert [silence["id"] for silence in listed] == [created["active"]]
+
+
+async def test_the_service_applies_its_retention_at_start_and_counts_what_it_deleted(
+    routed_api: Api, make_settings: SettingsFactory, database: Database
+) -> None:
+    finished = (DeliveryStatus.SENT, DeliveryStatus.DEAD)
+    old = await old_event(routed_api, "before-restart", *finished, age=timedelta(days=8))
+
+    async with running_api(make_settings(routing=ROUTING, retention="7d"), database) as restarted:
+        await eventually(lambda: _gone(restarted, old))
+        exposed = samples((await restarted.client.get("/metrics")).text)
+
+    assert exposed["alerting_events_pruned_total", ()] >= 1
+
+
+async def _gone(api: Api, event_id: str) -> bool:
+    return not await exists(api, event_id)
