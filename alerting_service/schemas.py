@@ -169,6 +169,11 @@ class ReceiverEnabled(BaseModel):
     was_disabled: bool
 
 
+class DeadLettersReplayed(BaseModel):
+    name: str
+    replayed: int = Field(description="How many dead deliveries went back to pending.")
+
+
 class MatcherIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from alerting_service.auth import ApiKey, KeyRing, Scope
 from alerting_service.config import AlertingConfig
 from alerting_service.ingest import Ingestor
+from alerting_service.notify.base import Reason
 from alerting_service.schemas import ErrorResponse
 
 
@@ -73,6 +74,11 @@ AdminKey = Annotated[ApiKey, Depends(_require(Scope.ADMIN))]
 PageLimit = Annotated[int, Query(ge=1, le=1000, description="At most this many items.")]
 # Bounded so that it fits the databases' 64-bit integers (a larger one is a 422, not a database error).
 PageOffset = Annotated[int, Query(ge=0, le=2**62, description="Skip this many items.")]
+
+ReceiverFilter = Annotated[str | None, Query(max_length=128, description="Only deliveries to this receiver.")]
+ReasonFilter = Annotated[
+    Reason | None, Query(description="Only deliveries that failed or were given up for this.")
+]
 
 AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorResponse, "description": "Missing or unknown API key."},

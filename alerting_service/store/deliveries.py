@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, func, insert, select, tuple_, update
+from sqlalchemy import ColumnElement, Connection, and_, delete, func, insert, select, true, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -300,14 +300,17 @@ def mark_dead(
     )
 
 
-async def replay(session: AsyncSession, delivery_id: str, *, now: datetime) -> Delivery | None:
-    """A dead delivery back to pending, due now, with a new retry horizon; attempts are kept.
+def _replayed(now: datetime) -> dict[str, Any]:
+    """A dead delivery's new values when replayed: pending, due now, a new retry horizon; attempts kept."""
+    return {"status": DeliveryStatus.PENDING, "next_attempt_at": now, "horizon_starts_at": now}
 
-    None if the delivery is not dead."""
+
+async def replay(session: AsyncSession, delivery_id: str, *, now: datetime) -> Delivery | None:
+    """A dead delivery back to pending (see `_replayed`). None if the delivery is not dead."""
     result = await session.execute(
         update(Delivery)
         .where(Delivery.id == delivery_id, Delivery.status == DeliveryStatus.DEAD)
-        .values(status=DeliveryStatus.PENDING, next_attempt_at=now, horizon_starts_at=now)
+        .values(_replayed(now))
         .returning(Delivery.id)
         .execution_options(synchronize_session=False)
     )
@@ -316,14 +319,40 @@ async def replay(session: AsyncSession, delivery_id: str, *, now: datetime) -> D
     return await session.get(Delivery, delivery_id, populate_existing=True)
 
 
+async def replay_dead_letters(
+    session: AsyncSession, receiver: str, *, reason: str | None, now: datetime
+) -> int:
+    """Every dead delivery to `receiver` (given up for `reason`, if given) back to pending; how many."""
+    result = await session.execute(
+        update(Delivery)
+        .where(_matching(DeliveryStatus.DEAD, receiver, reason))
+        .values(_replayed(now))
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount
+
+
 async def get(session: AsyncSession, delivery_id: str) -> Delivery | None:
     return await session.get(Delivery, delivery_id)
 
 
-async def list_by_status(
-    session: AsyncSession, *, status: DeliveryStatus | None, limit: int, offset: int
+def _matching(status: str | None, receiver: str | None, reason: str | None) -> ColumnElement[bool]:
+    """The deliveries with these values; a filter left None matches any."""
+    wanted = ((Delivery.status, status), (Delivery.receiver, receiver), (Delivery.reason, reason))
+    return and_(true(), *(column == value for column, value in wanted if value is not None))
+
+
+async def list_matching(
+    session: AsyncSession,
+    *,
+    status: str | None,
+    receiver: str | None,
+    reason: str | None,
+    limit: int,
+    offset: int,
 ) -> tuple[list[Delivery], int]:
-    condition = Delivery.status == status if status is not None else and_()
+    """The deliveries that match, newest first, and how many match in all."""
+    condition = _matching(status, receiver, reason)
     count = await session.scalar(select(func.count()).select_from(Delivery).where(condition))
     rows = await session.scalars(
         select(Delivery)
@@ -371,6 +400,12 @@ async def enable_receiver(session: AsyncSession, name: str) -> bool:
     """Re-enable `name`; False if it was not disabled."""
     result = await session.execute(delete(ReceiverState).where(ReceiverState.name == name))
     return result.rowcount == 1
+
+
+async def disabled_reason(session: AsyncSession, name: str) -> str | None:
+    """Why `name` is disabled; None if it is not."""
+    state = await session.get(ReceiverState, name)
+    return None if state is None else state.disabled_reason or "disabled"
 
 
 def disabled_receivers(connection: Connection) -> dict[str, str]:

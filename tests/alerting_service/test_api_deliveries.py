@@ -1,4 +1,4 @@
-"""The delivery log through the API: dead letters, replay, re-enabling a receiver."""
+"""The delivery log through the API: dead letters, replay (one, or a receiver's), re-enabling a receiver."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ from collections.abc import AsyncGenerator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import Connection
+from sqlalchemy import Connection, update
 
+from alerting_service.models import Delivery, DeliveryStatus
 from alerting_service.store import deliveries as delivery_store
 from tests.alerting_service.conftest import ADMIN, Api, SettingsFactory, running_api
 from tests.alerting_service.delivery_fixtures import Database, new_whsec
@@ -16,12 +17,46 @@ LEASE = timedelta(seconds=30)
 ROUTING = {
     "receivers": [{"name": "hook", "webhook": {"url": "http://127.0.0.1:9/h", "secrets": [new_whsec()]}}]
 }
+TWO_RECEIVERS = {
+    "receivers": [
+        *ROUTING["receivers"],
+        {"name": "pager", "webhook": {"url": "http://127.0.0.1:9/p", "secrets": [new_whsec()]}},
+    ]
+}
 
 
 @pytest.fixture
 async def api(make_settings: SettingsFactory, database: Database) -> AsyncGenerator[Api]:
     async with running_api(make_settings(routing=ROUTING), database) as running:
         yield running
+
+
+@pytest.fixture
+async def two_receivers(make_settings: SettingsFactory, database: Database) -> AsyncGenerator[Api]:
+    """Every event goes to `hook` and to `pager`."""
+    async with running_api(make_settings(routing=TWO_RECEIVERS), database) as running:
+        yield running
+
+
+async def dead_letter(api: Api, key: str, reason: str) -> None:
+    """An event whose deliveries to both receivers were given up for `reason`."""
+    event_id = (await api.post_event(idempotency_key=key)).json()["id"]
+
+    def give_up(connection: Connection) -> None:
+        connection.execute(
+            update(Delivery)
+            .where(Delivery.event_id == event_id)
+            .values(status=DeliveryStatus.DEAD, reason=reason)
+        )
+
+    await api.database.write(give_up)
+
+
+async def listed(api: Api, **filters: str) -> list[tuple[str, str, str]]:
+    """(receiver, status, reason) of each delivery the filters list, sorted."""
+    answer = await api.client.get("/v1/deliveries", params=filters, headers=ADMIN)
+    assert answer.status_code == 200, answer.text
+    return sorted((d["receiver"], d["status"], d["reason"]) for d in answer.json()["data"])
 
 
 async def dead_delivery(api: Api) -> str:
@@ -111,3 +146,71 @@ async def test_a_disabled_receiver_is_enabled_again(api: Api) -> None:
 
 async def test_enabling_an_unknown_receiver_is_a_404(api: Api) -> None:
     assert (await api.client.post("/v1/receivers/pager/enable", headers=ADMIN)).status_code == 404
+
+
+async def test_dead_letters_are_listed_by_receiver_and_reason(two_receivers: Api) -> None:
+    await dead_letter(two_receivers, "a", "horizon_exceeded")
+    await dead_letter(two_receivers, "b", "client_error")
+
+    assert await listed(two_receivers, status="dead", receiver="pager", reason="client_error") == [
+        ("pager", "dead", "client_error")
+    ]
+
+
+async def test_an_unknown_reason_filter_is_a_422_naming_it(two_receivers: Api) -> None:
+    answer = await two_receivers.client.get("/v1/deliveries", params={"reason": "bored"}, headers=ADMIN)
+
+    assert answer.status_code == 422
+    assert answer.json()["detail"][0]["loc"] == ["query", "reason"]
+
+
+async def test_replaying_a_receivers_dead_letters_sends_them_all_again_and_no_others(
+    two_receivers: Api,
+) -> None:
+    await dead_letter(two_receivers, "a", "horizon_exceeded")
+    await dead_letter(two_receivers, "b", "client_error")
+
+    answer = await two_receivers.client.post("/v1/receivers/pager/replay", headers=ADMIN)
+
+    assert answer.json() == {"name": "pager", "replayed": 2}
+    assert await listed(two_receivers, receiver="pager") == [
+        ("pager", "pending", "client_error"),
+        ("pager", "pending", "horizon_exceeded"),
+    ]
+    assert [status for _, status, _ in await listed(two_receivers, receiver="hook")] == ["dead", "dead"]
+
+
+async def test_replaying_a_receivers_dead_letters_for_one_reason_leaves_the_others_dead(
+    two_receivers: Api,
+) -> None:
+    await dead_letter(two_receivers, "a", "horizon_exceeded")
+    await dead_letter(two_receivers, "b", "client_error")
+
+    answer = await two_receivers.client.post(
+        "/v1/receivers/hook/replay", params={"reason": "horizon_exceeded"}, headers=ADMIN
+    )
+
+    assert answer.json()["replayed"] == 1
+    assert await listed(two_receivers, receiver="hook") == [
+        ("hook", "dead", "client_error"),
+        ("hook", "pending", "horizon_exceeded"),
+    ]
+
+
+async def test_replaying_the_dead_letters_of_a_disabled_receiver_is_a_409_that_says_to_enable_it(
+    two_receivers: Api,
+) -> None:
+    await dead_letter(two_receivers, "a", "destination_disabled")
+    await two_receivers.database.write(
+        delivery_store.disable_receiver, "hook", reason="HTTP 410", now=datetime.now(UTC)
+    )
+
+    answer = await two_receivers.client.post("/v1/receivers/hook/replay", headers=ADMIN)
+
+    assert answer.status_code == 409
+    assert "POST /v1/receivers/hook/enable" in answer.json()["detail"]
+    assert await listed(two_receivers, receiver="hook") == [("hook", "dead", "destination_disabled")]
+
+
+async def test_replaying_the_dead_letters_of_an_unknown_receiver_is_a_404(two_receivers: Api) -> None:
+    assert (await two_receivers.client.post("/v1/receivers/oncall/replay", headers=ADMIN)).status_code == 404

@@ -55,9 +55,8 @@ async def test_a_receiver_disabled_by_410_is_re_enabled_and_its_dead_letters_rep
         enabled = await api.client.post(f"/v1/receivers/{webhook.name}/enable", headers=ADMIN)
         assert enabled.status_code == 200, enabled.text
         assert enabled.json()["was_disabled"] is True
-        for delivery in dead:
-            replayed = await api.client.post(f"/v1/deliveries/{delivery['id']}/replay", headers=ADMIN)
-            assert replayed.status_code == 200, replayed.text
+        replayed = await api.client.post(f"/v1/receivers/{webhook.name}/replay", headers=ADMIN)
+        assert replayed.json()["replayed"] == 2, replayed.text
         for delivery in dead:
             await database.until_status(delivery["id"], DeliveryStatus.SENT)
     assert len(http_receiver.received("/hook")) == 3

@@ -8,7 +8,16 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query
 
 from alerting_service import schemas
-from alerting_service.api.deps import AUTH_ERRORS, AdminKey, PageLimit, PageOffset, ServicesDep, SessionDep
+from alerting_service.api.deps import (
+    AUTH_ERRORS,
+    AdminKey,
+    PageLimit,
+    PageOffset,
+    ReasonFilter,
+    ReceiverFilter,
+    ServicesDep,
+    SessionDep,
+)
 from alerting_service.models import DeliveryStatus
 from alerting_service.schemas import DeliveryList, DeliveryOut, ErrorResponse
 from alerting_service.store import deliveries as delivery_store
@@ -21,10 +30,14 @@ async def list_deliveries(
     _key: AdminKey,
     session: SessionDep,
     status: Annotated[DeliveryStatus | None, Query(description="e.g. dead for the dead letters")] = None,
+    receiver: ReceiverFilter = None,
+    reason: ReasonFilter = None,
     limit: PageLimit = 100,
     offset: PageOffset = 0,
 ) -> DeliveryList:
-    rows, count = await delivery_store.list_by_status(session, status=status, limit=limit, offset=offset)
+    rows, count = await delivery_store.list_matching(
+        session, status=status, receiver=receiver, reason=reason, limit=limit, offset=offset
+    )
     return DeliveryList(data=[schemas.delivery_out(row) for row in rows], count=count)
 
 

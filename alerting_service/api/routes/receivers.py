@@ -1,11 +1,13 @@
-"""Receiver state (admin scope): re-enabling a receiver the dispatcher disabled."""
+"""Receivers (admin scope): re-enabling one the dispatcher disabled, replaying its dead letters."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from fastapi import APIRouter, HTTPException
 
-from alerting_service.api.deps import AUTH_ERRORS, AdminKey, ServicesDep, SessionDep
-from alerting_service.schemas import ErrorResponse, ReceiverEnabled
+from alerting_service.api.deps import AUTH_ERRORS, AdminKey, ReasonFilter, Services, ServicesDep, SessionDep
+from alerting_service.schemas import DeadLettersReplayed, ErrorResponse, ReceiverEnabled
 from alerting_service.store import deliveries as delivery_store
 
 router = APIRouter(prefix="/v1/receivers", tags=["receivers"])
@@ -20,8 +22,38 @@ router = APIRouter(prefix="/v1/receivers", tags=["receivers"])
 async def enable_receiver(
     name: str, _key: AdminKey, session: SessionDep, services: ServicesDep
 ) -> ReceiverEnabled:
-    if name not in {receiver.name for receiver in services.config.receivers}:
-        raise HTTPException(404, f"no receiver {name!r} in the configuration")
+    _require_configured(name, services)
     was_disabled = await delivery_store.enable_receiver(session, name)
     await session.commit()
     return ReceiverEnabled(name=name, was_disabled=was_disabled)
+
+
+@router.post(
+    "/{name}/replay",
+    response_model=DeadLettersReplayed,
+    responses={
+        **AUTH_ERRORS,
+        404: {"model": ErrorResponse, "description": "No receiver of that name."},
+        409: {"model": ErrorResponse, "description": "The receiver is disabled: re-enable it first."},
+    },
+    summary="Send every dead delivery of a receiver again (e.g. after an outage longer than the horizon)",
+    description="Each goes back to pending, due now, with a new retry horizon; its attempts are kept.",
+)
+async def replay_dead_letters(
+    name: str, _key: AdminKey, session: SessionDep, services: ServicesDep, reason: ReasonFilter = None
+) -> DeadLettersReplayed:
+    _require_configured(name, services)
+    why = await delivery_store.disabled_reason(session, name)
+    if why is not None:
+        raise HTTPException(
+            409, f"receiver {name!r} is disabled ({why}): POST /v1/receivers/{name}/enable first"
+        )
+    replayed = await delivery_store.replay_dead_letters(session, name, reason=reason, now=datetime.now(UTC))
+    await session.commit()
+    services.wake_dispatcher()
+    return DeadLettersReplayed(name=name, replayed=replayed)
+
+
+def _require_configured(name: str, services: Services) -> None:
+    if name not in {receiver.name for receiver in services.config.receivers}:
+        raise HTTPException(404, f"no receiver {name!r} in the configuration")
