@@ -45,6 +45,7 @@ from tests.alerting_service.delivery_fixtures import (  # ruff: ignore[unused-im
     create_tables,
     database_url,
     http_receiver_fixture,
+    new_whsec,
     silent_port_fixture,
     smtp_server_fixture,
 )
@@ -148,6 +149,22 @@ async def running_api(settings: Settings, database: Database) -> AsyncGenerator[
 @pytest.fixture
 async def api(make_settings: SettingsFactory, database: Database) -> AsyncGenerator[Api]:
     async with running_api(make_settings(), database) as running:
+        yield running
+
+
+# Two webhook receivers on a port nothing listens on: their deliveries stay in the outbox, for tests to read.
+TWO_RECEIVERS = {
+    "receivers": [
+        {"name": name, "webhook": {"url": f"http://127.0.0.1:9/{name}", "secrets": [new_whsec()]}}
+        for name in ("hook", "pager")
+    ]
+}
+
+
+@pytest.fixture
+async def two_receivers(make_settings: SettingsFactory, database: Database) -> AsyncGenerator[Api]:
+    """The API with the dispatcher off, sending every event to `hook` and to `pager` (TWO_RECEIVERS)."""
+    async with running_api(make_settings(routing=TWO_RECEIVERS), database) as running:
         yield running
 
 

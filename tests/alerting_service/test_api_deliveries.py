@@ -17,24 +17,11 @@ LEASE = timedelta(seconds=30)
 ROUTING = {
     "receivers": [{"name": "hook", "webhook": {"url": "http://127.0.0.1:9/h", "secrets": [new_whsec()]}}]
 }
-TWO_RECEIVERS = {
-    "receivers": [
-        *ROUTING["receivers"],
-        {"name": "pager", "webhook": {"url": "http://127.0.0.1:9/p", "secrets": [new_whsec()]}},
-    ]
-}
 
 
 @pytest.fixture
 async def api(make_settings: SettingsFactory, database: Database) -> AsyncGenerator[Api]:
     async with running_api(make_settings(routing=ROUTING), database) as running:
-        yield running
-
-
-@pytest.fixture
-async def two_receivers(make_settings: SettingsFactory, database: Database) -> AsyncGenerator[Api]:
-    """Every event goes to `hook` and to `pager`."""
-    async with running_api(make_settings(routing=TWO_RECEIVERS), database) as running:
         yield running
 
 

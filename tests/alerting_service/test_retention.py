@@ -12,23 +12,11 @@ from sqlalchemy import Connection, update
 from alerting_service.models import Delivery, DeliveryStatus, Event, Silence
 from alerting_service.retention import prune_once
 from alerting_service.store.writer import Writer
-from tests.alerting_service.conftest import ADMIN, Api, SettingsFactory, running_api
-from tests.alerting_service.delivery_fixtures import Database, eventually, new_whsec
+from tests.alerting_service.conftest import ADMIN, TWO_RECEIVERS, Api, SettingsFactory, running_api
+from tests.alerting_service.delivery_fixtures import Database, eventually
 from tests.alerting_service.test_api_health import samples
 
 RETENTION = timedelta(days=30)
-ROUTING = {
-    "receivers": [
-        {"name": "hook", "webhook": {"url": "http://127.0.0.1:9/h", "secrets": [new_whsec()]}},
-        {"name": "pager", "webhook": {"url": "http://127.0.0.1:9/p", "secrets": [new_whsec()]}},
-    ]
-}
-
-
-@pytest.fixture
-async def routed_api(make_settings: SettingsFactory, database: Database) -> AsyncGenerator[Api]:
-    async with running_api(make_settings(routing=ROUTING), database) as api:
-        yield api
 
 
 @pytest.fixture
@@ -63,58 +51,60 @@ async def exists(api: Api, event_id: str) -> bool:
 
 
 async def test_an_old_event_whose_deliveries_are_finished_is_deleted_with_them(
-    routed_api: Api, writer: Writer
+    two_receivers: Api, writer: Writer
 ) -> None:
-    old = await old_event(routed_api, "old", DeliveryStatus.SENT, DeliveryStatus.DEAD, age=RETENTION * 2)
+    old = await old_event(two_receivers, "old", DeliveryStatus.SENT, DeliveryStatus.DEAD, age=RETENTION * 2)
 
     pruned = await prune_once(writer, RETENTION, now=datetime.now(UTC))
 
     assert pruned.events == 1
-    assert not await exists(routed_api, old)
-    assert (await routed_api.row_counts())["deliveries"] == 0
+    assert not await exists(two_receivers, old)
+    assert (await two_receivers.row_counts())["deliveries"] == 0
 
 
 @pytest.mark.parametrize("unfinished", [DeliveryStatus.PENDING, DeliveryStatus.IN_FLIGHT])
 async def test_an_old_event_with_a_delivery_still_to_be_sent_is_kept_with_all_its_deliveries(
-    routed_api: Api, writer: Writer, unfinished: DeliveryStatus
+    two_receivers: Api, writer: Writer, unfinished: DeliveryStatus
 ) -> None:
-    kept = await old_event(routed_api, "kept", DeliveryStatus.SENT, unfinished, age=RETENTION * 2)
+    kept = await old_event(two_receivers, "kept", DeliveryStatus.SENT, unfinished, age=RETENTION * 2)
 
     pruned = await prune_once(writer, RETENTION, now=datetime.now(UTC))
 
     assert pruned.events == 0
-    assert len((await routed_api.event(kept))["deliveries"]) == 2
+    assert len((await two_receivers.event(kept))["deliveries"]) == 2
 
 
-async def test_an_event_younger_than_the_retention_is_kept(routed_api: Api, writer: Writer) -> None:
+async def test_an_event_younger_than_the_retention_is_kept(two_receivers: Api, writer: Writer) -> None:
     young = await old_event(
-        routed_api, "young", DeliveryStatus.SENT, DeliveryStatus.SENT, age=RETENTION - timedelta(hours=1)
+        two_receivers, "young", DeliveryStatus.SENT, DeliveryStatus.SENT, age=RETENTION - timedelta(hours=1)
     )
 
     await prune_once(writer, RETENTION, now=datetime.now(UTC))
 
-    assert await exists(routed_api, young)
+    assert await exists(two_receivers, young)
 
 
-async def test_a_backlog_larger_than_a_batch_is_deleted_in_one_round(routed_api: Api, writer: Writer) -> None:
+async def test_a_backlog_larger_than_a_batch_is_deleted_in_one_round(
+    two_receivers: Api, writer: Writer
+) -> None:
     finished = (DeliveryStatus.SENT, DeliveryStatus.SENT)
     for n in range(5):
-        await old_event(routed_api, f"backlog-{n}", *finished, age=RETENTION * 2)
+        await old_event(two_receivers, f"backlog-{n}", *finished, age=RETENTION * 2)
 
     pruned = await prune_once(writer, RETENTION, now=datetime.now(UTC), batch=2)
 
     assert pruned.events == 5
-    assert (await routed_api.row_counts())["events"] == 0
+    assert (await two_receivers.row_counts())["events"] == 0
 
 
 async def test_silences_that_ended_or_were_expired_before_the_retention_are_deleted(
-    routed_api: Api, writer: Writer
+    two_receivers: Api, writer: Writer
 ) -> None:
     now = datetime.now(UTC)
     created = {}
     for name in ("ended", "expired", "active"):
         body = {"matchers": [{"name": "dag_id", "value": name}], "ends_at": (now + RETENTION).isoformat()}
-        answer = await routed_api.client.post("/v1/silences", json=body, headers=ADMIN)
+        answer = await two_receivers.client.post("/v1/silences", json=body, headers=ADMIN)
         created[name] = answer.json()["id"]
     long_ago = now - RETENTION * 2
 
@@ -122,22 +112,22 @@ async def test_silences_that_ended_or_were_expired_before_the_retention_are_dele
         for name, values in (("ended", {"ends_at": long_ago}), ("expired", {"expired_at": long_ago})):
             connection.execute(update(Silence).where(Silence.id == created[name]).values(**values))
 
-    await routed_api.database.write(age_silences)
+    await two_receivers.database.write(age_silences)
 
     pruned = await prune_once(writer, RETENTION, now=now)
 
-    listed = (await routed_api.client.get("/v1/silences", headers=ADMIN)).json()["data"]
+    listed = (await two_receivers.client.get("/v1/silences", headers=ADMIN)).json()["data"]
     assert pruned.silences == 2
     assert [silence["id"] for silence in listed] == [created["active"]]
 
 
 async def test_the_service_applies_its_retention_at_start_and_counts_what_it_deleted(
-    routed_api: Api, make_settings: SettingsFactory, database: Database
+    two_receivers: Api, make_settings: SettingsFactory, database: Database
 ) -> None:
     finished = (DeliveryStatus.SENT, DeliveryStatus.DEAD)
-    old = await old_event(routed_api, "before-restart", *finished, age=timedelta(days=8))
+    old = await old_event(two_receivers, "before-restart", *finished, age=timedelta(days=8))
 
-    async with running_api(make_settings(routing=ROUTING, retention="7d"), database) as restarted:
+    async with running_api(make_settings(routing=TWO_RECEIVERS, retention="7d"), database) as restarted:
         await eventually(lambda: _gone(restarted, old))
         exposed = samples((await restarted.client.get("/metrics")).text)
 
