@@ -87,12 +87,23 @@ def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSessi
 SCHEMA_LOCK_KEY = 0x616C657274  # "alert"
 
 
+# Indexes an earlier version created and a later one replaced (models.py has the current ones).
+RETIRED_INDEXES = ("ix_deliveries_status_next_attempt_at",)
+
+
 def create_schema(connection: Connection) -> None:
-    """Create the missing tables: `await writer.transaction(create_schema)`, so that processes starting
-    together take turns (the writer's file lock on SQLite, an advisory lock on PostgreSQL's catalog)."""
+    """Create the missing tables and indexes and drop the retired ones. Run it as
+    `await writer.transaction(create_schema)`, so that processes starting together take turns (the writer's
+    file lock on SQLite, an advisory lock on PostgreSQL's catalog)."""
     if connection.dialect.name == "postgresql":
         connection.execute(text(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK_KEY})"))
     Base.metadata.create_all(connection)
+    # create_all adds only missing tables: a database an earlier version made gets the new indexes here.
+    for table in Base.metadata.sorted_tables:
+        for index in table.indexes:
+            index.create(connection, checkfirst=True)
+    for name in RETIRED_INDEXES:
+        connection.execute(text(f"DROP INDEX IF EXISTS {name}"))
 
 
 async def is_reachable(engine: AsyncEngine) -> bool:

@@ -152,7 +152,7 @@ class Delivery(Base):
     event: Mapped[Event] = relationship(back_populates="deliveries")
 
     __table_args__ = (
-        Index("ix_deliveries_status_next_attempt_at", "status", "next_attempt_at"),
+        Index("ix_deliveries_status_receiver_next_attempt_at", "status", "receiver", "next_attempt_at"),
         Index("ix_deliveries_event_id", "event_id"),
     )
 

@@ -4,8 +4,9 @@ Shaped like procrastinate's worker: one class, small named coroutines. It runs i
 `alerting-service worker` processes (polling); several may run against one PostgreSQL database, since claims
 are leased rows. Inside the API process, ingest hands it the deliveries it has just committed, created already
 claimed for the send slots the dispatcher reserved (`reserve` / `take_over`, see ingest.py), so a fresh alert
-is sent without a claim transaction; the rest are claimed from the outbox. While the last claim was full (a
-backlog), nothing is reserved, so fresh ones queue behind the backlog instead of overtaking it.
+is sent without a claim transaction; the rest are claimed from the outbox. While a receiver's last claim was
+full (a backlog), nothing is reserved for it, so its fresh ones queue behind its backlog instead of overtaking
+it.
 
 - Every send runs as its own task, under its receiver's `max_concurrency`: a slow or dead destination holds
   only its own slots. Each receiver also has a queue of claimed deliveries waiting for one of its slots,
@@ -14,11 +15,12 @@ backlog), nothing is reserved, so fresh ones queue behind the backlog instead of
   is full is handed back at once; one whose lease no longer outlasts its send deadline by the time a slot
   frees (a hung receiver) is handed back instead of sent, so no send outlives its lease.
 - Database work is batched and short, and runs on the process's database writer (store/writer.py), in turn
-  with ingest's group commits: one claim transaction takes as many due deliveries as there is room in the
-  queues (Core statements, no ORM objects), and outcomes wait in a buffer that is flushed in one transaction
-  (one UPDATE for all those sent) a few milliseconds after the first arrives, or at once when `flush_max`
-  are waiting. On SQLite every commit is an fsync: a claim and an outcome transaction per delivery capped
-  delivery at ~120 webhooks/s. A graceful stop flushes the buffer.
+  with ingest's group commits: one claim transaction takes, for each receiver, as many due deliveries as its
+  queue has room for (Core statements, no ORM objects; a receiver without room is not claimed, so a hung
+  one's backlog never stands in front of the others' deliveries), and outcomes wait in a buffer that is
+  flushed in one transaction (one UPDATE for all those sent) a few milliseconds after the first arrives, or
+  at once when `flush_max` are waiting. On SQLite every commit is an fsync: a claim and an outcome
+  transaction per delivery capped delivery at ~120 webhooks/s. A graceful stop flushes the buffer.
   A crash between a send and its flush loses only the outcome: the lease expires and the delivery is sent
   again, the at-least-once contract that already covered a crash mid-send.
 - A send never outlives its lease (it is cut off at its deadline, before the lease ends), so a live worker's
@@ -33,6 +35,7 @@ import asyncio
 import logging
 import os
 import signal
+import time
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -72,6 +75,8 @@ class DispatchTuning:
     # A delivery handed back for want of a free slot is due again after this: short, so it goes soon after a
     # slot frees up, yet long enough that a hung receiver's backlog is not claimed and handed back non-stop.
     hand_back_delay: timedelta = timedelta(seconds=2)
+    # How often deliveries to receivers this configuration does not have are looked for (and given up).
+    unknown_receiver_sweep: float = 60.0
     # Outcomes are recorded this long after the first of a batch arrives (more arrive meanwhile) ...
     flush_delay: float = 0.005
     # ... or at once when this many are waiting.
@@ -88,8 +93,10 @@ SEND_DEADLINE_FACTOR = 4
 MINIMUM_LEASE = timedelta(seconds=30)
 # A receiver's queue of claimed deliveries holds this many per send slot (see the module docstring).
 QUEUE_PER_SLOT = 8
-# While behind, finished sends wake the claim loop once this share of the queues' room is free again.
+# While a receiver is behind, its finished sends wake the claim loop once this share of its room is free.
 CLAIM_WHEN_FREE = 0.25
+# At most this many deliveries to receivers not configured here are given up per claim.
+UNKNOWN_RECEIVER_BATCH = 100
 
 
 def send_deadline(receiver: Receiver) -> timedelta:
@@ -138,14 +145,15 @@ class Dispatcher:
         self._disabled: dict[str, str] = {}  # receiver name -> why, as of the last claim or 410
         # Disabled here (a 410) but not yet recorded: a claim's read of the database must not undo them.
         self._disabling: dict[str, str] = {}
-        # The last claim was full (or none was made yet): more may be due, and fresh ones must not overtake
-        # them.
-        self._behind = True
+        # Receivers whose last claim had room to spare, so took everything due to them: ingest may hand them
+        # fresh deliveries. For the others more may be due, which fresh ones must not overtake.
+        self._caught_up: set[str] = set()
+        self._next_unknown_receiver_sweep = 0.0  # time.monotonic(): at the first claim
 
     @property
     def caught_up(self) -> bool:
-        """The last claim took everything due: ingest may hand this dispatcher fresh deliveries."""
-        return not self._behind
+        """Every receiver's last claim took everything due to it."""
+        return self._caught_up >= self._receivers.keys()
 
     def wake(self) -> None:
         """Deliveries are due in the outbox (ingest committed pending ones, a retry is due): claim now.
@@ -163,13 +171,13 @@ class Dispatcher:
         return self._lease
 
     def reserve(self, wanted: int) -> dict[str, int]:
-        """Room for up to `wanted` deliveries per enabled receiver; none while the last claim was full."""
-        if self._behind or self._stopping:
+        """Room for up to `wanted` deliveries per enabled receiver that is caught up."""
+        if self._stopping:
             return {}
         reserved: dict[str, int] = {}
         for name, receiver in self._receivers.items():
             free = min(wanted, self._room(receiver))
-            if free > 0 and name not in self._disabled:
+            if free > 0 and name in self._caught_up and name not in self._disabled:
                 reserved[name] = free
                 self._reserved[name] += free
         return reserved
@@ -208,15 +216,17 @@ class Dispatcher:
             return False
 
     async def _claim_and_start(self) -> bool:
-        """Claim as many due deliveries as the queues have room for and start what the slots allow; False
-        if none was due."""
-        free = self._free_room()
-        if free == 0:
+        """Claim as many due deliveries as each receiver's queue has room for and start what the slots allow;
+        False if none was due."""
+        room = {name: max(self._room(receiver), 0) for name, receiver in self._receivers.items()}
+        unknown = UNKNOWN_RECEIVER_BATCH if time.monotonic() >= self._next_unknown_receiver_sweep else 0
+        if not any(room.values()) and not unknown:
             return False
-        claimed, disabled = await self._writer.transaction(_claim, now=_now(), limit=free, lease=self._lease)
+        claimed, disabled = await self._writer.transaction(
+            _claim, now=_now(), room=room, others=unknown, lease=self._lease
+        )
         self._disabled = disabled | self._disabling
-        # A claim that had room to spare took everything due: fresh deliveries may be handed over again.
-        self._behind = len(claimed) >= free
+        self._note_what_was_left_due(room, unknown, Counter(delivery.receiver for delivery in claimed))
         sendable: list[ClaimedDelivery] = []
         for_later: list[ClaimedDelivery] = []
         room = {name: self._room(receiver) for name, receiver in self._receivers.items()}
@@ -236,6 +246,20 @@ class Dispatcher:
         await self._hand_back(for_later)
         return bool(claimed)
 
+    def _note_what_was_left_due(self, room: Mapping[str, int], unknown: int, claimed: Counter[str]) -> None:
+        """After a claim: which receivers it left deliveries due to, and when to look for unknown ones again.
+
+        A receiver not claimed for want of room keeps its state: what is due to it is what it was."""
+        for name, free in room.items():
+            if free > 0 and claimed[name] < free:
+                self._caught_up.add(name)
+            elif free > 0:
+                self._caught_up.discard(name)
+        if unknown:
+            unknown_claimed = sum(count for name, count in claimed.items() if name not in room)
+            wait = 0.0 if unknown_claimed >= unknown else self._tuning.unknown_receiver_sweep
+            self._next_unknown_receiver_sweep = time.monotonic() + wait
+
     def _room(self, receiver: Receiver) -> int:
         """How many more deliveries `receiver` can take: free slots plus free places in its queue, less the
         room lent to ingest."""
@@ -243,14 +267,9 @@ class Dispatcher:
         name = receiver.name
         return capacity - self._busy[name] - self._reserved[name] - len(self._queued[name])
 
-    def _free_room(self) -> int:
-        free = sum(max(self._room(receiver), 0) for receiver in self._receivers.values())
-        # With no receiver configured, deliveries left from an older config are still claimed (and given up).
-        return free if self._receivers else 1
-
-    def _worth_claiming(self) -> bool:
-        capacity = sum(_max_concurrency(r) * (1 + QUEUE_PER_SLOT) for r in self._receivers.values())
-        return self._free_room() >= max(1, int(capacity * CLAIM_WHEN_FREE))
+    def _worth_claiming(self, receiver: Receiver) -> bool:
+        capacity = _max_concurrency(receiver) * (1 + QUEUE_PER_SLOT)
+        return self._room(receiver) >= max(1, int(capacity * CLAIM_WHEN_FREE))
 
     async def _wait_for_work(self, stopping: asyncio.Task[bool]) -> None:
         woken = asyncio.create_task(self._wake.wait())
@@ -314,8 +333,10 @@ class Dispatcher:
     def _finished(self, task: asyncio.Task[None], receiver_name: str) -> None:
         self._sends.pop(task, None)
         self._busy[receiver_name] -= 1
-        self._start_queued(self._receivers[receiver_name])
-        if self._behind and self._worth_claiming():  # deliveries may be due, and the queues have room
+        receiver = self._receivers[receiver_name]
+        self._start_queued(receiver)
+        # Deliveries to it may be due, and its queue has room for them.
+        if receiver_name not in self._caught_up and self._worth_claiming(receiver):
             self._wake.set()
 
     async def _deliver(self, delivery: ClaimedDelivery, receiver: Receiver) -> None:
@@ -517,12 +538,11 @@ _Then = Callable[[datetime], None]
 
 
 def _claim(
-    connection: Connection, *, now: datetime, limit: int, lease: timedelta
+    connection: Connection, *, now: datetime, room: Mapping[str, int], others: int, lease: timedelta
 ) -> tuple[list[ClaimedDelivery], dict[str, str]]:
     """On the writer thread: the claimed deliveries, and the receivers disabled at the time."""
-    return deliveries.claim_batch(
-        connection, now=now, limit=limit, lease=lease
-    ), deliveries.disabled_receivers(connection)
+    claimed = deliveries.claim_batch(connection, now=now, room=room, others=others, lease=lease)
+    return claimed, deliveries.disabled_receivers(connection)
 
 
 @dataclass(frozen=True, slots=True)

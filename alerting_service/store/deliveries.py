@@ -4,9 +4,10 @@ Claim semantics (`claim_batch`):
 - A delivery is due when it is `pending` with `next_attempt_at <= now`, or `in_flight` with
   `lease_until < now`: an expired lease means its worker died or hung, so the delivery is claimable again
   (at-least-once delivery; the stable `webhook_id` lets receivers drop the duplicate).
-- Claiming is a guarded UPDATE (one for expired leases, then one for the oldest due pending ones) that sets
-  `in_flight`, `lease_until = now + lease`, `last_attempt_at = now` and increments `attempts` (a crash
-  mid-send therefore counts as an attempt), RETURNING the claimed ids.
+- Claiming is per receiver, up to the room the dispatcher has for it: a guarded UPDATE (one for expired
+  leases, then one for the oldest due pending ones) that sets `in_flight`, `lease_until = now + lease`,
+  `last_attempt_at = now` and increments `attempts` (a crash mid-send therefore counts as an attempt),
+  RETURNING the claimed ids.
   PostgreSQL picks the candidates with `FOR UPDATE SKIP LOCKED`, so concurrent workers never wait for nor
   take each other's rows. SQLite has no row locks: the UPDATE repeats the due condition (status and
   lease_until) in its WHERE clause and only the rows it actually changed (the rowcount, via RETURNING) are
@@ -120,25 +121,24 @@ _DELIVERY_COLUMNS = (
 
 
 def claim_batch(
-    connection: Connection, *, now: datetime, limit: int, lease: timedelta
+    connection: Connection, *, now: datetime, room: Mapping[str, int], lease: timedelta, others: int = 0
 ) -> list[ClaimedDelivery]:
-    """Claim up to `limit` due deliveries (expired leases, then the oldest due), read with their event in one
-    joined Core SELECT.
+    """Claim, for each receiver in `room`, up to its room in due deliveries to it (expired leases, then the
+    oldest due), and up to `others` due deliveries to receivers `room` does not name (left by an older
+    configuration); read with their event in one joined Core SELECT.
 
-    Two guarded UPDATEs rather than one on `expired OR pending`: each condition alone walks
-    `ix_deliveries_status_next_attempt_at` in order, while the OR made SQLite read and sort the whole backlog
-    on every claim (milliseconds per claim with tens of thousands pending, inside the write lock).
+    One claim per receiver: a receiver without room (a hung destination with a backlog) is not claimed at
+    all, so its backlog never stands in front of another receiver's fresh deliveries. Each walks
+    `ix_deliveries_status_receiver_next_attempt_at` in order; two guarded UPDATEs rather than one on
+    `expired OR pending`, which made SQLite read and sort the whole backlog on every claim.
     """
-    ids = _claim(connection, _lease_expired(now), order_by=None, limit=limit, now=now, lease=lease)
-    if len(ids) < limit:
-        ids += _claim(
-            connection,
-            _pending_due(now),
-            order_by=Delivery.next_attempt_at,
-            limit=limit - len(ids),
-            now=now,
-            lease=lease,
-        )
+    ids = []
+    for receiver, limit in room.items():
+        if limit > 0:
+            ids += _claim_due(connection, Delivery.receiver == receiver, limit=limit, now=now, lease=lease)
+    if others > 0:
+        unnamed = Delivery.receiver.not_in(list(room))
+        ids += _claim_due(connection, unnamed, limit=others, now=now, lease=lease)
     if not ids:
         return []
     event_columns = list(Event.__table__.columns)
@@ -154,6 +154,26 @@ def claim_batch(
         event = {column.key: value for column, value in zip(event_columns, row[width:], strict=True)}
         claimed.append(ClaimedDelivery(*row[:width], event=event))
     return claimed
+
+
+def _claim_due(
+    connection: Connection, whose: ColumnElement[bool], *, limit: int, now: datetime, lease: timedelta
+) -> list[str]:
+    """Claim up to `limit` of `whose` due deliveries: expired leases first, then the oldest due."""
+    ids = _claim(
+        connection, and_(_lease_expired(now), whose), order_by=None, limit=limit, now=now, lease=lease
+    )
+    if len(ids) < limit:
+        oldest_due = and_(_pending_due(now), whose)
+        ids += _claim(
+            connection,
+            oldest_due,
+            order_by=Delivery.next_attempt_at,
+            limit=limit - len(ids),
+            now=now,
+            lease=lease,
+        )
+    return ids
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,6 +44,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from alerting_service.config import EmailReceiver, Settings, WebhookReceiver
@@ -470,6 +471,12 @@ class Database:
             found = await deliveries.get(session, delivery_id)
         assert found is not None
         return found
+
+    async def count_never_claimed(self, delivery_ids: list[str]) -> int:
+        """How many of these deliveries no claim ever took (a claim sets `last_attempt_at`)."""
+        never_claimed = Delivery.id.in_(delivery_ids), Delivery.last_attempt_at.is_(None)
+        async with self.sessions() as session:
+            return await session.scalar(select(func.count()).where(*never_claimed)) or 0
 
     async def status(self, delivery_id: str) -> str:
         return (await self.delivery(delivery_id)).status

@@ -55,7 +55,7 @@ async def dead_delivery(api: Api) -> str:
 
 
 def _try_twice_then_dead_letter(connection: Connection, *, now: datetime) -> None:
-    [claimed] = delivery_store.claim_batch(connection, now=now, limit=1, lease=LEASE)
+    [claimed] = delivery_store.claim_batch(connection, now=now, room={"hook": 1}, lease=LEASE)
     delivery_store.mark_retry(
         connection,
         claimed.id,
@@ -64,7 +64,7 @@ def _try_twice_then_dead_letter(connection: Connection, *, now: datetime) -> Non
         reason="server_error",
         error="HTTP 502",
     )
-    [claimed] = delivery_store.claim_batch(connection, now=now, limit=1, lease=LEASE)
+    [claimed] = delivery_store.claim_batch(connection, now=now, room={"hook": 1}, lease=LEASE)
     delivery_store.mark_dead(
         connection, claimed.id, lease_until=claimed.lease_until, reason="client_error", error="HTTP 400"
     )
@@ -93,7 +93,9 @@ async def test_a_replayed_delivery_is_pending_again_and_keeps_its_attempts(api: 
 
     assert answer.status_code == 200
     assert (answer.json()["status"], answer.json()["attempts"]) == ("pending", 2)
-    [due] = await api.database.write(delivery_store.claim_batch, now=datetime.now(UTC), limit=5, lease=LEASE)
+    [due] = await api.database.write(
+        delivery_store.claim_batch, now=datetime.now(UTC), room={"hook": 5}, lease=LEASE
+    )
     assert due.id == delivery_id
 
 

@@ -8,7 +8,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, inspect, text
 from sqlalchemy.engine import make_url
 
 from alerting_service.config import load_settings
@@ -53,6 +53,36 @@ async def test_processes_starting_together_create_the_schema_once_without_collid
         finally:
             for writer in writers:
                 writer.close()
+
+
+def _as_an_earlier_version_left_it(connection: Connection) -> None:
+    connection.execute(text("DROP INDEX ix_deliveries_status_receiver_next_attempt_at"))
+    connection.execute(
+        text("CREATE INDEX ix_deliveries_status_next_attempt_at ON deliveries (status, next_attempt_at)")
+    )
+
+
+def _delivery_indexes(connection: Connection) -> set[str]:
+    return {index["name"] for index in inspect(connection).get_indexes("deliveries")}
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+async def test_a_database_made_by_an_earlier_version_gets_the_current_indexes(
+    backend: str, tmp_path: Path
+) -> None:
+    async with database_url(backend, tmp_path) as url:
+        writer = Writer(load_settings(database_url=url, data_dir=tmp_path))
+        try:
+            await writer.transaction(create_schema)
+            await writer.transaction(_as_an_earlier_version_left_it)
+
+            await writer.transaction(create_schema)
+
+            indexes = await writer.transaction(_delivery_indexes)
+        finally:
+            writer.close()
+    assert "ix_deliveries_status_receiver_next_attempt_at" in indexes
+    assert "ix_deliveries_status_next_attempt_at" not in indexes
 
 
 async def test_a_second_writer_of_the_same_sqlite_file_starts_only_when_the_first_has_committed(

@@ -29,7 +29,12 @@ from tests.alerting_service.delivery_fixtures import (
     service_routing,
 )
 
-FAST = DispatchTuning(poll_interval=0.05, hand_back_delay=timedelta(milliseconds=20), shutdown_timeout=2.0)
+FAST = DispatchTuning(
+    poll_interval=0.05,
+    hand_back_delay=timedelta(milliseconds=20),
+    shutdown_timeout=2.0,
+    unknown_receiver_sweep=0.05,
+)
 MS = timedelta(milliseconds=1)
 
 
@@ -156,6 +161,28 @@ async def test_a_hung_receiver_does_not_delay_another(
                 await database.until_status(delivery_id, DeliveryStatus.SENT)
         # Each was sent on its first attempt: waiting for a slot is not counted as one.
         assert [(await database.delivery(d)).attempts for d in [held_id, *waiting]] == [1, 1, 1, 1]
+    finally:
+        hang.set()
+
+
+async def test_a_hung_receivers_backlog_is_not_claimed_ahead_of_another_receivers_delivery(
+    database: Database, http_receiver: HttpReceiver
+) -> None:
+    hang = threading.Event()
+    http_receiver.answer_by_default("/slow", Reply(hold=hang))
+    slow = http_receiver.receiver("/slow", name="slow", max_concurrency=1, timeout_seconds=30)
+    fast = http_receiver.receiver("/fast", name="fast")
+    try:
+        async with dispatching(database, slow, fast):
+            await database.add_event(slow)
+            await eventually(lambda: http_receiver.received("/slow"))
+            backlog = await database.add_event(*[slow] * 500)  # older than fast's delivery
+            [fast_id] = await database.add_event(fast)
+
+            await database.until_status(fast_id, DeliveryStatus.SENT)
+            untouched = await database.count_never_claimed(backlog)
+        # The claim after the backlog filled slow's queue (1 slot, 8 places, 1 busy); no claim took more.
+        assert untouched == 500 - 8
     finally:
         hang.set()
 

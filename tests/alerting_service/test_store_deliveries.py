@@ -12,20 +12,64 @@ from tests.alerting_service.delivery_fixtures import Database, SmtpServer, smtp_
 LEASE = timedelta(seconds=30)
 
 
-async def claim(database: Database, now: datetime, limit: int = 100) -> list[str]:
-    claimed = await database.write(delivery_store.claim_batch, now=now, limit=limit, lease=LEASE)
+async def claim(
+    database: Database,
+    now: datetime,
+    room: int = 100,
+    *,
+    rooms: dict[str, int] | None = None,
+    others: int = 0,
+) -> list[str]:
+    """Claim with `room` for receiver `r`, or with the given `rooms` per receiver."""
+    rooms = {"r": room} if rooms is None else rooms
+    claimed = await database.write(
+        delivery_store.claim_batch, now=now, room=rooms, others=others, lease=LEASE
+    )
     return [delivery.id for delivery in claimed]
 
 
-async def pending(database: Database, smtp_server: SmtpServer, count: int) -> list[str]:
-    receivers = [smtp_server.receiver(f"r{n}") for n in range(count)]
-    return await database.add_event(*receivers)
+async def pending(database: Database, smtp_server: SmtpServer, count: int, receiver: str = "r") -> list[str]:
+    """`count` pending deliveries to `receiver`, oldest first."""
+    to = smtp_server.receiver(receiver)
+    return [(await database.add_event(to))[0] for _ in range(count)]
 
 
-async def test_a_claim_takes_no_more_than_its_limit(database: Database, smtp_server: SmtpServer) -> None:
+async def test_a_claim_takes_no_more_than_the_receivers_room(
+    database: Database, smtp_server: SmtpServer
+) -> None:
     await pending(database, smtp_server, 5)
 
-    assert len(await claim(database, datetime.now(UTC), limit=2)) == 2
+    assert len(await claim(database, datetime.now(UTC), room=2)) == 2
+
+
+async def test_each_receiver_is_claimed_up_to_its_own_room(
+    database: Database, smtp_server: SmtpServer
+) -> None:
+    a = await pending(database, smtp_server, 3, receiver="a")
+    b = await pending(database, smtp_server, 3, receiver="b")
+
+    claimed = await claim(database, datetime.now(UTC), rooms={"a": 1, "b": 2})
+
+    assert sorted(claimed) == sorted([a[0], *b[:2]])
+
+
+async def test_a_receiver_without_room_is_not_claimed_however_old_its_backlog(
+    database: Database, smtp_server: SmtpServer
+) -> None:
+    await pending(database, smtp_server, 20, receiver="hung")
+    fresh = await pending(database, smtp_server, 1, receiver="healthy")
+
+    assert await claim(database, datetime.now(UTC), rooms={"hung": 0, "healthy": 5}) == fresh
+
+
+async def test_deliveries_to_receivers_not_in_the_claim_are_claimed_only_as_others(
+    database: Database, smtp_server: SmtpServer
+) -> None:
+    left_over = await pending(database, smtp_server, 2, receiver="removed")
+    now = datetime.now(UTC)
+
+    assert await claim(database, now, rooms={"kept": 5}) == []
+    assert sorted(await claim(database, now, rooms={"kept": 5}, others=5)) == sorted(left_over)
 
 
 async def test_a_claimed_delivery_is_in_flight_with_a_lease_and_one_more_attempt(
@@ -85,7 +129,7 @@ async def test_concurrent_claims_never_take_the_same_delivery(
     ids = await pending(database, smtp_server, 40)
     now = datetime.now(UTC)
 
-    claims = await asyncio.gather(*(claim(database, now, limit=7) for _ in range(8)))
+    claims = await asyncio.gather(*(claim(database, now, room=7) for _ in range(8)))
 
     taken = [delivery_id for claimed in claims for delivery_id in claimed]
     assert sorted(taken) == sorted(ids)
