@@ -320,25 +320,24 @@ class Ingestor:
         )  # fmt: skip
         muted_by = self._silences.is_muted(labels, submission.received_at)
         targets = {} if muted_by else {name: self._integrations[name] for name in self._router.match(labels)}
+        behind_a_firing: set[str] = set()
         if is_firing(event.type):
             kind = DeliveryKind.FIRING
-            opened = OpenAlert(event_id, own_fingerprint, [FiringTarget(r, i) for r, i in targets.items()])
-            open_by_fingerprint[own_fingerprint].append(opened)
+            firing = [FiringTarget(r, i, settled=False) for r, i in targets.items()]
+            open_by_fingerprint[own_fingerprint].append(OpenAlert(event_id, own_fingerprint, firing))
         else:
             # A success is a resolved notice: to where it is routed, and to where the alerts it closes went.
             kind = DeliveryKind.RESOLVED
-            for closed in resolved_fingerprints(
-                event.type, dag_id=event.dag_id, own_fingerprint=own_fingerprint
-            ):
-                for alert in open_by_fingerprint.pop(closed, []):
-                    plan.resolved[alert.id] = event_id
-                    if not muted_by:
-                        for target in alert.targets:
-                            targets.setdefault(target.receiver, Integration(target.integration))
+            closes = resolved_fingerprints(event.type, dag_id=event.dag_id, own_fingerprint=own_fingerprint)
+            behind_a_firing = _close(
+                closes, event_id, open_by_fingerprint, plan, None if muted_by else targets
+            )
         event_row = _event_row(submission, event_id, own_fingerprint, muted_by)
         plan.event_rows.append(event_row)
         for receiver, integration in targets.items():
-            _add_delivery(plan, event_row, receiver, integration, kind)
+            _add_delivery(
+                plan, event_row, receiver, integration, kind, may_claim=receiver not in behind_a_firing
+            )
         plan.stored_types.append((event.type, muted_by is not None))
         return Accepted(event_id, duplicate=False)
 
@@ -361,11 +360,38 @@ class Ingestor:
                 )
 
 
+def _close(
+    fingerprints: tuple[str, ...],
+    success_id: str,
+    open_by_fingerprint: defaultdict[str, list[OpenAlert]],
+    plan: _BatchPlan,
+    targets: dict[str, Integration] | None,
+) -> set[str]:
+    """Record the open alerts of these fingerprints as resolved by `success_id`, and add the receivers their
+    firing notices went to to `targets` (None when the success is muted: it notifies nobody). Answers those
+    receivers still to get a firing notice: a resolved notice must not arrive before it, so it waits."""
+    behind_a_firing: set[str] = set()
+    for closed in fingerprints:
+        for alert in open_by_fingerprint.pop(closed, []):
+            plan.resolved[alert.id] = success_id
+            for target in alert.targets if targets is not None else ():
+                targets.setdefault(target.receiver, Integration(target.integration))
+                if not target.settled:
+                    behind_a_firing.add(target.receiver)
+    return behind_a_firing
+
+
 def _add_delivery(
-    plan: _BatchPlan, event_row: dict[str, Any], receiver: str, integration: Integration, kind: DeliveryKind
+    plan: _BatchPlan,
+    event_row: dict[str, Any],
+    receiver: str,
+    integration: Integration,
+    kind: DeliveryKind,
+    *,
+    may_claim: bool,
 ) -> None:
-    """Created claimed if a send slot is reserved for its receiver, pending otherwise."""
-    claim = plan.slots.get(receiver, 0) > 0
+    """Created claimed if it may be and a send slot is reserved for its receiver, pending otherwise."""
+    claim = may_claim and plan.slots.get(receiver, 0) > 0
     row = delivery_store.new_delivery_row(
         event_id=event_row["id"],
         receiver=receiver,

@@ -13,7 +13,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, String, Text, text
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
@@ -122,6 +122,14 @@ class Event(Base):
         Index("ix_events_received_at", "received_at"),
         Index("ix_events_dag_id_received_at", "dag_id", "received_at"),
         Index("ix_events_open_fingerprint", "fingerprint", "resolved_by"),
+        # The alerts a success closed, for its resolved notices to wait for their firing ones (partial: most
+        # events are never resolved, and an index of NULLs would only cost every ingest a write).
+        Index(
+            "ix_events_resolved_by",
+            "resolved_by",
+            sqlite_where=text("resolved_by IS NOT NULL"),
+            postgresql_where=text("resolved_by IS NOT NULL"),
+        ),
     )
 
 

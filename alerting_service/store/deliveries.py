@@ -35,9 +35,23 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, and_, delete, func, insert, select, true, tuple_, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    and_,
+    delete,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+    true,
+    tuple_,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 
 from alerting_service.models import (
     UNFINISHED_STATUSES,
@@ -92,7 +106,23 @@ def _lease_expired(now: datetime) -> Any:
 
 
 def _pending_due(now: datetime) -> Any:
-    return and_(Delivery.status == DeliveryStatus.PENDING, Delivery.next_attempt_at <= now)
+    return and_(
+        Delivery.status == DeliveryStatus.PENDING, Delivery.next_attempt_at <= now, _not_ahead_of_its_firing()
+    )
+
+
+def _not_ahead_of_its_firing() -> ColumnElement[bool]:
+    """False for a resolved notice while a firing notice of an alert it closed, to the same receiver, is still
+    to be sent: sent first, the resolved one would leave the receiver showing the alert as firing."""
+    firing, closed = aliased(Delivery), aliased(Event)
+    unsettled_firing = exists().where(
+        closed.resolved_by == Delivery.event_id,
+        firing.event_id == closed.id,
+        firing.receiver == Delivery.receiver,
+        firing.kind == DeliveryKind.FIRING,
+        firing.status.in_(UNFINISHED_STATUSES),
+    )
+    return or_(Delivery.kind == DeliveryKind.FIRING, ~unsettled_firing)
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,6 +31,8 @@ class StoredKey:
 class FiringTarget:
     receiver: str
     integration: str
+    # Its firing notice was sent or dead-lettered: a resolved notice to the receiver cannot overtake it.
+    settled: bool
 
 
 @dataclass(slots=True)
@@ -107,12 +109,13 @@ def open_alerts(connection: Connection, fingerprints: Collection[str]) -> list[O
     alerts = {event_id: OpenAlert(event_id, fp, []) for event_id, fp in events}
     if alerts:
         targets = connection.execute(
-            select(Delivery.event_id, Delivery.receiver, Delivery.integration).where(
+            select(Delivery.event_id, Delivery.receiver, Delivery.integration, Delivery.status).where(
                 Delivery.event_id.in_(alerts), Delivery.kind == DeliveryKind.FIRING
             )
         )
-        for event_id, receiver, integration in targets:
-            alerts[event_id].targets.append(FiringTarget(receiver, integration))
+        for event_id, receiver, integration, status in targets:
+            settled = status not in UNFINISHED_STATUSES
+            alerts[event_id].targets.append(FiringTarget(receiver, integration, settled))
     return list(alerts.values())
 
 

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncGenerator
 from typing import Any
 
 import pytest
 
 from tests.alerting_service.conftest import ADMIN, Api, SettingsFactory, running_api
-from tests.alerting_service.delivery_fixtures import Database, new_whsec
+from tests.alerting_service.delivery_fixtures import (
+    Database,
+    HttpReceiver,
+    Reply,
+    eventually,
+    new_whsec,
+    service_routing,
+)
 
 RUN = "scheduled__2026-01-14T02:00:00+00:00"
 # Failures to the email and the webhook, retries to the webhook only, successes nowhere (the default route).
@@ -120,3 +128,20 @@ async def test_a_muted_failure_is_resolved_without_a_resolved_notice(api: Api) -
 
     assert (await api.event(failure))["resolved_by"] == success
     assert targets(await api.event(success)) == []
+
+
+async def test_a_resolved_notice_waits_until_the_failure_it_resolves_was_delivered(
+    make_settings: SettingsFactory, database: Database, http_receiver: HttpReceiver
+) -> None:
+    http_receiver.script("/hook", Reply(503))  # the failure's first attempt; it is retried a second later
+    routing = service_routing(http_receiver.receiver("/hook")) | {
+        "retry": {"initial_backoff": "1s", "max_backoff": "1s", "horizon": "1h"}
+    }
+    async with running_api(make_settings(routing=routing, run_dispatcher=True), database) as api:
+        await post(api, "f", "task_failure", task_id="load")
+        await eventually(lambda: http_receiver.received("/hook"))
+        await post(api, "s", "task_success", task_id="load")
+        await eventually(lambda: len(http_receiver.received("/hook")) == 3)
+
+    kinds = [json.loads(receipt.body)["type"] for receipt in http_receiver.received("/hook")]
+    assert kinds == ["alert.firing", "alert.firing", "alert.resolved"]

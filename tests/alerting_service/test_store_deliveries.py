@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 
-from alerting_service.models import DeliveryStatus
+from sqlalchemy import update
+
+from alerting_service.models import DeliveryKind, DeliveryStatus, Event
 from alerting_service.store import deliveries as delivery_store
 from tests.alerting_service.delivery_fixtures import Database, SmtpServer, smtp_server_fixture  # ruff: ignore[unused-import]
 
@@ -197,3 +199,21 @@ async def test_a_hand_back_under_an_expired_lease_does_not_undo_the_claim_that_f
         2,
         second_lease,
     )
+
+
+async def test_a_resolved_notice_is_claimed_only_once_the_firing_notice_it_follows_is_settled(
+    database: Database, smtp_server: SmtpServer
+) -> None:
+    [firing_id] = await pending(database, smtp_server, 1)
+    [resolved_id] = await database.add_event(smtp_server.receiver("r"), kind=DeliveryKind.RESOLVED)
+    failure, success = [(await database.delivery(d)).event_id for d in (firing_id, resolved_id)]
+    await database.write(
+        lambda connection: connection.execute(
+            update(Event).where(Event.id == failure).values(resolved_by=success)
+        )
+    )
+    now = datetime.now(UTC)
+
+    assert await claim(database, now) == [firing_id]
+    await database.write(delivery_store.record_outcomes, [sent(firing_id, now + LEASE)], now=now)
+    assert await claim(database, now) == [resolved_id]
