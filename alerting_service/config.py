@@ -127,8 +127,13 @@ class EmailConfig(_Strict):
     max_concurrency: int = Field(default=4, ge=1, le=64)
 
     @model_validator(mode="after")
-    def _password_from_file(self) -> EmailConfig:
+    def _credentials_complete(self) -> EmailConfig:
         _merge_secret_file(self, "password")
+        # aiosmtplib logs in only when a username is set: a password alone would go unused (530 per mail).
+        if self.username is None and self.password is not None:
+            raise PydanticCustomError("credentials", "password (or password_file) needs a username")
+        if self.username is not None and self.password is None:
+            raise PydanticCustomError("credentials", "username needs a password or password_file")
         return self
 
     @field_validator("to")

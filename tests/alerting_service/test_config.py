@@ -114,7 +114,7 @@ def test_expectations_are_read_from_the_config() -> None:
 
 def test_a_secret_read_from_a_file_is_used(tmp_path: Path) -> None:
     (tmp_path / "smtp_password").write_text(SECRET + "\n")
-    email = EMAIL | {"password_file": str(tmp_path / "smtp_password")}
+    email = EMAIL | {"username": "alerts", "password_file": str(tmp_path / "smtp_password")}
 
     config = parse_alerting_config(yaml.safe_dump({"receivers": [{"name": "m", "email": email}]}), "a.yaml")
 
@@ -147,6 +147,23 @@ def test_a_secret_file_problem_names_the_key(email: dict[str, object], message: 
 
     with pytest.raises(ConfigError) as raised:
         parse({"receivers": [{"name": "m", "email": email}]})
+
+    assert message in str(raised.value)
+    assert SECRET not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("credentials", "message"),
+    [
+        ({"password": SECRET}, "receivers[0].email: password (or password_file) needs a username"),
+        ({"username": "alerts"}, "receivers[0].email: username needs a password or password_file"),
+    ],
+)
+def test_an_smtp_username_and_password_are_set_together_or_not_at_all(
+    credentials: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse({"receivers": [{"name": "m", "email": EMAIL | credentials}]})
 
     assert message in str(raised.value)
     assert SECRET not in str(raised.value)
