@@ -19,7 +19,7 @@ Configuration (YAML key `expectations:`):
         timezone: Europe/Paris     # IANA name, default UTC
         severity: critical         # default critical
         window_hours: 24           # default 24
-        labels: {team: data-engineering}
+        labels: {team: data-engineering}   # as an event's labels, less `source` (set to `expectation`)
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from alerting_service.models import Event, EventType, Severity
-from alerting_service.schemas import EventIn
+from alerting_service.schemas import MAX_LABELS, EventIn, LabelName, LabelValue
 
 if TYPE_CHECKING:
     from alerting_service.ingest import Ingestor
@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 
 CHECK_INTERVAL_SECONDS = 60.0
 EXPECTATION_LABEL = "expectation"
+# The label every deadline_missed event carries (`source: expectation`), after the expectation's own.
+SOURCE_LABEL = "source"
 
 RecordEvent = Callable[[dict[str, Any]], Awaitable[Any]]
 """Takes a `POST /v1/events` body and records it the way the API does (idempotent on its key)."""
@@ -61,7 +63,16 @@ class Expectation(BaseModel):
     timezone: str = "UTC"
     severity: Severity = Severity.CRITICAL
     window_hours: int = Field(default=24, ge=1, le=168)
-    labels: dict[str, str] = Field(default_factory=dict)
+    # Validated as an event's labels are, less the one `source` takes: an expectation whose event the ingest
+    # would refuse could never fire.
+    labels: dict[LabelName, LabelValue] = Field(default_factory=dict, max_length=MAX_LABELS - 1)
+
+    @field_validator("labels")
+    @classmethod
+    def _source_left_to_the_service(cls, labels: dict[str, str]) -> dict[str, str]:
+        if SOURCE_LABEL in labels:
+            raise ValueError(f"{SOURCE_LABEL!r} is set by the service ({SOURCE_LABEL}: {EXPECTATION_LABEL})")
+        return labels
 
     @field_validator("timezone")
     @classmethod
@@ -137,7 +148,7 @@ def missed_event(check: Check) -> dict[str, Any]:
             f"no successful run of {expectation.dag_id} since {_iso(check.window_start)}: "
             f"expected to succeed by {by} on {check.local_date.isoformat()}"
         ),
-        "labels": {**expectation.labels, "source": EXPECTATION_LABEL},
+        "labels": {**expectation.labels, SOURCE_LABEL: EXPECTATION_LABEL},
     }
 
 

@@ -59,6 +59,8 @@ Text = Annotated[str, AfterValidator(_no_nul)]
 INT32_MAX = 2**31 - 1
 UTCTimestamp = Annotated[AwareDatetime, AfterValidator(_utc)]
 LabelName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
+LabelValue = Annotated[Text, Field(max_length=1024)]
+MAX_LABELS = 64
 
 
 class EventIn(BaseModel):
@@ -82,9 +84,7 @@ class EventIn(BaseModel):
     exception: Text | None = Field(default=None, max_length=32768)
     log_url: Text | None = Field(default=None, max_length=2048, pattern=r"^https?://")
     next_retry_at: UTCTimestamp | None = None
-    labels: dict[LabelName, Annotated[Text, Field(max_length=1024)]] = Field(
-        default_factory=dict, max_length=64
-    )
+    labels: dict[LabelName, LabelValue] = Field(default_factory=dict, max_length=MAX_LABELS)
 
     @field_validator("labels")
     @classmethod

@@ -95,6 +95,18 @@ def test_the_design_documents_example_is_valid() -> None:
             },
             "expectations: one expectation per DAG: 'd' has several",
         ),
+        (
+            {"expectations": [{"dag_id": "d", "succeed_by": "04:00", "labels": {"team-name": "data"}}]},
+            "expectations[0].labels.team-name.[key]: String should match pattern",
+        ),
+        (
+            {"expectations": [{"dag_id": "d", "succeed_by": "04:00", "labels": {"team": "d" * 1025}}]},
+            "expectations[0].labels.team: Value should have at most 1024 items",
+        ),
+        (
+            {"expectations": [{"dag_id": "d", "succeed_by": "04:00", "labels": {"source": "cron"}}]},
+            "expectations[0].labels: 'source' is set by the service",
+        ),
     ],
 )
 def test_a_bad_config_names_the_key(change: dict[str, object], message: str) -> None:
