@@ -44,6 +44,7 @@ ENV_PREFIX = "ALERTING_"
 FAILURE_TYPES = (EventType.TASK_FAILURE, EventType.DAG_RUN_FAILURE, EventType.DEADLINE_MISSED)
 DEFAULT_INGEST_QUEUE_MAX = 10_000
 MINIMUM_RETENTION = timedelta(days=2)
+MAXIMUM_RETRY_HORIZON = timedelta(days=30)
 
 
 class ConfigError(Exception):
@@ -63,7 +64,10 @@ def _parse_duration(value: Any) -> Any:
     if not re.fullmatch(f"(?:{_DURATION_PART.pattern})+", value):
         raise ValueError("use a duration like 30s, 5m, 2h or 1h30m")
     seconds = sum(float(n) * _DURATION_UNITS[unit] for n, unit in _DURATION_PART.findall(value))
-    return timedelta(seconds=seconds)
+    try:
+        return timedelta(seconds=seconds)
+    except OverflowError:
+        raise ValueError("too long: a duration is at most 999999999d") from None
 
 
 def _positive(value: timedelta) -> timedelta:
@@ -279,8 +283,15 @@ class Route(_Strict):
         return match
 
 
+def _at_most_30_days(value: timedelta) -> timedelta:
+    if value > MAXIMUM_RETRY_HORIZON:
+        raise ValueError("must be at most 30d")
+    return value
+
+
 class RetryConfig(_Strict):
-    horizon: Duration = timedelta(hours=24)
+    # Bounded, so that the retry times computed from these stay within the range of a datetime.
+    horizon: Annotated[Duration, AfterValidator(_at_most_30_days)] = timedelta(hours=24)
     initial_backoff: Duration = timedelta(seconds=5)
     max_backoff: Duration = timedelta(hours=2)
 
@@ -288,6 +299,8 @@ class RetryConfig(_Strict):
     def _ordered(self) -> RetryConfig:
         if self.max_backoff < self.initial_backoff:
             raise PydanticCustomError("retry_order", "max_backoff must not be shorter than initial_backoff")
+        if self.max_backoff > self.horizon:
+            raise PydanticCustomError("retry_order", "max_backoff must not be longer than horizon")
         return self
 
 

@@ -61,7 +61,9 @@ class RetryPolicy:
         if now >= deadline:
             return Dead(Reason.HORIZON_EXCEEDED)
         if error.retry_after is not None:
-            delay = timedelta(seconds=error.retry_after)  # the destination's own request beats our schedule
+            # The destination's own request beats our schedule; cut to the horizon first, since `now` plus a
+            # Retry-After of centuries would overflow.
+            delay = timedelta(seconds=min(error.retry_after, self.horizon.total_seconds()))
         else:
             delay = self._jittered(self.backoff(attempts))
         return RetryDecision(retry_at=min(now + delay, deadline))
@@ -72,7 +74,10 @@ class RetryPolicy:
             seconds = self.initial_backoff.total_seconds() * self.multiplier ** max(attempts - 1, 0)
         except OverflowError:
             return self.max_backoff
-        return min(timedelta(seconds=seconds), self.max_backoff)
+        # Compared before it becomes a timedelta: after a few dozen attempts it is beyond the timedelta range.
+        if seconds >= self.max_backoff.total_seconds():
+            return self.max_backoff
+        return timedelta(seconds=seconds)
 
     def _jittered(self, backoff: timedelta) -> timedelta:
         if self.jitter is Jitter.FULL:

@@ -85,6 +85,9 @@ def test_the_design_documents_example_is_valid() -> None:
         ({"route": {"match": {"type": "task_exploded"}}}, "route.match: match key 'type'"),
         ({"retry": {"horizon": "soon"}}, "retry.horizon: use a duration like 30s, 5m, 2h or 1h30m"),
         ({"retry": {"initial_backoff": "1h", "max_backoff": "1m"}}, "retry: max_backoff must not be shorter"),
+        ({"retry": {"horizon": "99999999999d"}}, "retry.horizon: too long: a duration is at most 999999999d"),
+        ({"retry": {"horizon": "31d"}}, "retry.horizon: must be at most 30d"),
+        ({"retry": {"horizon": "1h", "max_backoff": "2h"}}, "retry: max_backoff must not be longer"),
         ({"surprise": 1}, "surprise: Extra inputs are not permitted"),
         (
             {

@@ -28,7 +28,7 @@ def policy(**overrides: object) -> RetryPolicy:
 
 @pytest.mark.parametrize(
     ("attempts", "expected_seconds"),
-    [(1, 5), (2, 10), (3, 20), (4, 40), (7, 320), (8, 600), (9, 600), (10_000, 600)],
+    [(1, 5), (2, 10), (3, 20), (4, 40), (7, 320), (8, 600), (9, 600), (60, 600), (10_000, 600)],
 )
 def test_backoff_grows_exponentially_up_to_the_cap(attempts: int, expected_seconds: float) -> None:
     assert policy().backoff(attempts) == timedelta(seconds=expected_seconds)
@@ -60,6 +60,12 @@ def test_equal_jitter_waits_at_least_half_the_backoff(attempts: int) -> None:
 def test_retry_after_overrides_the_backoff(retry_after: float) -> None:
     decision = policy().decide(retryable(retry_after), attempts=1, created_at=CREATED, now=CREATED)
     assert decision == RetryDecision(retry_at=CREATED + timedelta(seconds=retry_after))
+
+
+@pytest.mark.parametrize("retry_after", [300_000_000_000.0, 1e20, float("inf")])
+def test_a_retry_after_of_centuries_is_cut_to_the_horizon(retry_after: float) -> None:
+    decision = policy().decide(retryable(retry_after), attempts=1, created_at=CREATED, now=CREATED)
+    assert decision == RetryDecision(retry_at=CREATED + timedelta(hours=24))
 
 
 def test_retry_after_is_never_honoured_past_the_horizon() -> None:

@@ -126,6 +126,19 @@ async def test_a_429_retry_after_is_waited_for(database: Database, http_receiver
     assert second.at - first.at >= 1.0
 
 
+async def test_a_retry_after_beyond_the_horizon_is_retried_at_the_horizon(
+    database: Database, http_receiver: HttpReceiver
+) -> None:
+    http_receiver.script("/hook", Reply(429, {"Retry-After": "300000000000"}))
+    webhook = http_receiver.receiver("/hook")
+    async with dispatching(database, webhook, horizon=timedelta(seconds=1)):
+        [delivery_id] = await database.add_event(webhook)
+        # Before its lease (25 s) ends: the 429 was recorded as a retry, not lost with the delivery in flight.
+        await database.until_status(delivery_id, DeliveryStatus.SENT)
+
+    assert len(http_receiver.received("/hook")) == 2
+
+
 async def test_a_410_disables_the_receiver_and_dead_letters_the_delivery(
     database: Database, http_receiver: HttpReceiver
 ) -> None:
