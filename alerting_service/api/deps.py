@@ -6,7 +6,7 @@ from collections.abc import AsyncGenerator, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import Depends, HTTPException, Query, Request
+from fastapi import Depends, HTTPException, Path, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -14,7 +14,7 @@ from alerting_service.auth import ApiKey, KeyRing, Scope
 from alerting_service.config import AlertingConfig
 from alerting_service.ingest import Ingestor
 from alerting_service.notify.base import Reason
-from alerting_service.schemas import ErrorResponse
+from alerting_service.schemas import ErrorResponse, Text
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,11 @@ PageLimit = Annotated[int, Query(ge=1, le=1000, description="At most this many i
 # Bounded so that it fits the databases' 64-bit integers (a larger one is a 422, not a database error).
 PageOffset = Annotated[int, Query(ge=0, le=2**62, description="Skip this many items.")]
 
-ReceiverFilter = Annotated[str | None, Query(max_length=128, description="Only deliveries to this receiver.")]
+# Path and query strings are `Text`: a NUL (PostgreSQL refuses it in a query) is a 422 naming the parameter.
+PathText = Annotated[Text, Path()]
+ReceiverFilter = Annotated[
+    Text | None, Query(max_length=128, description="Only deliveries to this receiver.")
+]
 ReasonFilter = Annotated[
     Reason | None, Query(description="Only deliveries that failed or were given up for this.")
 ]

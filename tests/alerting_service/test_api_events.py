@@ -1,4 +1,5 @@
-"""POST /v1/events: what is stored, idempotency, refused input; and reading the event log."""
+"""POST /v1/events: what is stored, idempotency, refused input (also the admin API's parameters); and reading
+the event log."""
 
 from __future__ import annotations
 
@@ -209,6 +210,27 @@ async def test_a_streamed_body_over_the_limit_is_a_413(api: Api) -> None:
 
     assert answer.status_code == 413
     assert (await api.row_counts())["events"] == 0
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "parameter"),
+    [
+        ("GET", "/v1/events?dag_id=a%00b", ["query", "dag_id"]),
+        ("GET", "/v1/events/a%00b", ["path", "event_id"]),
+        ("GET", "/v1/deliveries?receiver=a%00b", ["query", "receiver"]),
+        ("POST", "/v1/deliveries/a%00b/replay", ["path", "delivery_id"]),
+        ("DELETE", "/v1/silences/a%00b", ["path", "silence_id"]),
+        ("POST", "/v1/receivers/a%00b/enable", ["path", "name"]),
+        ("POST", "/v1/receivers/a%00b/replay", ["path", "name"]),
+    ],
+)
+async def test_a_nul_in_any_path_or_query_parameter_is_a_422_naming_it(
+    api: Api, method: str, url: str, parameter: list[str]
+) -> None:
+    answer = await api.client.request(method, url, headers=ADMIN)
+
+    assert answer.status_code == 422
+    assert [error["loc"] for error in answer.json()["detail"]] == [parameter]
 
 
 # --- the event log ----------------------------------------------------------------------------------------

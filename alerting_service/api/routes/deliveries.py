@@ -13,6 +13,7 @@ from alerting_service.api.deps import (
     AdminKey,
     PageLimit,
     PageOffset,
+    PathText,
     ReasonFilter,
     ReceiverFilter,
     ServicesDep,
@@ -53,7 +54,7 @@ async def list_deliveries(
     description="Back to pending, due now, with a new retry horizon; its attempts are kept.",
 )
 async def replay_delivery(
-    delivery_id: str, _key: AdminKey, session: SessionDep, services: ServicesDep
+    delivery_id: PathText, _key: AdminKey, session: SessionDep, services: ServicesDep
 ) -> DeliveryOut:
     replayed = await delivery_store.replay(session, delivery_id, now=datetime.now(UTC))
     if replayed is None:

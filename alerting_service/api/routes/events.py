@@ -15,6 +15,7 @@ from alerting_service.api.deps import (
     AdminKey,
     PageLimit,
     PageOffset,
+    PathText,
     Services,
     SessionDep,
     authorize,
@@ -28,6 +29,7 @@ from alerting_service.schemas import (
     EventIn,
     EventList,
     IngestAccepted,
+    Text,
     UTCTimestamp,
 )
 from alerting_service.store import events as event_store
@@ -104,7 +106,7 @@ INGEST_MODELS: tuple[type[BaseModel], ...] = (EventIn, IngestAccepted, ErrorResp
 async def list_events(
     _key: AdminKey,
     session: SessionDep,
-    dag_id: Annotated[str | None, Query(max_length=250)] = None,
+    dag_id: Annotated[Text | None, Query(max_length=250)] = None,
     type: Annotated[EventType | None, Query()] = None,
     since: Annotated[
         UTCTimestamp | None, Query(description="received at or after (ISO 8601 with zone)")
@@ -125,7 +127,7 @@ async def list_events(
     responses={**AUTH_ERRORS, 404: {"model": ErrorResponse, "description": "No such event."}},
     summary="One event with the state of each of its deliveries",
 )
-async def get_event(event_id: str, _key: AdminKey, session: SessionDep) -> EventDetail:
+async def get_event(event_id: PathText, _key: AdminKey, session: SessionDep) -> EventDetail:
     event = await event_store.get_with_deliveries(session, event_id)
     if event is None:
         raise HTTPException(404, f"no event {event_id!r}")

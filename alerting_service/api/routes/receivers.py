@@ -6,7 +6,15 @@ from datetime import UTC, datetime
 
 from fastapi import APIRouter, HTTPException
 
-from alerting_service.api.deps import AUTH_ERRORS, AdminKey, ReasonFilter, Services, ServicesDep, SessionDep
+from alerting_service.api.deps import (
+    AUTH_ERRORS,
+    AdminKey,
+    PathText,
+    ReasonFilter,
+    Services,
+    ServicesDep,
+    SessionDep,
+)
 from alerting_service.schemas import DeadLettersReplayed, ErrorResponse, ReceiverEnabled
 from alerting_service.store import deliveries as delivery_store
 
@@ -20,7 +28,7 @@ router = APIRouter(prefix="/v1/receivers", tags=["receivers"])
     summary="Re-enable a receiver the dispatcher disabled (e.g. after 410 Gone)",
 )
 async def enable_receiver(
-    name: str, _key: AdminKey, session: SessionDep, services: ServicesDep
+    name: PathText, _key: AdminKey, session: SessionDep, services: ServicesDep
 ) -> ReceiverEnabled:
     _require_configured(name, services)
     was_disabled = await delivery_store.enable_receiver(session, name)
@@ -40,7 +48,7 @@ async def enable_receiver(
     description="Each goes back to pending, due now, with a new retry horizon; its attempts are kept.",
 )
 async def replay_dead_letters(
-    name: str, _key: AdminKey, session: SessionDep, services: ServicesDep, reason: ReasonFilter = None
+    name: PathText, _key: AdminKey, session: SessionDep, services: ServicesDep, reason: ReasonFilter = None
 ) -> DeadLettersReplayed:
     _require_configured(name, services)
     why = await delivery_store.disabled_reason(session, name)

@@ -8,7 +8,15 @@ from fastapi import APIRouter, HTTPException
 from fastapi.exceptions import RequestValidationError
 
 from alerting_service import schemas
-from alerting_service.api.deps import AUTH_ERRORS, AdminKey, PageLimit, PageOffset, ServicesDep, SessionDep
+from alerting_service.api.deps import (
+    AUTH_ERRORS,
+    AdminKey,
+    PageLimit,
+    PageOffset,
+    PathText,
+    ServicesDep,
+    SessionDep,
+)
 from alerting_service.schemas import ErrorResponse, SilenceIn, SilenceList, SilenceOut
 from alerting_service.store import silences as silence_store
 
@@ -66,7 +74,7 @@ async def list_silences(
     summary="Expire a silence now (it stays listed, expired)",
 )
 async def expire_silence(
-    silence_id: str, _key: AdminKey, session: SessionDep, services: ServicesDep
+    silence_id: PathText, _key: AdminKey, session: SessionDep, services: ServicesDep
 ) -> SilenceOut:
     now = datetime.now(UTC)
     row = await silence_store.expire(session, silence_id, now=now)
