@@ -15,9 +15,12 @@ from alerting_service.models import DeliveryKind
 from alerting_service.notify.base import Notification, iso_utc
 
 _SLACK_CONTROL = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;"})
+_PARTIAL_SLACK_ENTITY = re.compile(r"&[a-z]*$")
+_TRUNCATION_MARKER = "… (truncated: see the Airflow log)"
 
 
-def render(template_name: str, notification: Notification) -> str:
+def render(template_name: str, notification: Notification, *, exception_keep: int | None = None) -> str:
+    """`exception_keep`: how many characters of the exception `slack_excerpt` keeps (None: all)."""
     return (
         _environment()
         .get_template(template_name)
@@ -25,8 +28,20 @@ def render(template_name: str, notification: Notification) -> str:
             event=notification.event,
             resolved=notification.kind == DeliveryKind.RESOLVED,
             delivery_id=notification.delivery_id,
+            exception_keep=exception_keep,
         )
     )
+
+
+def render_within(template_name: str, notification: Notification, max_chars: int) -> str:
+    """At most `max_chars` characters, the excess cut from the end of the exception (`slack_excerpt`), the
+    one long field (up to 32,768 characters); the others fit unless full of escaped characters."""
+    text = render(template_name, notification)
+    if len(text) <= max_chars:
+        return text
+    # Everything but the exception's own characters, the truncation marker included.
+    frame = len(render(template_name, notification, exception_keep=0))
+    return render(template_name, notification, exception_keep=max(max_chars - frame, 0))
 
 
 def render_header_line(template_name: str, notification: Notification) -> str:
@@ -39,6 +54,14 @@ def _slack_escape(value: object) -> str:
     return str(value).translate(_SLACK_CONTROL)
 
 
+def _slack_excerpt(value: object, keep: int | None) -> str:
+    """`value` escaped for mrkdwn; cut after `keep` characters (never inside an entity) and marked as cut."""
+    escaped = _slack_escape(value)
+    if keep is None or len(escaped) <= keep:
+        return escaped
+    return _PARTIAL_SLACK_ENTITY.sub("", escaped[:keep]) + _TRUNCATION_MARKER
+
+
 @cache
 def _environment() -> jinja2.Environment:
     environment = jinja2.Environment(
@@ -49,4 +72,5 @@ def _environment() -> jinja2.Environment:
     )
     environment.filters["iso"] = iso_utc
     environment.filters["slack"] = _slack_escape
+    environment.filters["slack_excerpt"] = _slack_excerpt
     return environment

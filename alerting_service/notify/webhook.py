@@ -38,11 +38,13 @@ from yarl import URL
 
 from alerting_service.config import WebhookReceiver
 from alerting_service.notify.base import DeliveryError, Notification, Reason, classify_http_status
-from alerting_service.notify.templating import render
+from alerting_service.notify.templating import render_within
 
 USER_AGENT = "alerting-service/1"
 MAX_DRAINED_REPLY_BYTES = 64 * 1024
 DRAIN_SECONDS = 1.0
+# Slack answers 400 (permanent) to a Block Kit section whose text is longer.
+SLACK_SECTION_MAX_CHARS = 3000
 
 
 class NonPublicAddress(OSError):
@@ -273,7 +275,7 @@ def standard_body(notification: Notification) -> dict[str, Any]:
 
 
 def slack_body(notification: Notification) -> dict[str, Any]:
-    text = render("slack_text.txt.j2", notification)
+    text = render_within("slack_text.txt.j2", notification, SLACK_SECTION_MAX_CHARS)
     return {"text": text, "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": text}}]}
 
 

@@ -116,6 +116,19 @@ async def test_a_slack_webhook_sends_text_and_blocks_with_mrkdwn_escaped(
     assert "webhook-signature" not in receipt.headers
 
 
+async def test_a_slack_message_cuts_a_long_exception_to_keep_its_section_within_slacks_limit(
+    http_receiver: HttpReceiver, notifier: WebhookNotifier
+) -> None:
+    exception = ("ValueError: <boom> & more\n" * 1300)[:32768]  # the most the API takes, escaping adds more
+    receiver = http_receiver.receiver("/slack", format="slack", secrets=[])
+    await notifier.send(notification_for(receiver, failure_event(exception=exception)))
+
+    payload = json.loads(http_receiver.received("/slack")[0].body)
+    assert [len(block["text"]["text"]) <= 3000 for block in payload["blocks"]] == [True]
+    assert "… (truncated: see the Airflow log)```" in payload["text"]
+    assert payload["text"].endswith("|Airflow log>")
+
+
 async def test_a_resolved_slack_message_says_resolved(
     http_receiver: HttpReceiver, notifier: WebhookNotifier
 ) -> None:
