@@ -37,8 +37,8 @@ from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from alerting_service.expectations import Expectations
-from alerting_service.labels import EVENT_FIELD_LABELS, LABEL_PREFIX
-from alerting_service.models import EventType, Integration, Severity
+from alerting_service.labels import EVENT_FIELD_LABELS, LABEL_PREFIX, unknown_value
+from alerting_service.models import EventType, Integration
 
 ENV_PREFIX = "ALERTING_"
 FAILURE_TYPES = (EventType.TASK_FAILURE, EventType.DAG_RUN_FAILURE, EventType.DEADLINE_MISSED)
@@ -267,7 +267,6 @@ class Route(_Strict):
     @field_validator("match")
     @classmethod
     def _known_keys_and_values(cls, match: dict[str, list[str]]) -> dict[str, list[str]]:
-        allowed = {"type": set(EventType), "severity": set(Severity)}
         for key, values in match.items():
             if key not in EVENT_FIELD_LABELS and not (
                 key.startswith(LABEL_PREFIX) and len(key) > len(LABEL_PREFIX)
@@ -277,9 +276,9 @@ class Route(_Strict):
                 )
             if not values:
                 raise ValueError(f"match key {key!r} has no value")
-            unknown = [value for value in values if key in allowed and value not in allowed[key]]
-            if unknown:
-                raise ValueError(f"match key {key!r}: unknown value {unknown[0]!r}")
+            unknown = unknown_value(key, values)
+            if unknown is not None:
+                raise ValueError(f"match key {key!r}: unknown value {unknown!r}")
         return match
 
 

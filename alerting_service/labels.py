@@ -5,10 +5,22 @@ Flat string keys: `type`, `severity`, `dag_id`, `task_id` (when set) and `labels
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+
+from alerting_service.models import EventType, Severity
 
 LABEL_PREFIX = "labels."
 EVENT_FIELD_LABELS = ("type", "severity", "dag_id", "task_id")
+# The name of a free label, as the event schema accepts it.
+LABEL_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
+# The only values these keys take: a route or a silence expecting another would never match.
+KNOWN_VALUES: dict[str, tuple[str, ...]] = {"type": tuple(EventType), "severity": tuple(Severity)}
+
+
+def unknown_value(key: str, values: Iterable[str]) -> str | None:
+    """The first of `values` that no event has for `key`; None when each may match."""
+    known = KNOWN_VALUES.get(key)
+    return next((value for value in values if known is not None and value not in known), None)
 
 
 def event_labels(

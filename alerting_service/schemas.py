@@ -17,7 +17,13 @@ from pydantic import (
     model_validator,
 )
 
-from alerting_service.labels import EVENT_FIELD_LABELS, LABEL_PREFIX
+from alerting_service.labels import (
+    EVENT_FIELD_LABELS,
+    KNOWN_VALUES,
+    LABEL_NAME_PATTERN,
+    LABEL_PREFIX,
+    unknown_value,
+)
 from alerting_service.models import (
     Delivery,
     DeliveryKind,
@@ -58,7 +64,7 @@ Text = Annotated[str, AfterValidator(_no_nul)]
 # The integer columns are SQL INTEGER: 32 bits on PostgreSQL.
 INT32_MAX = 2**31 - 1
 UTCTimestamp = Annotated[AwareDatetime, AfterValidator(_utc)]
-LabelName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
+LabelName = Annotated[str, Field(pattern=LABEL_NAME_PATTERN)]
 LabelValue = Annotated[Text, Field(max_length=1024)]
 MAX_LABELS = 64
 
@@ -195,10 +201,25 @@ class MatcherIn(BaseModel):
         return self
 
 
+def _can_match_an_event(matcher: MatcherIn) -> MatcherIn:
+    """Refuses a matcher no event meets: its silence would be reported active while it mutes nothing."""
+    label = matcher.name.removeprefix(LABEL_PREFIX)
+    if matcher.name.startswith(LABEL_PREFIX) and not re.fullmatch(LABEL_NAME_PATTERN, label):
+        raise ValueError("name: a label name is letters, digits and _, and does not start with a digit")
+    if not matcher.regex and unknown_value(matcher.name, [matcher.value]) is not None:
+        known = ", ".join(KNOWN_VALUES[matcher.name])
+        raise ValueError(f"value: an event's {matcher.name} is one of {known} (or set regex)")
+    return matcher
+
+
 class SilenceIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    matchers: list[MatcherIn] = Field(min_length=1, max_length=32)
+    # Checked as a silence is created, not as one is shown: a silence stored before a check was added stays
+    # readable.
+    matchers: list[Annotated[MatcherIn, AfterValidator(_can_match_an_event)]] = Field(
+        min_length=1, max_length=32
+    )
     starts_at: UTCTimestamp | None = Field(default=None, description="Defaults to now.")
     ends_at: UTCTimestamp
     comment: Text = Field(default="", max_length=4096)

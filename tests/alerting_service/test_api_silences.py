@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from alerting_service.store import silences as silence_store
 from tests.alerting_service.conftest import ADMIN, Api, SettingsFactory, running_api
 from tests.alerting_service.delivery_fixtures import Database, new_whsec
 
@@ -110,6 +111,26 @@ async def test_silences_are_listed_with_their_state(api: Api) -> None:
         ),
         ({"matchers": [{"name": "dag_id", "value": "x"}], "ends_at": iso(-timedelta(hours=1))}, "ends_at"),
         (
+            {
+                "matchers": [{"name": "dag_id", "value": "x"}],
+                "starts_at": iso(-timedelta(hours=2)),
+                "ends_at": iso(-timedelta(hours=1)),
+            },
+            "ends_at must be in the future",
+        ),
+        (
+            {"matchers": [{"name": "type", "value": "task-failure"}], "ends_at": iso(timedelta(hours=1))},
+            "value: an event's type is one of task_failure, task_retry",
+        ),
+        (
+            {"matchers": [{"name": "severity", "value": "CRITICAL"}], "ends_at": iso(timedelta(hours=1))},
+            "value: an event's severity is one of",
+        ),
+        (
+            {"matchers": [{"name": "labels.team-name", "value": "x"}], "ends_at": iso(timedelta(hours=1))},
+            "name: a label name is letters, digits and _",
+        ),
+        (
             {"matchers": [{"name": "colour", "value": "x"}], "ends_at": iso(timedelta(hours=1))},
             "labels.<name>",
         ),
@@ -130,6 +151,26 @@ async def test_an_invalid_silence_is_a_422_saying_what_is_wrong_and_nothing_is_s
     assert answer.status_code == 422
     assert problem in str(answer.json()["detail"])
     assert (await api.row_counts())["silences"] == 0
+
+
+async def test_a_stored_silence_with_a_matcher_refused_since_is_still_listed(api: Api) -> None:
+    matcher = {"name": "type", "value": "task-failure", "regex": False}  # accepted before values were checked
+    now = datetime.now(UTC)
+    async with api.database.sessions() as session:
+        await silence_store.create(
+            session,
+            matchers=[matcher],
+            starts_at=now,
+            ends_at=now + timedelta(hours=1),
+            created_by="admin",
+            comment="",
+            now=now,
+        )
+        await session.commit()
+
+    listed = await api.client.get("/v1/silences", headers=ADMIN)
+
+    assert [s["matchers"] for s in listed.json()["data"]] == [[matcher]]
 
 
 async def test_expiring_an_unknown_silence_is_a_404(api: Api) -> None:

@@ -34,15 +34,14 @@ async def create_silence(
     silence: SilenceIn, key: AdminKey, session: SessionDep, services: ServicesDep
 ) -> SilenceOut:
     now = datetime.now(UTC)
-    starts_at = silence.starts_at or now
-    if silence.ends_at <= starts_at:
+    if silence.ends_at <= now:
         raise RequestValidationError(
             [{"loc": ("body", "ends_at"), "msg": "ends_at must be in the future", "type": "value_error"}]
         )
     row = await silence_store.create(
         session,
         matchers=[matcher.model_dump() for matcher in silence.matchers],
-        starts_at=starts_at,
+        starts_at=silence.starts_at or now,
         ends_at=silence.ends_at,
         created_by=key.name,
         comment=silence.comment,
