@@ -87,7 +87,8 @@ notifications_failed_total = Counter(
 )
 notification_latency_seconds = Histogram(
     "alerting_notification_latency_seconds",
-    "Duration of one delivery attempt.",
+    "Seconds from the event's received_at to the recording of a successful send of one of its deliveries "
+    "(queueing and retries included).",
     ["integration"],
     buckets=LATENCY_BUCKETS,
     registry=REGISTRY,
