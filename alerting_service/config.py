@@ -296,6 +296,11 @@ class RetryConfig(_Strict):
 
     @model_validator(mode="after")
     def _ordered(self) -> RetryConfig:
+        # A default never contradicts what was set: `horizon: 1h` alone caps the backoffs at 1h.
+        if "max_backoff" not in self.model_fields_set:
+            self.max_backoff = min(self.max_backoff, self.horizon)
+        if "initial_backoff" not in self.model_fields_set:
+            self.initial_backoff = min(self.initial_backoff, self.max_backoff)
         if self.max_backoff < self.initial_backoff:
             raise PydanticCustomError("retry_order", "max_backoff must not be shorter than initial_backoff")
         if self.max_backoff > self.horizon:

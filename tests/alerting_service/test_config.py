@@ -119,6 +119,18 @@ def test_a_bad_config_names_the_key(change: dict[str, object], message: str) -> 
     assert message in str(raised.value)
 
 
+@pytest.mark.parametrize(
+    ("horizon", "initial", "maximum"),
+    [("1h", timedelta(seconds=5), timedelta(hours=1)), ("2s", timedelta(seconds=2), timedelta(seconds=2))],
+)
+def test_a_short_horizon_alone_caps_the_default_backoffs(
+    horizon: str, initial: timedelta, maximum: timedelta
+) -> None:
+    retry = parse_alerting_config(f"retry: {{horizon: {horizon}}}", "alerting.yaml").retry
+
+    assert (retry.initial_backoff, retry.max_backoff) == (initial, maximum)
+
+
 def test_expectations_are_read_from_the_config() -> None:
     document = GOOD | {"expectations": [{"dag_id": "batch_pipeline_dag", "succeed_by": "04:00"}]}
 
