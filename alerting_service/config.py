@@ -37,13 +37,14 @@ from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from alerting_service.expectations import Expectations
-from alerting_service.labels import EVENT_FIELD_LABELS, LABEL_PREFIX, unknown_value
+from alerting_service.labels import EVENT_FIELD_LABELS, is_match_key, unknown_value
 from alerting_service.models import EventType, Integration
 
 ENV_PREFIX = "ALERTING_"
 FAILURE_TYPES = (EventType.TASK_FAILURE, EventType.DAG_RUN_FAILURE, EventType.DEADLINE_MISSED)
 DEFAULT_INGEST_QUEUE_MAX = 10_000
 MINIMUM_RETENTION = timedelta(days=2)
+MAXIMUM_RETENTION = timedelta(days=36500)
 MAXIMUM_RETRY_HORIZON = timedelta(days=30)
 
 
@@ -268,11 +269,10 @@ class Route(_Strict):
     @classmethod
     def _known_keys_and_values(cls, match: dict[str, list[str]]) -> dict[str, list[str]]:
         for key, values in match.items():
-            if key not in EVENT_FIELD_LABELS and not (
-                key.startswith(LABEL_PREFIX) and len(key) > len(LABEL_PREFIX)
-            ):
+            if not is_match_key(key):
                 raise ValueError(
                     f"unknown match key {key!r}: use one of {', '.join(EVENT_FIELD_LABELS)} or labels.<name>"
+                    " (a name of letters, digits and _, not starting with a digit)"
                 )
             if not values:
                 raise ValueError(f"match key {key!r} has no value")
@@ -282,15 +282,18 @@ class Route(_Strict):
         return match
 
 
-def _at_most_30_days(value: timedelta) -> timedelta:
-    if value > MAXIMUM_RETRY_HORIZON:
-        raise ValueError("must be at most 30d")
-    return value
+def _at_most(limit: timedelta, spelled: str) -> AfterValidator:
+    def check(value: timedelta) -> timedelta:
+        if value > limit:
+            raise ValueError(f"must be at most {spelled}")
+        return value
+
+    return AfterValidator(check)
 
 
 class RetryConfig(_Strict):
     # Bounded, so that the retry times computed from these stay within the range of a datetime.
-    horizon: Annotated[Duration, AfterValidator(_at_most_30_days)] = timedelta(hours=24)
+    horizon: Annotated[Duration, _at_most(MAXIMUM_RETRY_HORIZON, "30d")] = timedelta(hours=24)
     initial_backoff: Duration = timedelta(seconds=5)
     max_backoff: Duration = timedelta(hours=2)
 
@@ -387,7 +390,10 @@ class Settings(BaseSettings):
     silence_refresh_seconds: float = Field(default=10.0, gt=0)
     # Events (with their deliveries) and silences older than this are deleted; never a delivery still to be
     # sent. Idempotency keys, resolutions and expectations look back up to a day: hence the minimum.
-    retention: Annotated[Duration, AfterValidator(_at_least_two_days)] = timedelta(days=30)
+    # At most a century: the cutoff (now - retention) stays a valid time.
+    retention: Annotated[
+        Duration, AfterValidator(_at_least_two_days), _at_most(MAXIMUM_RETENTION, "36500d")
+    ] = timedelta(days=30)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @model_validator(mode="after")

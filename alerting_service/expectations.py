@@ -39,7 +39,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from alerting_service.models import Event, EventType, Severity
-from alerting_service.schemas import MAX_LABELS, EventIn, LabelName, LabelValue
+from alerting_service.schemas import MAX_LABELS, EventIn, LabelName, LabelValue, Text
 
 if TYPE_CHECKING:
     from alerting_service.ingest import Ingestor
@@ -58,7 +58,7 @@ RecordEvent = Callable[[dict[str, Any]], Awaitable[Any]]
 class Expectation(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    dag_id: str = Field(min_length=1, max_length=250)
+    dag_id: Text = Field(min_length=1, max_length=250)
     succeed_by: time
     timezone: str = "UTC"
     severity: Severity = Severity.CRITICAL

@@ -5,6 +5,7 @@ Flat string keys: `type`, `severity`, `dag_id`, `task_id` (when set) and `labels
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 
 from alerting_service.models import EventType, Severity
@@ -15,6 +16,12 @@ EVENT_FIELD_LABELS = ("type", "severity", "dag_id", "task_id")
 LABEL_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
 # The only values these keys take: a route or a silence expecting another would never match.
 KNOWN_VALUES: dict[str, tuple[str, ...]] = {"type": tuple(EventType), "severity": tuple(Severity)}
+
+
+def is_match_key(key: str) -> bool:
+    """An event field, or `labels.<name>` with a name the event schema accepts."""
+    name = key.removeprefix(LABEL_PREFIX)
+    return key in EVENT_FIELD_LABELS or (key != name and re.fullmatch(LABEL_NAME_PATTERN, name) is not None)
 
 
 def unknown_value(key: str, values: Iterable[str]) -> str | None:

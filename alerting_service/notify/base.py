@@ -156,7 +156,7 @@ def parse_retry_after(value: str | None, now: datetime) -> float | None:
     if value is None or not value.strip():
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # str.isdigit() also takes digits like "²", which float() refuses
         return float(value)
     try:
         when = parsedate_to_datetime(value)

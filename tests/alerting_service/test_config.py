@@ -110,6 +110,14 @@ def test_the_design_documents_example_is_valid() -> None:
             {"expectations": [{"dag_id": "d", "succeed_by": "04:00", "labels": {"source": "cron"}}]},
             "expectations[0].labels: 'source' is set by the service",
         ),
+        (
+            {"expectations": [{"dag_id": "d\x00", "succeed_by": "04:00"}]},
+            "expectations[0].dag_id: must not contain NUL",
+        ),
+        (
+            {"route": {"match": {"labels.team-name": "data"}}},
+            "route.match: unknown match key 'labels.team-name'",
+        ),
     ],
 )
 def test_a_bad_config_names_the_key(change: dict[str, object], message: str) -> None:
@@ -231,6 +239,7 @@ def test_a_missing_config_file_names_the_variable(tmp_path: Path) -> None:
         ("ALERTING_DATABASE_URL", "postgresql+asyncpg://u:S3cr3tPw@db/a", "keep the password out of the URL"),
         ("ALERTING_API_KEYS_FILE", "/nonexistent/keys", "ALERTING_API_KEYS_FILE: cannot read"),
         ("ALERTING_RETENTION", "1d", "ALERTING_RETENTION: must be at least 2d"),
+        ("ALERTING_RETENTION", "99999999d", "ALERTING_RETENTION: must be at most 36500d"),
     ],
 )
 def test_a_bad_environment_variable_is_named(

@@ -71,6 +71,6 @@ def test_retry_after_is_ignored_on_other_statuses(status: int) -> None:
     assert error.retry_after is None
 
 
-@pytest.mark.parametrize("header", [None, "", "soon", "-5", "1.5e3"])
+@pytest.mark.parametrize("header", [None, "", "soon", "-5", "1.5e3", "²", "٣"])
 def test_an_absent_or_invalid_retry_after_is_none(header: str | None) -> None:
     assert parse_retry_after(header, NOW) is None
