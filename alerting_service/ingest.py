@@ -335,9 +335,7 @@ class Ingestor:
         event_row = _event_row(submission, event_id, own_fingerprint, muted_by)
         plan.event_rows.append(event_row)
         for receiver, integration in targets.items():
-            _add_delivery(
-                plan, event_row, receiver, integration, kind, may_claim=receiver not in behind_a_firing
-            )
+            _add_delivery(plan, event_row, receiver, integration, kind, waiting=receiver in behind_a_firing)
         plan.stored_types.append((event.type, muted_by is not None))
         return Accepted(event_id, duplicate=False)
 
@@ -388,10 +386,11 @@ def _add_delivery(
     integration: Integration,
     kind: DeliveryKind,
     *,
-    may_claim: bool,
+    waiting: bool,
 ) -> None:
-    """Created claimed if it may be and a send slot is reserved for its receiver, pending otherwise."""
-    claim = may_claim and plan.slots.get(receiver, 0) > 0
+    """Created waiting for a firing notice, else claimed if a send slot is reserved for its receiver, else
+    pending."""
+    claim = not waiting and plan.slots.get(receiver, 0) > 0
     row = delivery_store.new_delivery_row(
         event_id=event_row["id"],
         receiver=receiver,
@@ -399,6 +398,7 @@ def _add_delivery(
         kind=kind,
         now=event_row["received_at"],
         lease_until=plan.lease_until if claim else None,
+        waiting=waiting,
     )
     plan.delivery_rows.append(row)
     if claim:

@@ -46,6 +46,9 @@ class DeliveryKind(enum.StrEnum):
 
 
 class DeliveryStatus(enum.StrEnum):
+    # A resolved notice whose alert's firing notice to the same receiver is not sent nor dead yet: it must not
+    # arrive first. Released (to pending) when that firing notice settles.
+    WAITING = "waiting"
     PENDING = "pending"
     IN_FLIGHT = "in_flight"
     SENT = "sent"
@@ -53,7 +56,9 @@ class DeliveryStatus(enum.StrEnum):
 
 
 # Still to be sent: retention never deletes an event with one of these.
-UNFINISHED_STATUSES = (DeliveryStatus.PENDING, DeliveryStatus.IN_FLIGHT)
+UNFINISHED_STATUSES = (DeliveryStatus.WAITING, DeliveryStatus.PENDING, DeliveryStatus.IN_FLIGHT)
+# Sent or given up: nothing more will happen to it unless an admin replays it.
+SETTLED_STATUSES = (DeliveryStatus.SENT, DeliveryStatus.DEAD)
 
 
 def new_id() -> str:

@@ -53,7 +53,7 @@ from alerting_service.config import (
 )
 from alerting_service.db import create_schema
 from alerting_service.dispatch.retry import Dead, RetryPolicy
-from alerting_service.models import DeliveryKind, DeliveryStatus
+from alerting_service.models import SETTLED_STATUSES, DeliveryKind, DeliveryStatus
 from alerting_service.notify.base import AlertEvent, DeliveryError, Notification, Notifier, Reason
 from alerting_service.notify.email import EmailNotifier
 from alerting_service.notify.webhook import WebhookNotifier
@@ -75,8 +75,9 @@ class DispatchTuning:
     # A delivery handed back for want of a free slot is due again after this: short, so it goes soon after a
     # slot frees up, yet long enough that a hung receiver's backlog is not claimed and handed back non-stop.
     hand_back_delay: timedelta = timedelta(seconds=2)
-    # How often deliveries to receivers this configuration does not have are looked for (and given up).
-    unknown_receiver_sweep: float = 60.0
+    # How often to look for deliveries to receivers this configuration does not have (to give them up), and
+    # for waiting resolved notices whose firing notices settled in another process (to release them).
+    sweep_interval: float = 60.0
     # Outcomes are recorded this long after the first of a batch arrives (more arrive meanwhile) ...
     flush_delay: float = 0.005
     # ... or at once when this many are waiting.
@@ -148,7 +149,7 @@ class Dispatcher:
         # Receivers whose last claim had room to spare, so took everything due to them: ingest may hand them
         # fresh deliveries. For the others more may be due, which fresh ones must not overtake.
         self._caught_up: set[str] = set()
-        self._next_unknown_receiver_sweep = 0.0  # time.monotonic(): at the first claim
+        self._next_sweep = 0.0  # time.monotonic(): at the first claim
 
     @property
     def caught_up(self) -> bool:
@@ -219,11 +220,12 @@ class Dispatcher:
         """Claim as many due deliveries as each receiver's queue has room for and start what the slots allow;
         False if none was due."""
         room = {name: max(self._room(receiver), 0) for name, receiver in self._receivers.items()}
-        unknown = UNKNOWN_RECEIVER_BATCH if time.monotonic() >= self._next_unknown_receiver_sweep else 0
-        if not any(room.values()) and not unknown:
+        sweep = time.monotonic() >= self._next_sweep
+        unknown = UNKNOWN_RECEIVER_BATCH if sweep else 0
+        if not any(room.values()) and not sweep:
             return False
         claimed, disabled = await self._writer.transaction(
-            _claim, now=_now(), room=room, others=unknown, lease=self._lease
+            _claim, now=_now(), room=room, others=unknown, lease=self._lease, release_all_waiting=sweep
         )
         self._disabled = disabled | self._disabling
         self._note_what_was_left_due(room, unknown, Counter(delivery.receiver for delivery in claimed))
@@ -257,8 +259,8 @@ class Dispatcher:
                 self._caught_up.discard(name)
         if unknown:
             unknown_claimed = sum(count for name, count in claimed.items() if name not in room)
-            wait = 0.0 if unknown_claimed >= unknown else self._tuning.unknown_receiver_sweep
-            self._next_unknown_receiver_sweep = time.monotonic() + wait
+            wait = 0.0 if unknown_claimed >= unknown else self._tuning.sweep_interval
+            self._next_sweep = time.monotonic() + wait
 
     def _room(self, receiver: Receiver) -> int:
         """How many more deliveries `receiver` can take: free slots plus free places in its queue, less the
@@ -461,8 +463,8 @@ class Dispatcher:
     async def _flush(self, batch: list[_Pending]) -> None:
         now = _now()
         try:
-            recorded = await self._writer.transaction(
-                deliveries.record_outcomes, [pending.outcome for pending in batch], now=now
+            recorded, released = await self._writer.transaction(
+                _record_outcomes, [pending.outcome for pending in batch], now=now
             )
         except (
             Exception
@@ -478,6 +480,8 @@ class Dispatcher:
             for pending in batch:
                 if pending.outcome.disable_receiver is not None:
                     self._disabling.pop(pending.outcome.disable_receiver, None)
+        if released:  # resolved notices whose firing ones just settled: due now
+            self._wake.set()
         for pending in batch:
             if pending.outcome.delivery_id in recorded:
                 pending.then(now)
@@ -538,11 +542,29 @@ _Then = Callable[[datetime], None]
 
 
 def _claim(
-    connection: Connection, *, now: datetime, room: Mapping[str, int], others: int, lease: timedelta
+    connection: Connection,
+    *,
+    now: datetime,
+    room: Mapping[str, int],
+    others: int,
+    lease: timedelta,
+    release_all_waiting: bool,
 ) -> tuple[list[ClaimedDelivery], dict[str, str]]:
     """On the writer thread: the claimed deliveries, and the receivers disabled at the time."""
+    if release_all_waiting:
+        deliveries.release_waiting(connection, settled=None, now=now)
     claimed = deliveries.claim_batch(connection, now=now, room=room, others=others, lease=lease)
     return claimed, deliveries.disabled_receivers(connection)
+
+
+def _record_outcomes(
+    connection: Connection, outcomes: list[Outcome], *, now: datetime
+) -> tuple[set[str], int]:
+    """On the writer thread: the outcomes recorded, then the resolved notices waiting for the firing ones that
+    settled released; the ids recorded and how many were released."""
+    recorded = deliveries.record_outcomes(connection, outcomes, now=now)
+    settled = [o.delivery_id for o in outcomes if o.delivery_id in recorded and o.status in SETTLED_STATUSES]
+    return recorded, deliveries.release_waiting(connection, settled=settled, now=now)
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,7 +43,6 @@ from sqlalchemy import (
     exists,
     func,
     insert,
-    or_,
     select,
     true,
     tuple_,
@@ -54,6 +53,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from alerting_service.models import (
+    SETTLED_STATUSES,
     UNFINISHED_STATUSES,
     Delivery,
     DeliveryKind,
@@ -73,11 +73,13 @@ def new_delivery_row(
     kind: DeliveryKind,
     now: datetime,
     lease_until: datetime | None = None,
+    waiting: bool = False,
 ) -> dict[str, Any]:
     """The column values of a new delivery, due at once (for Core bulk inserts).
 
     With `lease_until` it is created already claimed, exactly as `claim_batch` would leave it (`in_flight`,
     one attempt, leased): the in-process dispatcher takes it over from ingest without a claim transaction.
+    With `waiting`, it waits for a firing notice (see `release_waiting`).
     """
     return {
         "id": new_id(),
@@ -85,7 +87,7 @@ def new_delivery_row(
         "receiver": receiver,
         "integration": integration.value,
         "kind": kind.value,
-        "status": (DeliveryStatus.PENDING if lease_until is None else DeliveryStatus.IN_FLIGHT).value,
+        "status": _initial_status(lease_until, waiting).value,
         "attempts": 0 if lease_until is None else 1,
         "created_at": now,
         "horizon_starts_at": now,
@@ -101,28 +103,94 @@ def insert_deliveries(connection: Connection, rows: list[dict[str, Any]]) -> Non
         connection.execute(insert(Delivery.__table__), rows)
 
 
+# A sweep of waiting resolved notices looks at this many at most (see release_waiting).
+RELEASE_SWEEP_LIMIT = 1000
+
+
+def _initial_status(lease_until: datetime | None, waiting: bool) -> DeliveryStatus:
+    if waiting:
+        return DeliveryStatus.WAITING
+    return DeliveryStatus.PENDING if lease_until is None else DeliveryStatus.IN_FLIGHT
+
+
 def _lease_expired(now: datetime) -> Any:
     return and_(Delivery.status == DeliveryStatus.IN_FLIGHT, Delivery.lease_until < now)
 
 
 def _pending_due(now: datetime) -> Any:
-    return and_(
-        Delivery.status == DeliveryStatus.PENDING, Delivery.next_attempt_at <= now, _not_ahead_of_its_firing()
+    return and_(Delivery.status == DeliveryStatus.PENDING, Delivery.next_attempt_at <= now)
+
+
+def release_waiting(connection: Connection, *, settled: Collection[str] | None, now: datetime) -> int:
+    """Waiting resolved notices whose firing notices (to the same receiver, of the alerts they closed) are all
+    sent or dead: pending and due now, their retry horizon starting now; how many.
+
+    `settled`: the firing deliveries just recorded sent or dead, whose followers to look at (found through
+    their events, never by walking the waiting ones). None: a sweep of up to `RELEASE_SWEEP_LIMIT` waiting
+    notices, for one written by another process while its firing notice settled.
+    """
+    waiting = select(Delivery.id).where(Delivery.status == DeliveryStatus.WAITING)
+    if connection.scalar(waiting.limit(1)) is None:
+        return 0  # the usual case: one index lookup
+    if settled is None:
+        ids = list(connection.scalars(waiting.limit(RELEASE_SWEEP_LIMIT)))
+    else:
+        ids = _waiting_followers(connection, settled)
+    if not ids:
+        return 0
+    # By id, with the status compared unindexed: given `status = ?`, SQLite (without statistics) walks every
+    # waiting row through the status index instead.
+    result = connection.execute(
+        update(Delivery)
+        .where(
+            Delivery.id.in_(ids), Delivery.status.concat("") == DeliveryStatus.WAITING, ~_behind_a_firing()
+        )
+        .values(status=DeliveryStatus.PENDING, next_attempt_at=now, horizon_starts_at=now)
+        .execution_options(synchronize_session=False)
     )
+    return result.rowcount
 
 
-def _not_ahead_of_its_firing() -> ColumnElement[bool]:
-    """False for a resolved notice while a firing notice of an alert it closed, to the same receiver, is still
-    to be sent: sent first, the resolved one would leave the receiver showing the alert as firing."""
+def _waiting_followers(connection: Connection, settled: Collection[str]) -> list[str]:
+    """The waiting resolved notices that may follow these firing deliveries: found through the firing
+    deliveries' events (`resolved_by`), then the success events' deliveries, never by walking the waiting."""
+    if not settled:
+        return []
     firing, closed = aliased(Delivery), aliased(Event)
-    unsettled_firing = exists().where(
+    rows = connection.execute(
+        select(closed.resolved_by, firing.receiver)
+        .join_from(firing, closed, firing.event_id == closed.id)
+        .where(firing.id.in_(settled), closed.resolved_by.is_not(None))
+    )
+    followed = {(success_id, receiver) for success_id, receiver in rows}
+    if not followed:
+        return []
+    deliveries = connection.execute(
+        select(Delivery.id, Delivery.event_id, Delivery.receiver, Delivery.status).where(
+            Delivery.event_id.in_({success_id for success_id, _ in followed})
+        )
+    )
+    return [
+        delivery_id
+        for delivery_id, success_id, receiver, status in deliveries
+        if status == DeliveryStatus.WAITING and (success_id, receiver) in followed
+    ]
+
+
+def _behind_a_firing() -> ColumnElement[bool]:
+    """The resolved notice has a firing notice to its receiver, of an alert it closed, not yet sent nor dead.
+
+    The status test is a NOT IN on purpose: with an IN, SQLite walks that receiver's whole backlog through
+    the (status, receiver) index for every row, instead of the closed alerts (`ix_events_resolved_by`).
+    """
+    firing, closed = aliased(Delivery), aliased(Event)
+    return exists().where(
         closed.resolved_by == Delivery.event_id,
         firing.event_id == closed.id,
         firing.receiver == Delivery.receiver,
         firing.kind == DeliveryKind.FIRING,
-        firing.status.in_(UNFINISHED_STATUSES),
+        firing.status.not_in(SETTLED_STATUSES),
     )
-    return or_(Delivery.kind == DeliveryKind.FIRING, ~unsettled_firing)
 
 
 @dataclass(frozen=True, slots=True)

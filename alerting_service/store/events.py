@@ -17,7 +17,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
-from alerting_service.models import UNFINISHED_STATUSES, Delivery, DeliveryKind, Event
+from alerting_service.models import SETTLED_STATUSES, UNFINISHED_STATUSES, Delivery, DeliveryKind, Event
 from alerting_service.resolution import FIRING_TYPES
 
 
@@ -114,7 +114,7 @@ def open_alerts(connection: Connection, fingerprints: Collection[str]) -> list[O
             )
         )
         for event_id, receiver, integration, status in targets:
-            settled = status not in UNFINISHED_STATUSES
+            settled = status in SETTLED_STATUSES
             alerts[event_id].targets.append(FiringTarget(receiver, integration, settled))
     return list(alerts.values())
 

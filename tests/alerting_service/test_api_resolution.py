@@ -130,6 +130,15 @@ async def test_a_muted_failure_is_resolved_without_a_resolved_notice(api: Api) -
     assert targets(await api.event(success)) == []
 
 
+async def test_a_resolved_notice_is_stored_waiting_while_the_failures_notice_is_unsent(api: Api) -> None:
+    await post(api, "f", "task_failure", task_id="load")  # its notices stay pending: no dispatcher here
+
+    success = await post(api, "s", "task_success", task_id="load")
+
+    statuses = {d["receiver"]: d["status"] for d in (await api.event(success))["deliveries"]}
+    assert statuses == {"mail": "waiting", "hook": "waiting"}
+
+
 async def test_a_resolved_notice_waits_until_the_failure_it_resolves_was_delivered(
     make_settings: SettingsFactory, database: Database, http_receiver: HttpReceiver
 ) -> None:

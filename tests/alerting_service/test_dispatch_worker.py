@@ -33,7 +33,7 @@ FAST = DispatchTuning(
     poll_interval=0.05,
     hand_back_delay=timedelta(milliseconds=20),
     shutdown_timeout=2.0,
-    unknown_receiver_sweep=0.05,
+    sweep_interval=0.05,
 )
 MS = timedelta(milliseconds=1)
 

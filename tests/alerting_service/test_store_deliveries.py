@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import update
+from sqlalchemy import Connection, update
 
-from alerting_service.models import DeliveryKind, DeliveryStatus, Event
+from alerting_service.models import Delivery, DeliveryKind, DeliveryStatus, Event
 from alerting_service.store import deliveries as delivery_store
 from tests.alerting_service.delivery_fixtures import Database, SmtpServer, smtp_server_fixture  # ruff: ignore[unused-import]
 
@@ -201,19 +201,65 @@ async def test_a_hand_back_under_an_expired_lease_does_not_undo_the_claim_that_f
     )
 
 
-async def test_a_resolved_notice_is_claimed_only_once_the_firing_notice_it_follows_is_settled(
+async def waiting_behind(database: Database, smtp_server: SmtpServer, firing: int) -> tuple[list[str], str]:
+    """`firing` failures to receiver `r`, closed by one success whose resolved notice to `r` waits for them:
+    (the firing delivery ids, the waiting one's id)."""
+    firing_ids = await pending(database, smtp_server, firing)
+    [resolved_id] = await database.add_event(smtp_server.receiver("r"), kind=DeliveryKind.RESOLVED)
+    success = (await database.delivery(resolved_id)).event_id
+    failures = [(await database.delivery(d)).event_id for d in firing_ids]
+
+    def close(connection: Connection) -> None:
+        connection.execute(update(Event).where(Event.id.in_(failures)).values(resolved_by=success))
+        waiting = {"status": DeliveryStatus.WAITING}
+        connection.execute(update(Delivery).where(Delivery.id == resolved_id).values(waiting))
+
+    await database.write(close)
+    return firing_ids, resolved_id
+
+
+async def settle(database: Database, delivery_id: str, now: datetime) -> int:
+    """Record the claimed `delivery_id` sent and release its followers; how many were released."""
+    await database.write(delivery_store.record_outcomes, [sent(delivery_id, now + LEASE)], now=now)
+    return await database.write(delivery_store.release_waiting, settled=[delivery_id], now=now)
+
+
+async def test_a_waiting_resolved_notice_is_not_claimed(database: Database, smtp_server: SmtpServer) -> None:
+    [firing_id], _ = await waiting_behind(database, smtp_server, 1)
+
+    assert await claim(database, datetime.now(UTC)) == [firing_id]
+
+
+async def test_a_resolved_notice_is_released_when_its_firing_notice_is_sent(
     database: Database, smtp_server: SmtpServer
 ) -> None:
-    [firing_id] = await pending(database, smtp_server, 1)
-    [resolved_id] = await database.add_event(smtp_server.receiver("r"), kind=DeliveryKind.RESOLVED)
-    failure, success = [(await database.delivery(d)).event_id for d in (firing_id, resolved_id)]
-    await database.write(
-        lambda connection: connection.execute(
-            update(Event).where(Event.id == failure).values(resolved_by=success)
-        )
-    )
+    [firing_id], resolved_id = await waiting_behind(database, smtp_server, 1)
     now = datetime.now(UTC)
+    await claim(database, now)
 
-    assert await claim(database, now) == [firing_id]
-    await database.write(delivery_store.record_outcomes, [sent(firing_id, now + LEASE)], now=now)
+    assert await settle(database, firing_id, now) == 1
     assert await claim(database, now) == [resolved_id]
+
+
+async def test_a_resolved_notice_waits_until_every_firing_notice_it_follows_is_settled(
+    database: Database, smtp_server: SmtpServer
+) -> None:
+    firing_ids, resolved_id = await waiting_behind(database, smtp_server, 2)
+    now = datetime.now(UTC)
+    await claim(database, now)
+
+    assert await settle(database, firing_ids[0], now) == 0
+    assert await settle(database, firing_ids[1], now) == 1
+    assert await database.status(resolved_id) == DeliveryStatus.PENDING
+
+
+async def test_the_sweep_releases_a_waiting_notice_whose_firing_notice_settled_unseen(
+    database: Database, smtp_server: SmtpServer
+) -> None:
+    [firing_id], resolved_id = await waiting_behind(database, smtp_server, 1)
+    now = datetime.now(UTC)
+    await claim(database, now)
+    await database.write(delivery_store.record_outcomes, [sent(firing_id, now + LEASE)], now=now)
+
+    assert await database.write(delivery_store.release_waiting, settled=None, now=now) == 1
+    assert await database.status(resolved_id) == DeliveryStatus.PENDING
