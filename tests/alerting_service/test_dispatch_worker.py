@@ -4,8 +4,8 @@ import asyncio
 import json
 import logging
 import threading
-from collections.abc import AsyncGenerator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator, Generator
+from contextlib import asynccontextmanager, contextmanager
 from datetime import timedelta
 
 import pytest
@@ -152,14 +152,25 @@ async def test_a_410_disables_the_receiver_and_dead_letters_the_delivery(
     assert webhook.name in await database.write(deliveries.disabled_receivers)
 
 
-async def test_a_hung_receiver_does_not_delay_another(
-    database: Database, http_receiver: HttpReceiver
-) -> None:
+@contextmanager
+def hung_and_healthy(
+    http_receiver: HttpReceiver,
+) -> Generator[tuple[threading.Event, Receiver, Receiver]]:
+    """Receiver `slow` (one slot) holds every request until the event is set (at the latest on exit);
+    receiver `fast` answers at once."""
     hang = threading.Event()
     http_receiver.answer_by_default("/slow", Reply(hold=hang))
     slow = http_receiver.receiver("/slow", name="slow", max_concurrency=1, timeout_seconds=30)
-    fast = http_receiver.receiver("/fast", name="fast")
     try:
+        yield hang, slow, http_receiver.receiver("/fast", name="fast")
+    finally:
+        hang.set()
+
+
+async def test_a_hung_receiver_does_not_delay_another(
+    database: Database, http_receiver: HttpReceiver
+) -> None:
+    with hung_and_healthy(http_receiver) as (hang, slow, fast):
         async with dispatching(database, slow, fast):
             [held_id] = await database.add_event(slow)
             await eventually(lambda: http_receiver.received("/slow"))
@@ -174,18 +185,12 @@ async def test_a_hung_receiver_does_not_delay_another(
                 await database.until_status(delivery_id, DeliveryStatus.SENT)
         # Each was sent on its first attempt: waiting for a slot is not counted as one.
         assert [(await database.delivery(d)).attempts for d in [held_id, *waiting]] == [1, 1, 1, 1]
-    finally:
-        hang.set()
 
 
 async def test_a_hung_receivers_backlog_is_not_claimed_ahead_of_another_receivers_delivery(
     database: Database, http_receiver: HttpReceiver
 ) -> None:
-    hang = threading.Event()
-    http_receiver.answer_by_default("/slow", Reply(hold=hang))
-    slow = http_receiver.receiver("/slow", name="slow", max_concurrency=1, timeout_seconds=30)
-    fast = http_receiver.receiver("/fast", name="fast")
-    try:
+    with hung_and_healthy(http_receiver) as (_, slow, fast):
         async with dispatching(database, slow, fast):
             await database.add_event(slow)
             await eventually(lambda: http_receiver.received("/slow"))
@@ -196,8 +201,6 @@ async def test_a_hung_receivers_backlog_is_not_claimed_ahead_of_another_receiver
             untouched = await database.count_never_claimed(backlog)
         # The claim after the backlog filled slow's queue (1 slot, 8 places, 1 busy); no claim took more.
         assert untouched == 500 - 8
-    finally:
-        hang.set()
 
 
 async def test_a_graceful_stop_lets_an_in_flight_send_finish(
