@@ -145,7 +145,7 @@ def release_waiting(connection: Connection, *, settled: Collection[str] | None, 
         .where(
             Delivery.id.in_(ids), Delivery.status.concat("") == DeliveryStatus.WAITING, ~_behind_a_firing()
         )
-        .values(status=DeliveryStatus.PENDING, next_attempt_at=now, horizon_starts_at=now)
+        .values(_due_again(now))
         .execution_options(synchronize_session=False)
     )
     return result.rowcount
@@ -418,17 +418,17 @@ def mark_dead(
     )
 
 
-def _replayed(now: datetime) -> dict[str, Any]:
-    """A dead delivery's new values when replayed: pending, due now, a new retry horizon; attempts kept."""
+def _due_again(now: datetime) -> dict[str, Any]:
+    """A replayed or released delivery's new values: pending, due now, a new retry horizon; attempts kept."""
     return {"status": DeliveryStatus.PENDING, "next_attempt_at": now, "horizon_starts_at": now}
 
 
 async def replay(session: AsyncSession, delivery_id: str, *, now: datetime) -> Delivery | None:
-    """A dead delivery back to pending (see `_replayed`). None if the delivery is not dead."""
+    """A dead delivery back to pending (see `_due_again`). None if the delivery is not dead."""
     result = await session.execute(
         update(Delivery)
         .where(Delivery.id == delivery_id, Delivery.status == DeliveryStatus.DEAD)
-        .values(_replayed(now))
+        .values(_due_again(now))
         .returning(Delivery.id)
         .execution_options(synchronize_session=False)
     )
@@ -444,7 +444,7 @@ async def replay_dead_letters(
     result = await session.execute(
         update(Delivery)
         .where(_matching(DeliveryStatus.DEAD, receiver, reason))
-        .values(_replayed(now))
+        .values(_due_again(now))
         .execution_options(synchronize_session=False)
     )
     return result.rowcount
