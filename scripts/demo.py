@@ -30,12 +30,14 @@ import subprocess  # ruff: ignore[suspicious-subprocess-import]  # fixed argv li
 import sys
 import time
 from collections.abc import Generator, Sequence
-from contextlib import closing, contextmanager
+from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 from urllib.error import URLError
 from urllib.request import urlopen
+
+import psutil
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_DIR = REPO / ".demo"
@@ -359,28 +361,40 @@ def wait_for_http(url: str, process: subprocess.Popen, name: str, timeout: float
 
 def stop_process_group(process: subprocess.Popen, name: str) -> None:
     """SIGINT to the group (Airflow components stop their children on it), then SIGTERM, then SIGKILL."""
-    for sig, grace in ((signal.SIGINT, 20), (signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+    for sig, grace in ((signal.SIGINT, 20), (signal.SIGTERM, 10), (signal.SIGKILL, 10)):
         try:
             os.killpg(process.pid, sig)
         except ProcessLookupError:
-            break  # the whole group is gone
-        try:
-            process.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            continue
-        if not group_alive(process.pid):
-            break
-        time.sleep(1)
-    if group_alive(process.pid):
-        raise SystemExit(f"could not stop {name} (process group {process.pid})")
+            return  # the whole group is gone
+        if group_exited(process, within=grace):
+            return
+    raise SystemExit(
+        f"could not stop {name} (process group {process.pid}): {live_members(process.pid)} still run"
+    )
 
 
-def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+def group_exited(process: subprocess.Popen, within: float) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        process.poll()  # reaps the leader, our child
+        if not live_members(process.pid):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def live_members(pgid: int) -> list[int]:
+    """The group's processes that still run.
+
+    Zombies do not count: orphaned children are reaped by PID 1, which on some machines does so
+    only every couple of seconds, and a zombie holds nothing (no port, no file, no CPU).
+    """
+    members = []
+    for member in psutil.process_iter():
+        with suppress(psutil.NoSuchProcess, ProcessLookupError):
+            if os.getpgid(member.pid) == pgid and member.status() != psutil.STATUS_ZOMBIE:
+                members.append(member.pid)
+    return members
 
 
 def print_env(paths: DemoPaths) -> None:
