@@ -95,7 +95,7 @@ def _serve(settings: Settings, arguments: argparse.Namespace) -> int:
         "timeout_graceful_shutdown": 30,
     }
     if arguments.processes == 1:
-        uvicorn.run(create_app(settings), **options)
+        uvicorn.run(create_app(settings, freeze_heap_once_started=True), **options)
         return 0
     asyncio.run(prepare_shared_state(settings))
     if settings.config_file is not None:  # the processes load their settings anew, `--config` included

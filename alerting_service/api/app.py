@@ -37,6 +37,7 @@ from alerting_service.config import (
 from alerting_service.db import create_engine, create_schema, create_session_factory
 from alerting_service.dispatch.worker import Dispatcher
 from alerting_service.expectations import watching
+from alerting_service.heap import freeze_startup_objects
 from alerting_service.ingest import Ingestor, NoHandoff
 from alerting_service.retention import pruning
 from alerting_service.store.writer import Writer
@@ -84,7 +85,7 @@ def create_app_from_environment() -> FastAPI:
     try:
         settings = load_settings()
         configure_logging(settings)
-        return create_app(settings)
+        return create_app(settings, freeze_heap_once_started=True)
     except ConfigError as error:
         log.error("configuration error:\n%s", error)
     except Exception:
@@ -92,14 +93,15 @@ def create_app_from_environment() -> FastAPI:
     sys.exit(STARTUP_FAILURE)
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings, *, freeze_heap_once_started: bool = False) -> FastAPI:
+    """`freeze_heap_once_started` for an app that owns its process (heap.py), not one among a test's many."""
     config = load_alerting_config(settings)
     app = FastAPI(
         title="Airflow alert service",
         version=__version__,
         description="Durable, idempotent alert fan-out for Airflow callbacks: email and signed webhooks.",
         openapi_tags=TAGS,
-        lifespan=lambda app: _lifespan(app, settings, config),
+        lifespan=lambda app: _lifespan(app, settings, config, freeze_heap=freeze_heap_once_started),
     )
     app.state.key_ring = load_key_ring(settings)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
@@ -113,7 +115,9 @@ def create_app(settings: Settings) -> FastAPI:
 
 
 @contextlib.asynccontextmanager
-async def _lifespan(app: FastAPI, settings: Settings, config: AlertingConfig) -> AsyncGenerator[None]:
+async def _lifespan(
+    app: FastAPI, settings: Settings, config: AlertingConfig, *, freeze_heap: bool
+) -> AsyncGenerator[None]:
     # Stopped in the reverse order: ingest first (no hand-off reaches a dispatcher that has stopped), then
     # the dispatcher, then the writer both of them write through.
     async with contextlib.AsyncExitStack() as resources:
@@ -144,6 +148,8 @@ async def _lifespan(app: FastAPI, settings: Settings, config: AlertingConfig) ->
         await resources.enter_async_context(pruning(writer, settings.retention))
         # The watcher records through the ingestor: it stops first.
         async with watching(config.expectations, session_factory=sessions, ingestor=ingestor):
+            if freeze_heap:
+                freeze_startup_objects()
             yield
 
 

@@ -53,6 +53,7 @@ from alerting_service.config import (
 )
 from alerting_service.db import create_schema
 from alerting_service.dispatch.retry import Dead, RetryPolicy
+from alerting_service.heap import freeze_startup_objects
 from alerting_service.models import SETTLED_STATUSES, DeliveryKind, DeliveryStatus
 from alerting_service.notify.base import AlertEvent, DeliveryError, Notification, Notifier, Reason
 from alerting_service.notify.email import EmailNotifier
@@ -623,6 +624,7 @@ async def run_worker(settings: Settings, tuning: DispatchTuning = DispatchTuning
     try:
         await writer.transaction(create_schema)
         dispatcher = Dispatcher(writer, load_alerting_config(settings), tuning)
+        freeze_startup_objects()
         log.info("worker started", extra={"pid": os.getpid()})
         await dispatcher.run(stop)
     finally:
