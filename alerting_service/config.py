@@ -13,6 +13,7 @@ A bad setting raises `ConfigError` whose message names the key (`route.routes[1]
 from __future__ import annotations
 
 import base64
+import ipaddress
 import re
 from datetime import timedelta
 from pathlib import Path
@@ -44,6 +45,8 @@ ENV_PREFIX = "ALERTING_"
 FAILURE_TYPES = (EventType.TASK_FAILURE, EventType.DAG_RUN_FAILURE, EventType.DEADLINE_MISSED)
 DEFAULT_INGEST_QUEUE_MAX = 10_000
 MINIMUM_RETENTION = timedelta(days=2)
+# A day's check runs once its deadline has passed, at the latest a day later (expectations.py).
+EXPECTATION_CHECK_LATENESS = timedelta(days=1)
 MAXIMUM_RETENTION = timedelta(days=36500)
 MAXIMUM_RETRY_HORIZON = timedelta(days=30)
 
@@ -119,6 +122,18 @@ class SmartHost(_Strict):
     host: str = Field(min_length=1)
     port: int = Field(default=587, ge=1, le=65535)
 
+    @property
+    def is_loopback(self) -> bool:
+        host = self.host.strip("[]").rstrip(".").lower()
+        if host == "localhost":
+            return True
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:127.0.0.1
+        return address.is_loopback or (mapped is not None and mapped.is_loopback)
+
 
 class EmailConfig(_Strict):
     to: list[str] = Field(min_length=1)
@@ -139,6 +154,13 @@ class EmailConfig(_Strict):
             raise PydanticCustomError("credentials", "password (or password_file) needs a username")
         if self.username is not None and self.password is None:
             raise PydanticCustomError("credentials", "username needs a password or password_file")
+        # A relay on this host (a local MTA, a test server) is the one place a clear-text login stays private.
+        if self.username is not None and self.tls == "none" and not self.smarthost.is_loopback:
+            raise PydanticCustomError(
+                "credentials",
+                "username and password would cross the network in clear text: set tls to starttls or implicit"
+                " (tls: none with credentials is accepted for a loopback smarthost only)",
+            )
         return self
 
     @field_validator("to")
@@ -389,7 +411,8 @@ class Settings(BaseSettings):
     # How often the in-memory silences are re-read, for silences changed by another process.
     silence_refresh_seconds: float = Field(default=10.0, gt=0)
     # Events (with their deliveries) and silences older than this are deleted; never a delivery still to be
-    # sent. Idempotency keys, resolutions and expectations look back up to a day: hence the minimum.
+    # sent. Idempotency keys and resolutions look back up to a day: hence the minimum. Expectations look back
+    # their window plus a day: load_alerting_config refuses a longer window.
     # At most a century: the cutoff (now - retention) stays a valid time.
     retention: Annotated[
         Duration, AfterValidator(_at_least_two_days), _at_most(MAXIMUM_RETENTION, "36500d")
@@ -482,4 +505,18 @@ def load_alerting_config(settings: Settings) -> AlertingConfig:
         raise ConfigError(
             f"{ENV_PREFIX}CONFIG_FILE: cannot read {settings.config_file}: {exc.strerror}"
         ) from None
-    return parse_alerting_config(text, str(settings.config_file))
+    config = parse_alerting_config(text, str(settings.config_file))
+    _windows_within_retention(config, settings.retention)
+    return config
+
+
+def _windows_within_retention(config: AlertingConfig, retention: timedelta) -> None:
+    """An expectation's window, plus the day its check may run after the deadline, must stay stored: the
+    successes it looks for would otherwise be deleted before it looks."""
+    for index, expectation in enumerate(config.expectations):
+        if timedelta(hours=expectation.window_hours) + EXPECTATION_CHECK_LATENESS > retention:
+            raise ConfigError(
+                f"expectations[{index}].window_hours: {expectation.window_hours} hours plus a day is longer"
+                f" than {ENV_PREFIX}RETENTION ({retention.total_seconds() / 3600:g} hours): shorten the"
+                " window or keep events longer"
+            )

@@ -13,14 +13,17 @@ idempotency key and the guarded UPDATEs of the outbox make that safe.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import event, text
+from sqlalchemy import Table, event, text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
-from alerting_service.config import Settings
 from alerting_service.models import Base
+
+if TYPE_CHECKING:  # config imports expectations.py, which imports this module
+    from alerting_service.config import Settings
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 SQLITE_PRAGMAS = (
@@ -76,6 +79,11 @@ def tune_sqlite(engine: Engine) -> None:
         for pragma in SQLITE_PRAGMAS:
             cursor.execute(f"PRAGMA {pragma}")
         cursor.close()
+
+
+def insert_on_conflict(table: Table, dialect_name: str) -> postgresql.Insert | sqlite.Insert:
+    """An INSERT that can take an ON CONFLICT clause: each dialect has its own construct, spelled alike."""
+    return (postgresql if dialect_name == "postgresql" else sqlite).insert(table)
 
 
 def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -11,6 +11,12 @@ any other. It has no run_id, which makes its fingerprint `dag:<dag_id>` (see res
 Its idempotency key `expectation/<dag_id>/<local date>` makes it fire once per day, also across restarts and
 with several service processes running the watcher.
 
+A day's deadline counts once the whole of its window falls after the moment the service first watched the
+DAG's expectation (`expectation_watches`, kept across restarts: the DAG's oldest stored event, else the moment
+the expectation was first seen), so a window that began before the service could see a success is not judged.
+Started for the first time at 10:00 with `succeed_by: "04:00"` and no event of the DAG, it does not alert for
+that morning's deadline nor the next one's; the one after is the first judged, and start-up logs it.
+
 Configuration (YAML key `expectations:`):
 
     expectations:
@@ -28,17 +34,18 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import TYPE_CHECKING, Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from alerting_service.models import Event, EventType, Severity
+from alerting_service.db import insert_on_conflict
+from alerting_service.models import Event, EventType, ExpectationWatch, Severity
 from alerting_service.schemas import MAX_LABELS, EventIn, LabelName, LabelValue, Text
 
 if TYPE_CHECKING:
@@ -134,6 +141,14 @@ def latest_passed_check(expectation: Expectation, now: datetime) -> Check:
     return Check(expectation, deadline, deadline - timedelta(hours=expectation.window_hours))
 
 
+def first_judged_deadline(expectation: Expectation, watched_since: datetime) -> datetime:
+    """The first deadline whose whole window the service watched: the first a window after `watched_since`."""
+    earliest = watched_since + timedelta(hours=expectation.window_hours)
+    day = earliest.astimezone(expectation.zone).date()
+    deadline = deadline_on(expectation, day)
+    return deadline if deadline >= earliest else deadline_on(expectation, day + timedelta(days=1))
+
+
 def missed_event(check: Check) -> dict[str, Any]:
     """The `deadline_missed` body for a check that found no success; the same check gives the same body."""
     expectation = check.expectation
@@ -161,6 +176,32 @@ async def dag_succeeded_since(session: AsyncSession, dag_id: str, since: datetim
     return found is not None
 
 
+async def record_first_watches(
+    session: AsyncSession, dag_ids: Collection[str], now: datetime
+) -> dict[str, datetime]:
+    """When the service first watched each DAG's expectation. For one it never watched before: since the
+    oldest event it holds of that DAG (it has been receiving the DAG's callbacks since then: a version
+    upgraded to this one, or an expectation added for a DAG already reporting), else since `now`."""
+    oldest = await session.execute(
+        select(Event.dag_id, func.min(Event.received_at))
+        .where(Event.dag_id.in_(dag_ids))
+        .group_by(Event.dag_id)
+    )
+    since = {dag_id: min(received_at, now) for dag_id, received_at in oldest}
+    first_watch = insert_on_conflict(ExpectationWatch.__table__, session.get_bind().dialect.name)
+    await session.execute(
+        first_watch.on_conflict_do_nothing(index_elements=["dag_id"]),
+        # In one order in every process: PostgreSQL sessions inserting the same keys never deadlock.
+        [{"dag_id": dag_id, "watched_since": since.get(dag_id, now)} for dag_id in sorted(dag_ids)],
+    )
+    rows = await session.execute(
+        select(ExpectationWatch.dag_id, ExpectationWatch.watched_since).where(
+            ExpectationWatch.dag_id.in_(dag_ids)
+        )
+    )
+    return {dag_id: watched_since for dag_id, watched_since in rows}
+
+
 class ExpectationWatcher:
     """Checks every expectation each `interval` seconds and records one `deadline_missed` per missed day."""
 
@@ -181,6 +222,7 @@ class ExpectationWatcher:
         # Keys already recorded by this process: spares the database a lookup a minute. After a restart the
         # ingest's idempotency answers "duplicate" instead.
         self._recorded: set[str] = set()
+        self._watched_since: dict[str, datetime] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -195,16 +237,35 @@ class ExpectationWatcher:
     async def check_once(self) -> list[str]:
         """Record the missed expectations; answers the idempotency keys recorded in this round."""
         now = self._clock()
+        if not self._watched_since:
+            await self._start_watching(now)
         recorded = []
         for expectation in self._expectations:
             check = latest_passed_check(expectation, now)
-            if check.idempotency_key in self._recorded or await self._succeeded(check):
+            if (
+                check.idempotency_key in self._recorded
+                or check.window_start < self._watched_since[expectation.dag_id]
+                or await self._succeeded(check)
+            ):
                 continue
             await self._record_event(missed_event(check))
             self._recorded.add(check.idempotency_key)
             recorded.append(check.idempotency_key)
             log.warning("expectation missed: %s", check.idempotency_key)
         return recorded
+
+    async def _start_watching(self, now: datetime) -> None:
+        async with self._session_factory() as session, session.begin():
+            dag_ids = [expectation.dag_id for expectation in self._expectations]
+            self._watched_since = await record_first_watches(session, dag_ids, now)
+        for expectation in self._expectations:
+            since = self._watched_since[expectation.dag_id]
+            log.info(
+                "expectation of %s watched since %s: first judged deadline %s",
+                expectation.dag_id,
+                _iso(since),
+                _iso(first_judged_deadline(expectation, since)),
+            )
 
     async def _succeeded(self, check: Check) -> bool:
         async with self._session_factory() as session:

@@ -102,7 +102,7 @@ delivery_queue_depth = Gauge(
 )
 oldest_pending_delivery_age_seconds = Gauge(
     "alerting_oldest_pending_delivery_age_seconds",
-    "Age of the oldest delivery not yet sent nor dead; 0 when there is none.",
+    "Seconds since the oldest delivery not yet sent nor dead was created, released or replayed (0: none).",
     registry=REGISTRY,
     multiprocess_mode="mostrecent",
 )
@@ -126,11 +126,11 @@ _initialise_labels()
 
 
 def record_queue_stats(
-    depth: dict[DeliveryStatus, int], oldest_pending_created_at: datetime | None, now: datetime
+    depth: dict[DeliveryStatus, int], oldest_unfinished_since: datetime | None, now: datetime
 ) -> None:
     for status, count in depth.items():
         delivery_queue_depth.labels(status=status.value).set(count)
-    age = (now - oldest_pending_created_at).total_seconds() if oldest_pending_created_at else 0.0
+    age = (now - oldest_unfinished_since).total_seconds() if oldest_unfinished_since else 0.0
     oldest_pending_delivery_age_seconds.set(max(age, 0.0))
 
 

@@ -180,6 +180,16 @@ class ReceiverState(Base):
     disabled_reason: Mapped[str | None] = mapped_column(Text)
 
 
+class ExpectationWatch(Base):
+    """When the service first watched a DAG's expectation (expectations.py): a deadline is judged once the
+    whole of its window falls after it."""
+
+    __tablename__ = "expectation_watches"
+
+    dag_id: Mapped[str] = mapped_column(String(250), primary_key=True)
+    watched_since: Mapped[datetime]
+
+
 class Silence(Base):
     """Mutes the events whose labels match every matcher while starts_at <= now < ends_at."""
 

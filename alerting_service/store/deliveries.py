@@ -48,10 +48,10 @@ from sqlalchemy import (
     tuple_,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
+from alerting_service.db import insert_on_conflict
 from alerting_service.models import (
     SETTLED_STATUSES,
     UNFINISHED_STATUSES,
@@ -485,18 +485,19 @@ async def list_matching(
 @dataclass(frozen=True)
 class QueueStats:
     depth: dict[DeliveryStatus, int]
-    oldest_pending_created_at: datetime | None
+    oldest_unfinished_since: datetime | None
+    """When the oldest unfinished delivery's current effort began: its creation, release or last replay."""
 
 
 async def queue_stats(session: AsyncSession) -> QueueStats:
     rows = await session.execute(select(Delivery.status, func.count()).group_by(Delivery.status))
     counts: dict[str, int] = {status: count for status, count in rows}
     oldest = await session.scalar(
-        select(func.min(Delivery.created_at)).where(Delivery.status.in_(UNFINISHED_STATUSES))
+        select(func.min(Delivery.horizon_starts_at)).where(Delivery.status.in_(UNFINISHED_STATUSES))
     )
     return QueueStats(
         depth={status: counts.get(status.value, 0) for status in DeliveryStatus},
-        oldest_pending_created_at=oldest,
+        oldest_unfinished_since=oldest,
     )
 
 
@@ -505,8 +506,9 @@ async def queue_stats(session: AsyncSession) -> QueueStats:
 
 def disable_receiver(connection: Connection, name: str, *, reason: str, now: datetime) -> None:
     """Disable `name` (e.g. a webhook answered 410 Gone) until an admin re-enables it."""
-    dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
-    statement = dialect.insert(ReceiverState).values(name=name, disabled_at=now, disabled_reason=reason)
+    statement = insert_on_conflict(ReceiverState.__table__, connection.dialect.name).values(
+        name=name, disabled_at=now, disabled_reason=reason
+    )
     connection.execute(
         statement.on_conflict_do_update(
             index_elements=[ReceiverState.name], set_={"disabled_at": now, "disabled_reason": reason}

@@ -13,10 +13,10 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, delete, exists, func, select, text, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
+from alerting_service.db import insert_on_conflict
 from alerting_service.models import SETTLED_STATUSES, UNFINISHED_STATUSES, Delivery, DeliveryKind, Event
 from alerting_service.resolution import FIRING_TYPES
 
@@ -55,9 +55,10 @@ def insert_new_events(connection: Connection, rows: list[dict[str, Any]]) -> int
     """Insert the events whose idempotency key is not stored yet; how many were inserted."""
     if not rows:
         return 0
-    dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
     # Core on the table (the ORM bulk path costs several times more per row); one multi-row statement.
-    statement = dialect.insert(Event.__table__).on_conflict_do_nothing(index_elements=["idempotency_key"])
+    statement = insert_on_conflict(Event.__table__, connection.dialect.name).on_conflict_do_nothing(
+        index_elements=["idempotency_key"]
+    )
     result = connection.execute(statement.returning(Event.__table__.c.id), rows)
     return len(result.all())
 

@@ -11,7 +11,10 @@ from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy
 
+from alerting_service.db import create_schema
+from alerting_service.models import ExpectationWatch
 from tests.alerting.conftest import (
     ADMIN_KEY,
     INGEST_KEY,
@@ -30,7 +33,8 @@ SILENT_DAG = "nightly_dag_that_never_ran"
 
 @dataclass
 class WatchingService:
-    """A service expecting a success of SILENT_DAG by two minutes ago; restartable on the same database."""
+    """A service expecting a success of SILENT_DAG by two minutes ago, watching it for two days; restartable
+    on the same database."""
 
     directory: Path
     config: dict[str, Any]
@@ -45,6 +49,16 @@ class WatchingService:
         self.service = await start_service(self.directory, self.config)
 
 
+def watched_since(directory: Path, dag_id: str, since: datetime) -> None:
+    """The database in `directory` as a service that has watched `dag_id`'s expectation since `since` leaves
+    it: the service judges only the windows it watched whole."""
+    engine = sqlalchemy.create_engine(f"sqlite:///{directory / 'alerts.db'}")
+    with engine.begin() as connection:
+        create_schema(connection)
+        connection.execute(sqlalchemy.insert(ExpectationWatch), {"dag_id": dag_id, "watched_since": since})
+    engine.dispose()
+
+
 @pytest.fixture(scope="module")
 async def watching(
     alert_stack: AlertStack, tmp_path_factory: pytest.TempPathFactory
@@ -54,6 +68,7 @@ async def watching(
         "expectations": [{"dag_id": SILENT_DAG, "succeed_by": due, "timezone": "UTC", "window_hours": 1}]
     }
     directory = tmp_path_factory.mktemp("watching-service")
+    watched_since(directory, SILENT_DAG, datetime.now(UTC) - timedelta(days=2))
     watching = WatchingService(directory, config, await start_service(directory, config))
     yield watching
     watching.service.stop()

@@ -29,6 +29,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 from pytest_asyncio import is_async_test
 from sqlalchemy import func, select, text
@@ -135,6 +136,15 @@ class Api:
                 table.name: await session.scalar(select(func.count()).select_from(table)) or 0
                 for table in Base.metadata.sorted_tables
             }
+
+
+def samples(exposition: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """A /metrics page as {(name, sorted labels): value}."""
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(exposition)
+        for sample in family.samples
+    }
 
 
 @asynccontextmanager

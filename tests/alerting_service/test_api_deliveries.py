@@ -10,7 +10,7 @@ from sqlalchemy import Connection, update
 
 from alerting_service.models import Delivery, DeliveryStatus
 from alerting_service.store import deliveries as delivery_store
-from tests.alerting_service.conftest import ADMIN, Api, SettingsFactory, running_api
+from tests.alerting_service.conftest import ADMIN, Api, SettingsFactory, running_api, samples
 from tests.alerting_service.delivery_fixtures import Database, new_whsec
 
 LEASE = timedelta(seconds=30)
@@ -106,6 +106,21 @@ async def test_a_replay_restarts_the_retry_horizon(api: Api) -> None:
     await api.client.post(f"/v1/deliveries/{delivery_id}/replay", headers=ADMIN)
 
     assert (await api.database.delivery(delivery_id)).horizon_starts_at > created
+
+
+async def test_a_replayed_two_day_old_dead_letter_is_not_a_two_day_old_pending_delivery(api: Api) -> None:
+    delivery_id = await dead_delivery(api)
+    two_days_ago = datetime.now(UTC) - timedelta(days=2)
+    await api.database.write(
+        lambda connection: connection.execute(
+            update(Delivery).values(created_at=two_days_ago, horizon_starts_at=two_days_ago)
+        )
+    )
+
+    await api.client.post(f"/v1/deliveries/{delivery_id}/replay", headers=ADMIN)
+
+    exposed = samples((await api.client.get("/metrics")).text)
+    assert 0 < exposed["alerting_oldest_pending_delivery_age_seconds", ()] < 60
 
 
 async def test_replaying_a_delivery_that_is_not_dead_is_a_409(api: Api) -> None:

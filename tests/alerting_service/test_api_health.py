@@ -8,25 +8,16 @@ from pathlib import Path
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from alerting_service.api.app import create_app
 from alerting_service.config import load_settings
-from tests.alerting_service.conftest import API_KEYS, INGEST, Api, SettingsFactory, running_api
+from tests.alerting_service.conftest import API_KEYS, INGEST, Api, SettingsFactory, running_api, samples
 from tests.alerting_service.delivery_fixtures import (
     Database,
     _create_postgres_database,
     _drop_postgres_database,
     new_whsec,
 )
-
-
-def samples(exposition: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(exposition)
-        for sample in family.samples
-    }
 
 
 async def test_healthz_answers_ok(api: Api) -> None:

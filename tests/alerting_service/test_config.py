@@ -204,6 +204,39 @@ def test_an_smtp_username_and_password_are_set_together_or_not_at_all(
     assert SECRET not in str(raised.value)
 
 
+def test_smtp_credentials_in_clear_text_over_the_network_are_refused() -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse(
+            {
+                "receivers": [
+                    {"name": "m", "email": EMAIL | {"tls": "none", "username": "alerts", "password": SECRET}}
+                ]
+            }
+        )
+
+    assert "receivers[0].email: username and password would cross the network in clear text" in str(
+        raised.value
+    )
+    assert SECRET not in str(raised.value)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "[::1]", "::ffff:127.0.0.1", "localhost."])
+def test_smtp_credentials_without_tls_are_accepted_for_a_loopback_relay(host: str) -> None:
+    email = {
+        **EMAIL,
+        "smarthost": {"host": host, "port": 25},
+        "tls": "none",
+        "username": "a",
+        "password": SECRET,
+    }
+
+    (receiver,) = parse_alerting_config(
+        yaml.safe_dump({"receivers": [{"name": "m", "email": email}]}), "a.yaml"
+    ).receivers
+
+    assert receiver.email.username == "a"
+
+
 def test_secrets_never_appear_in_errors_or_in_the_printed_config() -> None:
     whsec = new_whsec()
     document = {
@@ -229,6 +262,26 @@ def test_invalid_yaml_names_the_file_and_line() -> None:
 def test_a_missing_config_file_names_the_variable(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="ALERTING_CONFIG_FILE: cannot read"):
         load_alerting_config(load_settings(config_file=tmp_path / "absent.yaml"))
+
+
+def an_expectation_file(tmp_path: Path, window_hours: int) -> Path:
+    config_file = tmp_path / "alerting.yaml"
+    expectation = {"dag_id": "batch_pipeline_dag", "succeed_by": "04:00", "window_hours": window_hours}
+    config_file.write_text(yaml.safe_dump({"expectations": [expectation]}), encoding="utf-8")
+    return config_file
+
+
+def test_an_expectation_window_longer_than_the_retention_allows_is_refused(tmp_path: Path) -> None:
+    settings = load_settings(config_file=an_expectation_file(tmp_path, window_hours=72), retention="3d")
+
+    with pytest.raises(ConfigError, match=r"expectations\[0\]\.window_hours: 72 hours plus a day is longer"):
+        load_alerting_config(settings)
+
+
+def test_an_expectation_window_plus_a_day_within_the_retention_is_accepted(tmp_path: Path) -> None:
+    settings = load_settings(config_file=an_expectation_file(tmp_path, window_hours=24), retention="2d")
+
+    assert load_alerting_config(settings).expectations[0].window_hours == 24
 
 
 @pytest.mark.parametrize(

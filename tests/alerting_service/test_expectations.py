@@ -6,27 +6,27 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, time
-from pathlib import Path
 from typing import Any
 
 import pytest
 from pydantic import TypeAdapter, ValidationError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from alerting_service.config import AlertingConfig, Settings
-from alerting_service.db import create_engine, create_session_factory
+from alerting_service.config import AlertingConfig
 from alerting_service.expectations import (
     Expectation,
     Expectations,
     ExpectationWatcher,
     deadline_on,
+    first_judged_deadline,
     latest_passed_check,
     missed_event,
     record_through,
 )
 from alerting_service.ingest import Ingestor, NoHandoff
-from alerting_service.models import Event
+from alerting_service.models import Event, ExpectationWatch
 from alerting_service.store.writer import Writer
-from tests.alerting_service.delivery_fixtures import create_tables
+from tests.alerting_service.delivery_fixtures import Database
 
 PIPELINE = Expectation(dag_id="batch_pipeline_dag", succeed_by=time(4, 0), labels={"team": "data"})
 
@@ -107,11 +107,17 @@ def test_succeed_by_reads_the_yaml_time_string() -> None:
 
 
 @pytest.fixture
-async def session_factory(tmp_path: Path) -> AsyncIterator[Any]:
-    engine = create_engine(Settings(data_dir=tmp_path))
-    await create_tables(engine)
-    yield create_session_factory(engine)
-    await engine.dispose()
+def session_factory(database: Database) -> async_sessionmaker[AsyncSession]:
+    """A service's empty database, SQLite and PostgreSQL: it has never watched an expectation."""
+    return database.sessions
+
+
+@pytest.fixture
+async def watched(session_factory: async_sessionmaker[AsyncSession]) -> async_sessionmaker[AsyncSession]:
+    """The database of a service that has watched PIPELINE since New Year: every check since is judged."""
+    async with session_factory() as session, session.begin():
+        session.add(ExpectationWatch(dag_id=PIPELINE.dag_id, watched_since=utc("2026-01-01T00:00:00")))
+    return session_factory
 
 
 async def add_success(session_factory: Any, dag_id: str, occurred_at: datetime) -> None:
@@ -159,33 +165,33 @@ def watcher_at(now: str, session_factory: Any, recorder: Recorder) -> Expectatio
     )
 
 
-async def test_no_success_since_the_window_opened_records_one_missed_event(session_factory: Any) -> None:
-    await add_success(session_factory, "batch_pipeline_dag", utc("2026-01-13T03:00:00"))  # before the window
+async def test_no_success_since_the_window_opened_records_one_missed_event(watched: Any) -> None:
+    await add_success(watched, "batch_pipeline_dag", utc("2026-01-13T03:00:00"))  # before the window
     recorder = Recorder()
 
-    recorded = await watcher_at("2026-01-14T04:01:00", session_factory, recorder).check_once()
+    recorded = await watcher_at("2026-01-14T04:01:00", watched, recorder).check_once()
 
     assert recorded == ["expectation/batch_pipeline_dag/2026-01-14"]
     assert [body["type"] for body in recorder.bodies] == ["deadline_missed"]
 
 
-async def test_a_success_in_the_window_records_nothing(session_factory: Any) -> None:
-    await add_success(session_factory, "batch_pipeline_dag", utc("2026-01-14T02:30:00"))
+async def test_a_success_in_the_window_records_nothing(watched: Any) -> None:
+    await add_success(watched, "batch_pipeline_dag", utc("2026-01-14T02:30:00"))
     recorder = Recorder()
 
-    assert await watcher_at("2026-01-14T04:01:00", session_factory, recorder).check_once() == []
+    assert await watcher_at("2026-01-14T04:01:00", watched, recorder).check_once() == []
 
 
-async def test_a_success_of_another_dag_does_not_count(session_factory: Any) -> None:
-    await add_success(session_factory, "fraud_report_dag", utc("2026-01-14T02:30:00"))
+async def test_a_success_of_another_dag_does_not_count(watched: Any) -> None:
+    await add_success(watched, "fraud_report_dag", utc("2026-01-14T02:30:00"))
     recorder = Recorder()
 
-    assert len(await watcher_at("2026-01-14T04:01:00", session_factory, recorder).check_once()) == 1
+    assert len(await watcher_at("2026-01-14T04:01:00", watched, recorder).check_once()) == 1
 
 
-async def test_a_missed_day_is_recorded_once_however_often_the_watcher_checks(session_factory: Any) -> None:
+async def test_a_missed_day_is_recorded_once_however_often_the_watcher_checks(watched: Any) -> None:
     recorder = Recorder()
-    watcher = watcher_at("2026-01-14T04:01:00", session_factory, recorder)
+    watcher = watcher_at("2026-01-14T04:01:00", watched, recorder)
 
     for _ in range(3):
         await watcher.check_once()
@@ -193,11 +199,11 @@ async def test_a_missed_day_is_recorded_once_however_often_the_watcher_checks(se
     assert len(recorder.bodies) == 1
 
 
-async def test_run_checks_until_stopped_and_survives_a_failing_round(session_factory: Any) -> None:
+async def test_run_checks_until_stopped_and_survives_a_failing_round(watched: Any) -> None:
     recorder = Recorder(failures=1)
     watcher = ExpectationWatcher(
         [PIPELINE],
-        session_factory=session_factory,
+        session_factory=watched,
         record_event=recorder,
         interval=0.01,
         clock=lambda: utc("2026-01-14T04:01:00"),
@@ -215,12 +221,56 @@ async def test_run_checks_until_stopped_and_survives_a_failing_round(session_fac
     ]
 
 
+# --- only silences the service observed are judged ----------------------------------------------------------
+
+
+def test_the_first_judged_deadline_is_the_first_a_whole_window_after_the_first_watch() -> None:
+    assert first_judged_deadline(PIPELINE, utc("2026-01-14T10:00:00")) == utc("2026-01-16T04:00:00")
+    assert first_judged_deadline(PIPELINE, utc("2026-01-13T03:00:00")) == utc("2026-01-14T04:00:00")
+
+
+async def test_a_first_start_after_the_deadline_does_not_judge_that_day(session_factory: Any) -> None:
+    recorder = Recorder()
+
+    assert await watcher_at("2026-01-14T10:00:00", session_factory, recorder).check_once() == []
+
+
+async def test_the_next_day_is_not_judged_either_when_its_window_opened_before_the_first_watch(
+    session_factory: Any,
+) -> None:
+    await watcher_at("2026-01-14T10:00:00", session_factory, Recorder()).check_once()
+    recorder = Recorder()
+
+    assert await watcher_at("2026-01-15T04:01:00", session_factory, recorder).check_once() == []
+
+
+async def test_a_dag_that_reported_before_the_first_watch_is_judged_from_its_oldest_event(
+    session_factory: Any,
+) -> None:
+    # An upgrade from a version without expectation_watches: the event log goes back further than the watch.
+    await add_success(session_factory, "batch_pipeline_dag", utc("2026-01-12T03:00:00"))
+    recorder = Recorder()
+
+    recorded = await watcher_at("2026-01-14T04:01:00", session_factory, recorder).check_once()
+
+    assert recorded == ["expectation/batch_pipeline_dag/2026-01-14"]
+
+
+async def test_the_first_window_watched_whole_is_judged_after_a_restart(session_factory: Any) -> None:
+    await watcher_at("2026-01-13T03:00:00", session_factory, Recorder()).check_once()
+    restarted = Recorder()
+
+    recorded = await watcher_at("2026-01-14T04:01:00", session_factory, restarted).check_once()
+
+    assert recorded == ["expectation/batch_pipeline_dag/2026-01-14"]
+
+
 # --- through the real ingestor ----------------------------------------------------------------------------
 
 
 @pytest.fixture
-async def ingestor(session_factory: Any, tmp_path: Path) -> AsyncIterator[Ingestor]:
-    writer = Writer(Settings(data_dir=tmp_path))
+async def ingestor(session_factory: Any, database: Database) -> AsyncIterator[Ingestor]:
+    writer = Writer(database.settings)
     ingestor = Ingestor(
         writer,
         session_factory,

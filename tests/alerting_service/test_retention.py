@@ -12,9 +12,8 @@ from sqlalchemy import Connection, update
 from alerting_service.models import Delivery, DeliveryStatus, Event, Silence
 from alerting_service.retention import prune_once
 from alerting_service.store.writer import Writer
-from tests.alerting_service.conftest import ADMIN, TWO_RECEIVERS, Api, SettingsFactory, running_api
+from tests.alerting_service.conftest import ADMIN, TWO_RECEIVERS, Api, SettingsFactory, running_api, samples
 from tests.alerting_service.delivery_fixtures import Database, eventually
-from tests.alerting_service.test_api_health import samples
 
 RETENTION = timedelta(days=30)
 

@@ -51,6 +51,6 @@ async def prometheus_metrics(services: ServicesDep) -> Response:
         # The other metrics are still worth scraping; /readyz reports the database itself.
         log.warning("queue gauges not refreshed: database unavailable", exc_info=True)
     else:
-        metrics.record_queue_stats(stats.depth, stats.oldest_pending_created_at, datetime.now(UTC))
+        metrics.record_queue_stats(stats.depth, stats.oldest_unfinished_since, datetime.now(UTC))
     body, content_type = metrics.exposition()
     return Response(body, media_type=content_type)
