@@ -169,6 +169,8 @@ class Target:
     headers: dict[str, str] = field(default_factory=dict)
     token: str = "-"
     data_dir: Path | None = None
+    # Processes besides `name` serving the target (`alerting-service worker`s): stopped with it, CPU counted.
+    helpers: list[str] = field(default_factory=list)
 
 
 def start_receiver(procs: Processes, tmp: Path) -> int:
@@ -188,6 +190,7 @@ def start_service(
     standin: bool,
     extra_env: list[str],
     processes: int,
+    workers: int,
 ) -> Target:
     """The alert service on its embedded default: temp SQLite dir, generated key, one webhook receiver."""
     base = tmp / f"service-{phase}"
@@ -228,8 +231,13 @@ def start_service(
     argv += ["serve", "--host", HOST, "--port", str(port)]
     if processes > 1:
         argv += ["--processes", str(processes)]
+    if workers:
+        env["ALERTING_RUN_DISPATCHER"] = "false"  # the worker processes deliver
     procs.start("service", argv, base / "service.log", env)
     wait_ready(procs, "service", [f"http://{HOST}:{port}/readyz", f"http://{HOST}:{port}/healthz"])
+    helpers = [f"service-worker-{index}" for index in range(workers)]
+    for helper in helpers:
+        procs.start(helper, [*argv[: argv.index("serve")], "worker"], base / f"{helper}.log", env)
     return Target(
         name="service",
         port=port,
@@ -238,6 +246,7 @@ def start_service(
         headers={"Authorization": f"Bearer {token}"},
         token=token,
         data_dir=data_dir,
+        helpers=helpers,
     )
 
 
@@ -274,7 +283,12 @@ def start_alertmanager(procs: Processes, tmp: Path, phase: str, receiver_port: i
 
 
 def stop_target(procs: Processes, target: Target) -> None:
-    procs.stop(target.name)
+    for name in (target.name, *target.helpers):
+        procs.stop(name)
+
+
+def target_cpu_seconds(procs: Processes, target: Target) -> float:
+    return sum(cpu_seconds(procs.procs[name].pid) for name in (target.name, *target.helpers))
 
 
 def db_counts(data_dir: Path | None) -> dict[str, int | dict[str, int]] | None:
@@ -412,10 +426,9 @@ def ingest_phase(procs: Processes, target: Target, receiver_port: int, args: arg
         run_wrk(target, args, args.warmup, f"warm{run_id}") if args.warmup > 0 else {"requests": 0, "ok": 0}
     )
     print(f"[ingest:{label}] warm-up {args.warmup:g} s: {warm['requests']} requests, discarded")
-    pid = procs.procs[target.name].pid
-    cpu_before = cpu_seconds(pid)
+    cpu_before = target_cpu_seconds(procs, target)
     wrk = run_wrk(target, args, args.duration, f"k{run_id}")
-    cpu = cpu_seconds(pid) - cpu_before
+    cpu = target_cpu_seconds(procs, target) - cpu_before
     at_end = receiver_count(receiver_port)
     seconds = wrk["duration_us"] / 1e6
     result = {
@@ -708,6 +721,12 @@ def main() -> int:
         default=1,
         help="run the service as `serve --processes N` (default 1)",
     )
+    parser.add_argument(
+        "--service-workers",
+        type=int,
+        default=0,
+        help="deliver from N `alerting-service worker` processes, not from `serve` (default 0)",
+    )
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, databases)")
     args = parser.parse_args()
@@ -746,6 +765,8 @@ def main() -> int:
         f" + uncommitted changes to {', '.join(changed)}" if changed else ""
     )
     versions["service processes"] = str(args.service_processes)
+    if args.service_workers:
+        versions["service processes"] += f" serving, {args.service_workers} `worker` delivering"
     tmp = Path(tempfile.mkdtemp(prefix="alerting-bench-"))
     procs = Processes()
     results: dict[str, dict] = {}
@@ -770,6 +791,7 @@ def main() -> int:
                         args.standin,
                         args.service_env,
                         args.service_processes,
+                        args.service_workers,
                     )
                 else:
                     target = start_alertmanager(procs, tmp, phase, receiver_port)
