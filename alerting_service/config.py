@@ -408,6 +408,9 @@ class Settings(BaseSettings):
     ingest_batch_max: int = Field(default=512, ge=1, le=5000)
     # Events waiting for the writer beyond this are answered 503 at once (the sender retries later).
     ingest_queue_max: int = Field(default=DEFAULT_INGEST_QUEUE_MAX, ge=1)
+    # /readyz answers 503 while one database transaction has run longer than this (it waits on a lock that
+    # another process holds): events then wait unanswered, or are refused once the ingest queue is full.
+    writer_stall_seconds: float = Field(default=30.0, gt=0)
     # How often the in-memory silences are re-read, for silences changed by another process.
     silence_refresh_seconds: float = Field(default=10.0, gt=0)
     # Events (with their deliveries) and silences older than this are deleted; never a delivery still to be

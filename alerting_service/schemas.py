@@ -254,7 +254,11 @@ class Health(BaseModel):
 
 class Readiness(BaseModel):
     status: Literal["ready", "unavailable"]
-    database: bool
+    database: bool = Field(description="The database answers a query.")
+    writer: bool = Field(
+        description="The database writer is not stuck: its transaction in hand, if any, has run for less "
+        "than ALERTING_WRITER_STALL_SECONDS."
+    )
 
 
 # --- converters -------------------------------------------------------------------------------------------

@@ -144,7 +144,7 @@ async def _lifespan(
         )
         await ingestor.start()
         resources.push_async_callback(ingestor.stop)
-        app.state.services = Services(config, engine, sessions, ingestor, handoff.wake)
+        app.state.services = Services(config, engine, sessions, ingestor, writer, handoff.wake)
         await resources.enter_async_context(pruning(writer, settings.retention))
         # The watcher records through the ingestor: it stops first.
         async with watching(config.expectations, session_factory=sessions, ingestor=ingestor):

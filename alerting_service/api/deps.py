@@ -15,6 +15,7 @@ from alerting_service.config import AlertingConfig
 from alerting_service.ingest import Ingestor
 from alerting_service.notify.base import Reason
 from alerting_service.schemas import ErrorResponse, Text
+from alerting_service.store.writer import Writer
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,7 @@ class Services:
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
     ingestor: Ingestor
+    writer: Writer
     wake_dispatcher: Callable[[], None]
 
 

@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import fcntl
 import os
+import time
 from collections.abc import Callable, Generator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -61,6 +62,9 @@ class Writer:
         self._lock = _SQLiteWriterLock(str(url.database)) if is_sqlite_file(url) else None
         # One thread: transactions run one after another, on one connection.
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="db-writer")
+        self._stall_seconds = settings.writer_stall_seconds
+        # When the transaction in hand began (its wait for a turn or a lock included); None while idle.
+        self._busy_since: float | None = None
 
     async def transaction(
         self, fn: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
@@ -70,8 +74,19 @@ class Writer:
         return await loop.run_in_executor(self._thread, lambda: self._run(fn, *args, **kwargs))
 
     def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        with self._turn(), self._engine.begin() as connection:
-            return fn(connection, *args, **kwargs)
+        self._busy_since = time.monotonic()
+        try:
+            with self._turn(), self._engine.begin() as connection:
+                return fn(connection, *args, **kwargs)
+        finally:
+            self._busy_since = None
+
+    def stalled_for(self) -> float | None:
+        """How long the transaction in hand has run, if longer than `writer_stall_seconds`: another process
+        hangs holding the SQLite writer lock, or a PostgreSQL lock the transaction waits for."""
+        since = self._busy_since
+        busy = 0.0 if since is None else time.monotonic() - since
+        return busy if busy > self._stall_seconds else None
 
     def _turn(self) -> contextlib.AbstractContextManager[None]:
         """This process's turn among the processes writing to the same SQLite file."""

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import fcntl
+import os
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import make_url, text
 
 from alerting_service.api.app import create_app
 from alerting_service.config import load_settings
@@ -16,6 +21,7 @@ from tests.alerting_service.delivery_fixtures import (
     Database,
     _create_postgres_database,
     _drop_postgres_database,
+    eventually,
     new_whsec,
 )
 
@@ -29,7 +35,7 @@ async def test_healthz_answers_ok(api: Api) -> None:
 async def test_readyz_is_ready_when_the_database_answers(api: Api) -> None:
     answer = await api.client.get("/readyz")
 
-    assert (answer.status_code, answer.json()) == (200, {"status": "ready", "database": True})
+    assert (answer.status_code, answer.json()) == (200, {"status": "ready", "database": True, "writer": True})
 
 
 @dataclass
@@ -68,7 +74,10 @@ async def test_readyz_is_503_when_the_database_is_gone(droppable: DroppableDatab
 
     answer = await droppable.client.get("/readyz")
 
-    assert (answer.status_code, answer.json()) == (503, {"status": "unavailable", "database": False})
+    assert (answer.status_code, answer.json()) == (
+        503,
+        {"status": "unavailable", "database": False, "writer": True},
+    )
 
 
 @pytest.mark.postgres
@@ -84,6 +93,65 @@ async def test_an_event_that_cannot_be_stored_is_a_503_asking_to_send_it_again(
     assert answer.status_code == 503
     assert answer.headers["retry-after"] == "1"
     assert "could not be stored" in answer.json()["detail"]
+
+
+@contextlib.asynccontextmanager
+async def writer_held_up(database: Database) -> AsyncGenerator[None]:
+    """What another, hung process would hold: the SQLite writer lock, or a PostgreSQL lock on `events`."""
+    url = make_url(database.settings.effective_database_url)
+    if url.get_backend_name() == "sqlite":
+        lock = os.open(f"{url.database}-writer.lock", os.O_RDWR | os.O_CREAT)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            os.close(lock)  # releases the flock
+    else:
+        async with database.engine.begin() as connection:
+            await connection.execute(text("LOCK TABLE events IN SHARE MODE"))
+            yield
+
+
+@pytest.fixture
+async def stall_aware_api(make_settings: SettingsFactory, database: Database) -> AsyncGenerator[Api]:
+    async with running_api(make_settings(writer_stall_seconds=0.2), database) as running:
+        yield running
+
+
+async def _readiness(api: Api) -> tuple[int, dict]:
+    answer = await api.client.get("/readyz")
+    return answer.status_code, answer.json()
+
+
+async def test_readyz_is_503_while_the_writer_waits_on_a_lock_and_ready_again_once_it_is_free(
+    stall_aware_api: Api, database: Database
+) -> None:
+    async with writer_held_up(database):
+        posting = asyncio.create_task(stall_aware_api.post_event(task_id="held-up"))
+        stuck = await eventually(lambda: _unready(stall_aware_api))
+    await posting
+
+    assert stuck == (503, {"status": "unavailable", "database": True, "writer": False})
+    assert await _readiness(stall_aware_api) == (200, {"status": "ready", "database": True, "writer": True})
+
+
+async def _unready(api: Api) -> tuple[int, dict] | None:
+    readiness = await _readiness(api)
+    return readiness if readiness[0] != 200 else None
+
+
+async def test_an_event_held_up_by_a_stuck_writer_is_stored_once_the_lock_is_free(
+    stall_aware_api: Api, database: Database
+) -> None:
+    async with writer_held_up(database):
+        posting = asyncio.create_task(stall_aware_api.post_event(task_id="held-up"))
+        await eventually(lambda: _unready(stall_aware_api))
+        assert not posting.done()
+
+    answer = await posting
+
+    assert answer.status_code == 202
+    assert (await stall_aware_api.event(answer.json()["id"]))["task_id"] == "held-up"
 
 
 async def test_metrics_count_received_events_by_type(api: Api) -> None:

@@ -26,15 +26,29 @@ async def healthz() -> Health:
 @router.get(
     "/readyz",
     response_model=Readiness,
-    responses={503: {"model": Readiness, "description": "The database is unreachable or ingest is stopped."}},
+    responses={
+        503: {
+            "model": Readiness,
+            "description": "The database is unreachable, its writer is stuck, or ingest is stopped.",
+        }
+    },
     summary="Ready to accept events",
 )
 async def readyz(services: ServicesDep, response: Response) -> Readiness:
     database = await is_reachable(services.engine)
-    ready = database and services.ingestor.is_running
+    stalled_for = services.writer.stalled_for()
+    if stalled_for is not None:
+        log.warning(
+            "the database writer has been on one transaction for %.0f s: another process holds a lock it "
+            "waits for (the SQLite writer lock, or a PostgreSQL lock)",
+            stalled_for,
+        )
+    ready = database and stalled_for is None and services.ingestor.is_running
     if not ready:
         response.status_code = 503
-    return Readiness(status="ready" if ready else "unavailable", database=database)
+    return Readiness(
+        status="ready" if ready else "unavailable", database=database, writer=stalled_for is None
+    )
 
 
 @router.get(
