@@ -7,7 +7,6 @@ that has not finished in time (Deadline Alert).
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import DeadlineAlert, ExceptionRetryPolicy, RetryAction, RetryRule
@@ -19,7 +18,6 @@ from pipeline_common.settings import PipelineSettings
 OWNER = "data-engineering"
 RETRIES = 3
 RETRY_BACKOFF_MULTIPLIER = 2.0
-EXECUTION_TIMEOUT = timedelta(hours=1)
 ALERT_LABELS = {"team": OWNER}
 
 RETRY_POLICY = ExceptionRetryPolicy(
@@ -42,7 +40,7 @@ def default_args(settings: PipelineSettings) -> dict[str, Any]:
         "retry_delay": settings.retry_delay,
         "retry_exponential_backoff": RETRY_BACKOFF_MULTIPLIER,
         "max_retry_delay": settings.max_retry_delay,
-        "execution_timeout": EXECUTION_TIMEOUT,
+        "execution_timeout": settings.execution_timeout,
         "retry_policy": RETRY_POLICY,
         "on_retry_callback": alerts,
         "on_failure_callback": alerts,

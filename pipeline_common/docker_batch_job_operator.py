@@ -3,6 +3,11 @@
 Secrets are resolved from the connections inside `execute()` into `private_environment`, which the provider
 neither templates nor renders; `environment` holds only the non-secret variables of `prepare_environment`.
 Exit codes and the summary follow the same contract as the local runner (`batch_job_operators`).
+
+On `execution_timeout` the task runner calls `on_kill()`, which stops the container, but only if the timeout
+reaches it: with `auto_remove="success"` the provider's clean-up removes the container without force while it
+still runs, and the engine's refusal (an APIError) would replace the timeout, leaving the container running
+beside the next try. `execute()` raises the timeout instead.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ from typing import Any
 from airflow.providers.docker.exceptions import DockerContainerFailedException
 from airflow.providers.docker.operators.docker import DockerOperator
 from airflow.sdk import Context
+from airflow.sdk.exceptions import AirflowTaskTimeout
+from docker.errors import APIError
 
 from pipeline_common.assets import INCOMING_TRANSACTIONS, SCORED_TRANSACTIONS
 from pipeline_common.batch_job_operators import record_success
@@ -50,6 +57,12 @@ class DockerBatchJobOperator(DockerOperator):
             output_lines = super().execute(context)
         except DockerContainerFailedException as exc:
             raise batch_job_failure(docker_exit_code(exc)) from None
+        except APIError as exc:
+            timeout = interrupting_timeout(exc)
+            if timeout is None:
+                raise
+            self.log.warning("timed out while the container ran (the provider could not remove it: %s)", exc)
+            raise timeout from None
         finally:
             self._private_environment = {}
         return record_success(context, self.environment, summary_line(output_lines or []))
@@ -62,6 +75,14 @@ def summary_line(output_lines: list[str]) -> str | None:
     summary can arrive after it, so "the last line" of the stream is not always stdout's last line. The job's
     log lines never start with "{", its summary always does."""
     return next((line for line in reversed(output_lines) if line.lstrip().startswith("{")), None)
+
+
+def interrupting_timeout(exc: BaseException) -> AirflowTaskTimeout | None:
+    """The `execution_timeout` that `exc` was raised while handling, if any."""
+    cause = exc.__context__
+    while cause is not None and not isinstance(cause, AirflowTaskTimeout):
+        cause = cause.__context__
+    return cause
 
 
 def docker_exit_code(exc: DockerContainerFailedException) -> int:

@@ -44,6 +44,8 @@ class PipelineSettings:
     reports_dir: Path
     retry_delay: timedelta
     max_retry_delay: timedelta
+    # Each try of each task is stopped after this (the batch job with it: process or container).
+    execution_timeout: timedelta
     # Deadline Alert: a run not finished this long after it was queued alerts; None turns it off.
     run_deadline: timedelta | None
 
@@ -70,6 +72,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> PipelineSettings:
         reports_dir=_absolute_dir("REPORTS_DIR", get("REPORTS_DIR") or str(airflow_home / "reports")),
         retry_delay=_seconds("RETRY_DELAY_SECONDS", get("RETRY_DELAY_SECONDS") or "300"),
         max_retry_delay=_seconds("MAX_RETRY_DELAY_SECONDS", get("MAX_RETRY_DELAY_SECONDS") or "1800"),
+        execution_timeout=_seconds("EXECUTION_TIMEOUT_SECONDS", get("EXECUTION_TIMEOUT_SECONDS") or "3600"),
         run_deadline=_minutes_or_off("DEADLINE_MINUTES", get("DEADLINE_MINUTES") or "90"),
     )
 

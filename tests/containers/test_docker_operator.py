@@ -210,6 +210,19 @@ def containers_of(podman_env, image: str, since: datetime) -> dict[str, set[str]
     return lifecycle
 
 
+def containers_listed(podman_env, image: str, *options: str) -> list[str]:
+    """Ids of the containers of `image` that `podman ps` lists (running ones; all with "--all").
+
+    Compared by name: an `ancestor=` filter with the name as built ("batch-orchestration/...") matches
+    nothing, since podman stores it as "localhost/batch-orchestration/..."."""
+    listed = podman(podman_env, "ps", *options, "--format", "{{.ID}} {{.Image}}")
+    return [
+        container_id
+        for container_id, listed_image in (line.split() for line in listed.splitlines() if line.strip())
+        if listed_image in (image, f"localhost/{image}")
+    ]
+
+
 @pytest.fixture(scope="module")
 def successful_run(airflow_docker_env, landing, results_db, ml_api) -> Iterator[DagRunResult]:
     day = date(2026, 4, 1)
@@ -247,10 +260,7 @@ def test_the_container_is_removed_after_the_run(successful_run, podman_env, batc
     lifecycle = containers_of(podman_env, batch_job_image, successful_run.started_at)
     assert lifecycle, "no container of the batch-job image was created during the run"
     assert all("remove" in events for events in lifecycle.values()), lifecycle
-    remaining = podman(
-        podman_env, "ps", "-a", "--filter", f"ancestor={batch_job_image}", "--format", "{{.ID}}"
-    )
-    assert remaining.strip() == ""
+    assert containers_listed(podman_env, batch_job_image, "--all") == []
 
 
 @pytest.fixture(scope="module")
@@ -292,6 +302,44 @@ def test_invalid_input_data_exit_65_fails_the_run_without_a_retry(invalid_data_r
     assert task_tries(invalid_data_run) == [(1, "failed")]
     assert "the batch job exited with code 65" in invalid_data_run.output
     assert scored_asset_extras(invalid_data_run) == []
+
+
+@pytest.fixture(scope="module")
+def timed_out_run(
+    airflow_docker_env, landing, results_db, podman_env, batch_job_image
+) -> Iterator[DagRunResult]:
+    """A run whose every try outlasts an execution_timeout of 8 s: its ML API accepts connections and never
+    answers, and the job would wait for it for 10 minutes."""
+    day = date(2026, 4, 5)
+    landing.put_sample_day(day, rows=5)
+    env = {**airflow_docker_env, "BATCH_PIPELINE_EXECUTION_TIMEOUT_SECONDS": "8"}
+    with socket.create_server(("127.0.0.1", 0)) as silent_ml_api:
+        connections = peer_connection_variables(
+            landing.endpoint,
+            results_db,
+            f"http://127.0.0.1:{silent_ml_api.getsockname()[1]}",
+            s3_access_key_id=S3_ACCESS_KEY_ID,
+            s3_secret_access_key=S3_SECRET_ACCESS_KEY,
+            db_password=DB_PASSWORD,
+            ml_api_key=ML_API_KEY,
+            ml_api_extra={"max_retries": 0, "timeout_seconds": 600},
+        )
+        run = run_dag(env, connections, day)
+        try:
+            yield run
+        finally:
+            for container_id in containers_of(podman_env, batch_job_image, run.started_at):
+                podman(podman_env, "rm", "--force", "--ignore", container_id)
+
+
+def test_a_try_past_its_execution_timeout_stops_its_container(timed_out_run, podman_env, batch_job_image):
+    assert timed_out_run.exit_code != 0
+    assert task_tries(timed_out_run) == [(1, "failed"), (2, "failed"), (3, "failed"), (4, "failed")]
+    lifecycle = containers_of(podman_env, batch_job_image, timed_out_run.started_at)
+    assert len(lifecycle) == 4
+    assert containers_listed(podman_env, batch_job_image) == []
+    assert all("died" in events for events in lifecycle.values()), lifecycle
+    assert "timed out while the container ran" in timed_out_run.output
 
 
 @pytest.fixture(scope="module")

@@ -37,6 +37,7 @@ def test_every_setting_is_read_from_its_variable():
             "BATCH_PIPELINE_REPORTS_DIR": "/srv/reports",
             "BATCH_PIPELINE_RETRY_DELAY_SECONDS": "0.5",
             "BATCH_PIPELINE_MAX_RETRY_DELAY_SECONDS": "60",
+            "BATCH_PIPELINE_EXECUTION_TIMEOUT_SECONDS": "7200",
         }
     )
     assert settings.image == "registry.bank.internal:5000/batch-job:1.4.2"
@@ -46,6 +47,7 @@ def test_every_setting_is_read_from_its_variable():
     assert settings.reports_dir == Path("/srv/reports")
     assert settings.retry_delay == timedelta(milliseconds=500)
     assert settings.max_retry_delay == timedelta(minutes=1)
+    assert settings.execution_timeout == timedelta(hours=2)
 
 
 def test_an_image_pinned_by_digest_is_accepted():
@@ -72,6 +74,7 @@ def test_the_latest_tag_is_refused():
         ("BATCH_PIPELINE_REPORTS_DIR", "reports", "must be an absolute path"),
         ("BATCH_PIPELINE_RETRY_DELAY_SECONDS", "five", "is not a number of seconds"),
         ("BATCH_PIPELINE_MAX_RETRY_DELAY_SECONDS", "-1", "must be positive"),
+        ("BATCH_PIPELINE_EXECUTION_TIMEOUT_SECONDS", "0", "must be positive"),
     ],
 )
 def test_a_bad_value_is_refused_naming_the_variable(variable, value, message):
