@@ -14,7 +14,9 @@ import hashlib
 import hmac
 import logging
 import os
+import re
 import secrets
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +26,8 @@ log = logging.getLogger(__name__)
 
 GENERATED_KEYS_FILE = "api-keys"
 _KEY_MIN_LENGTH = 16
+# A key's name: shown in errors and logs, stored with silences (at most 128 characters there).
+_KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 class Scope(enum.StrEnum):
@@ -46,15 +50,21 @@ def _digest(token: str) -> bytes:
 
 
 def parse_api_keys(text: str, source: str) -> tuple[ApiKey, ...]:
-    """Parse `name:scope:key` entries; an error names the entry by position and name, never its key."""
+    """Parse `name:scope:key` entries; an error names the entry by position, and by name only once the entry
+    has the three parts and a valid name: a key pasted alone, or with a colon in it, must not be echoed."""
     keys = []
     entries = [entry.strip() for entry in text.replace("\n", ",").split(",") if entry.strip()]
     for position, entry in enumerate(entries, start=1):
-        name, _, rest = entry.partition(":")
-        scope, _, token = rest.partition(":")
-        where = f"{source}: entry {position} ({name or '?'})"
-        if not name or not token:
-            raise ConfigError(f"{where}: expected name:scope:key")
+        parts = entry.split(":", 2)
+        if len(parts) < 3 or not all(parts):
+            raise ConfigError(f"{source}: entry {position}: expected name:scope:key")
+        name, scope, token = parts
+        if not _KEY_NAME.fullmatch(name):
+            raise ConfigError(
+                f"{source}: entry {position}: the name must be 1-128 letters, digits, '.', '_' or '-', "
+                "starting with a letter or digit"
+            )
+        where = f"{source}: entry {position} ({name})"
         if scope not in Scope.__members__.values():
             raise ConfigError(f"{where}: scope must be ingest or admin")
         if len(token) < _KEY_MIN_LENGTH:
@@ -113,7 +123,14 @@ def _write_generated_keys(path: Path) -> None:
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     keys = {"airflow": Scope.INGEST, "admin": Scope.ADMIN}
     content = "".join(f"{name}:{scope}:{secrets.token_urlsafe(32)}\n" for name, scope in keys.items())
-    # O_EXCL: two processes starting at once must not overwrite each other's keys.
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-        handle.write(content)
+    # Written whole beside it, then linked into place: a crash never leaves an empty or partial keys file, and
+    # link() fails if the file exists, so two processes starting at once never overwrite each other's keys.
+    descriptor, written = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            handle.write(content)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.link(written, path)
+    finally:
+        os.unlink(written)

@@ -109,7 +109,11 @@ def test_an_external_database_without_keys_refuses_to_start(tmp_path: Path) -> N
         ("admin:root:0123456789abcdef0123", "entry 1 (admin): scope must be ingest or admin"),
         ("admin:admin:short", "entry 1 (admin): the key must be at least 16 characters"),
         ("a:admin:0123456789abcdef0123,a:ingest:0123456789abcdef9999", "key names must be unique"),
-        ("just-a-key", "entry 1 (just-a-key): expected name:scope:key"),
+        ("0123456789abcdef0123", "entry 1: expected name:scope:key"),
+        ("0123456789:abcdef0123", "entry 1: expected name:scope:key"),
+        ("admin:admin:", "entry 1: expected name:scope:key"),
+        ("0123456789abcdef/+=:admin:0123456789abcdef0123", "entry 1: the name must be 1-128 letters"),
+        ("n" * 129 + ":admin:0123456789abcdef0123", "entry 1: the name must be 1-128 letters"),
     ],
 )
 def test_a_malformed_key_list_names_the_entry_but_never_the_key(
