@@ -47,6 +47,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from alerting_service.db import insert_on_conflict
 from alerting_service.models import Event, EventType, ExpectationWatch, Severity
 from alerting_service.schemas import MAX_LABELS, EventIn, LabelName, LabelValue, Text
+from alerting_service.store.events import IdempotencyConflict
 
 if TYPE_CHECKING:
     from alerting_service.ingest import Ingestor
@@ -80,6 +81,16 @@ class Expectation(BaseModel):
         if SOURCE_LABEL in labels:
             raise ValueError(f"{SOURCE_LABEL!r} is set by the service ({SOURCE_LABEL}: {EXPECTATION_LABEL})")
         return labels
+
+    @field_validator("succeed_by", mode="before")
+    @classmethod
+    def _written_as_a_time(cls, value: object) -> object:
+        # YAML 1.1 reads an unquoted 4:30 as the base-60 number 270, which would mean 00:04:30.
+        if isinstance(value, int | float):
+            raise ValueError(
+                'write the time as a quoted "HH:MM" string (YAML reads 4:30 unquoted as a number)'
+            )
+        return value
 
     @field_validator("timezone")
     @classmethod
@@ -248,7 +259,16 @@ class ExpectationWatcher:
                 or await self._succeeded(check)
             ):
                 continue
-            await self._record_event(missed_event(check))
+            try:
+                await self._record_event(missed_event(check))
+            except IdempotencyConflict:
+                # Recorded already today, with a body since changed (the expectation's severity or labels
+                # were edited): it stands, and the expectations after it are still checked.
+                log.warning(
+                    "expectation missed, recorded earlier with other settings: %s", check.idempotency_key
+                )
+                self._recorded.add(check.idempotency_key)
+                continue
             self._recorded.add(check.idempotency_key)
             recorded.append(check.idempotency_key)
             log.warning("expectation missed: %s", check.idempotency_key)

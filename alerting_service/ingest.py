@@ -47,7 +47,7 @@ from alerting_service.store import deliveries as delivery_store
 from alerting_service.store import events as event_store
 from alerting_service.store import silences as silence_store
 from alerting_service.store.deliveries import ClaimedDelivery
-from alerting_service.store.events import FiringTarget, OpenAlert, StoredKey
+from alerting_service.store.events import FiringTarget, IdempotencyConflict, OpenAlert, StoredKey
 from alerting_service.store.writer import Writer
 
 log = logging.getLogger(__name__)
@@ -55,12 +55,6 @@ log = logging.getLogger(__name__)
 
 class IngestUnavailable(Exception):
     """The event was not stored (database failure or shutdown); the client should send it again."""
-
-
-class IdempotencyConflict(Exception):
-    def __init__(self, key: str) -> None:
-        super().__init__(f"idempotency_key {key!r} was already used with a different body")
-        self.key = key
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,12 @@ from alerting_service.models import SETTLED_STATUSES, UNFINISHED_STATUSES, Deliv
 from alerting_service.resolution import FIRING_TYPES
 
 
+class IdempotencyConflict(Exception):
+    def __init__(self, key: str) -> None:
+        super().__init__(f"idempotency_key {key!r} was already used with a different body")
+        self.key = key
+
+
 @dataclass(frozen=True, slots=True)
 class StoredKey:
     id: str

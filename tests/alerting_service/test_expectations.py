@@ -9,6 +9,7 @@ from datetime import UTC, datetime, time
 from typing import Any
 
 import pytest
+import yaml
 from pydantic import TypeAdapter, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -25,10 +26,12 @@ from alerting_service.expectations import (
 )
 from alerting_service.ingest import Ingestor, NoHandoff
 from alerting_service.models import Event, ExpectationWatch
+from alerting_service.store.events import IdempotencyConflict
 from alerting_service.store.writer import Writer
 from tests.alerting_service.delivery_fixtures import Database
 
 PIPELINE = Expectation(dag_id="batch_pipeline_dag", succeed_by=time(4, 0), labels={"team": "data"})
+REPORT = Expectation(dag_id="fraud_report_dag", succeed_by=time(6, 0))
 
 
 def utc(text: str) -> datetime:
@@ -101,6 +104,12 @@ def test_two_expectations_of_one_dag_are_refused() -> None:
 
 def test_succeed_by_reads_the_yaml_time_string() -> None:
     assert Expectation.model_validate({"dag_id": "d", "succeed_by": "04:30"}).succeed_by == time(4, 30)
+
+
+def test_an_unquoted_succeed_by_that_yaml_reads_as_a_number_is_refused() -> None:
+    # YAML 1.1 reads `succeed_by: 4:30` as 270 (base 60), which would otherwise mean 00:04:30.
+    with pytest.raises(ValidationError, match=r'succeed_by\n.*quoted "HH:MM" string'):
+        Expectation.model_validate(yaml.safe_load("dag_id: d\nsucceed_by: 4:30"))
 
 
 # --- the watcher against a real database -------------------------------------------------------------------
@@ -219,6 +228,38 @@ async def test_run_checks_until_stopped_and_survives_a_failing_round(watched: An
     assert [body["idempotency_key"] for body in recorder.bodies] == [
         "expectation/batch_pipeline_dag/2026-01-14"
     ]
+
+
+async def test_a_day_recorded_earlier_with_other_settings_does_not_stop_the_next_expectations(
+    watched: Any,
+) -> None:
+    async with watched() as session, session.begin():
+        session.add(ExpectationWatch(dag_id=REPORT.dag_id, watched_since=utc("2026-01-01T00:00:00")))
+    recorder = ConflictingFor(f"expectation/{PIPELINE.dag_id}/2026-01-14")
+    watcher = ExpectationWatcher(
+        [PIPELINE, REPORT],
+        session_factory=watched,
+        record_event=recorder,
+        clock=lambda: utc("2026-01-14T06:01:00"),
+    )
+
+    recorded = await watcher.check_once()
+
+    assert recorded == ["expectation/fraud_report_dag/2026-01-14"]
+    assert await watcher.check_once() == []
+
+
+class ConflictingFor(Recorder):
+    """Records like the ingest, but refuses `key` as used already with another body (a 409)."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__()
+        self.key = key
+
+    async def __call__(self, body: dict[str, Any]) -> None:
+        if body["idempotency_key"] == self.key:
+            raise IdempotencyConflict(self.key)
+        await super().__call__(body)
 
 
 # --- only silences the service observed are judged ----------------------------------------------------------

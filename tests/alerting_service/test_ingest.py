@@ -12,11 +12,12 @@ import pytest
 from sqlalchemy import Connection, func, select
 
 from alerting_service.config import AlertingConfig, parse_alerting_config
-from alerting_service.ingest import Accepted, IdempotencyConflict, Ingestor, NoHandoff
+from alerting_service.ingest import Accepted, Ingestor, NoHandoff
 from alerting_service.metrics import REGISTRY
 from alerting_service.models import Delivery, DeliveryKind, Event
 from alerting_service.schemas import EventIn
 from alerting_service.store import events as event_store
+from alerting_service.store.events import IdempotencyConflict
 from tests.alerting_service.delivery_fixtures import Database, new_whsec
 
 

@@ -21,7 +21,7 @@ from alerting_service.api.deps import (
     authorize,
 )
 from alerting_service.auth import Scope as AuthScope
-from alerting_service.ingest import IdempotencyConflict, IngestUnavailable
+from alerting_service.ingest import IngestUnavailable
 from alerting_service.models import EventType
 from alerting_service.schemas import (
     ErrorResponse,
@@ -33,6 +33,7 @@ from alerting_service.schemas import (
     UTCTimestamp,
 )
 from alerting_service.store import events as event_store
+from alerting_service.store.events import IdempotencyConflict
 
 router = APIRouter(prefix="/v1/events", tags=["events"])
 
