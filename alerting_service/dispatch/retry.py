@@ -60,12 +60,12 @@ class RetryPolicy:
         deadline = created_at + self.horizon
         if now >= deadline:
             return Dead(Reason.HORIZON_EXCEEDED)
+        delay = self._jittered(self.backoff(attempts))
         if error.retry_after is not None:
-            # The destination's own request beats our schedule; cut to the horizon first, since `now` plus a
-            # Retry-After of centuries would overflow.
-            delay = timedelta(seconds=min(error.retry_after, self.horizon.total_seconds()))
-        else:
-            delay = self._jittered(self.backoff(attempts))
+            # Never sooner than the destination asks, nor sooner than our own schedule: a "Retry-After: 0"
+            # (or a date its clock put in the past) answered to every attempt must not make a tight loop.
+            # Cut to the horizon first, since `now` plus a Retry-After of centuries would overflow.
+            delay = max(delay, timedelta(seconds=min(error.retry_after, self.horizon.total_seconds())))
         return RetryDecision(retry_at=min(now + delay, deadline))
 
     def backoff(self, attempts: int) -> timedelta:

@@ -56,10 +56,21 @@ def test_equal_jitter_waits_at_least_half_the_backoff(attempts: int) -> None:
     assert len(set(waits)) > 1
 
 
-@pytest.mark.parametrize("retry_after", [0.0, 3.0, 120.0, 7200.0])
-def test_retry_after_overrides_the_backoff(retry_after: float) -> None:
+@pytest.mark.parametrize("retry_after", [120.0, 7200.0])
+def test_a_retry_after_longer_than_the_backoff_is_the_wait(retry_after: float) -> None:
     decision = policy().decide(retryable(retry_after), attempts=1, created_at=CREATED, now=CREATED)
     assert decision == RetryDecision(retry_at=CREATED + timedelta(seconds=retry_after))
+
+
+@pytest.mark.parametrize("retry_after", [0.0, 3.0])
+def test_a_retry_after_shorter_than_the_backoff_waits_the_backoff(retry_after: float) -> None:
+    retry = policy(jitter=Jitter.EQUAL)
+    waits = [
+        _wait(retry.decide(retryable(retry_after), attempts=1, created_at=CREATED, now=CREATED))
+        for _ in range(200)
+    ]
+    shortest = max(timedelta(seconds=retry_after), retry.backoff(1) / 2)
+    assert all(shortest <= wait <= retry.backoff(1) for wait in waits)
 
 
 @pytest.mark.parametrize("retry_after", [300_000_000_000.0, 1e20, float("inf")])
