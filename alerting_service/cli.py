@@ -22,7 +22,7 @@ import uvicorn
 from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors import Multiprocess
 
-from alerting_service.api.app import APP_FACTORY, configure_logging, create_app, prepare_shared_state
+from alerting_service.api.app import APP_FACTORY, create_app, prepare_shared_state
 from alerting_service.auth import configured_keys
 from alerting_service.config import (
     ENV_PREFIX,
@@ -32,6 +32,7 @@ from alerting_service.config import (
     load_settings,
 )
 from alerting_service.dispatch.worker import run_worker
+from alerting_service.logs import configure_logging
 from alerting_service.metrics import MULTIPROCESS_DIR_VARIABLE
 
 EX_CONFIG = 78
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     arguments = _parser().parse_args(argv)
     try:
         settings = load_settings(**({"config_file": arguments.config} if arguments.config else {}))
-        configure_logging(settings)
+        configure_logging(settings.log_level)
         if arguments.command == "serve":
             return _serve(settings, arguments)
         if arguments.command == "worker":

@@ -39,6 +39,7 @@ from alerting_service.dispatch.worker import Dispatcher
 from alerting_service.expectations import watching
 from alerting_service.heap import freeze_startup_objects
 from alerting_service.ingest import Ingestor, NoHandoff
+from alerting_service.logs import configure_logging
 from alerting_service.retention import pruning
 from alerting_service.store.writer import Writer
 
@@ -56,10 +57,6 @@ log = logging.getLogger(__name__)
 
 # `serve --processes N`: each process builds its app from the environment (uvicorn's factory mode).
 APP_FACTORY = "alerting_service.api.app:create_app_from_environment"
-
-
-def configure_logging(settings: Settings) -> None:
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
 
 
 async def prepare_shared_state(settings: Settings) -> None:
@@ -84,7 +81,7 @@ def create_app_from_environment() -> FastAPI:
     """
     try:
         settings = load_settings()
-        configure_logging(settings)
+        configure_logging(settings.log_level)
         return create_app(settings, freeze_heap_once_started=True)
     except ConfigError as error:
         log.error("configuration error:\n%s", error)

@@ -56,6 +56,22 @@ async def test_every_acknowledged_event_is_delivered_after_the_service_is_killed
         hang.set()
 
 
+async def test_a_failed_delivery_is_logged_with_its_receiver_reason_and_error(
+    make_settings: SettingsFactory, start_service: StartService, http_receiver: HttpReceiver
+) -> None:
+    webhook = http_receiver.receiver("/hook")
+    http_receiver.answer_by_default("/hook", Reply(500))
+    service = start_service(make_settings(routing=service_routing(webhook), run_dispatcher=True))
+    await service.until_ready()
+    await post_failure_events(service.url, 1)
+
+    await service.until_logged("WARNING alerting_service.dispatch.worker delivery failed delivery_id=")
+
+    [line] = [line for line in service.log().splitlines() if " delivery failed " in line]
+    assert f"receiver={webhook.name} reason=server_error error=" in line
+    assert "HTTP 500" in line
+
+
 @pytest.mark.postgres
 async def test_several_workers_on_postgresql_deliver_each_notification_exactly_once(
     start_service: StartService, http_receiver: HttpReceiver, tmp_path: Path
