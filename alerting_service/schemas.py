@@ -61,6 +61,19 @@ def _utc(value: datetime) -> datetime:
 
 
 Text = Annotated[str, AfterValidator(_no_nul)]
+# PostgreSQL refuses a btree index entry over 2,704 bytes, and an event's dag, run and task ids together make
+# its indexed fingerprint: 750 bytes each keeps it under, and any Airflow id of 250 characters of up to three
+# UTF-8 bytes fits.
+AIRFLOW_ID_MAX_BYTES = 750
+
+
+def _fits_the_index(value: str) -> str:
+    if len(value.encode("utf-8")) > AIRFLOW_ID_MAX_BYTES:
+        raise ValueError(f"at most {AIRFLOW_ID_MAX_BYTES} bytes in UTF-8")
+    return value
+
+
+AirflowId = Annotated[Text, Field(min_length=1, max_length=250), AfterValidator(_fits_the_index)]
 # The integer columns are SQL INTEGER: 32 bits on PostgreSQL.
 INT32_MAX = 2**31 - 1
 UTCTimestamp = Annotated[AwareDatetime, AfterValidator(_utc)]
@@ -77,9 +90,9 @@ class EventIn(BaseModel):
     idempotency_key: Text = Field(min_length=1, max_length=512)
     type: EventType
     severity: Severity | None = Field(default=None, description="Defaults by type (failures error or worse).")
-    dag_id: Text = Field(min_length=1, max_length=250)
-    task_id: Text | None = Field(default=None, min_length=1, max_length=250)
-    run_id: Text | None = Field(default=None, min_length=1, max_length=250)
+    dag_id: AirflowId
+    task_id: AirflowId | None = None
+    run_id: AirflowId | None = None
     map_index: int = Field(default=-1, ge=-1, le=INT32_MAX)
     try_number: int | None = Field(default=None, ge=0, le=INT32_MAX)
     max_tries: int | None = Field(default=None, ge=0, le=INT32_MAX)

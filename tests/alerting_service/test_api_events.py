@@ -164,6 +164,7 @@ def without(field: str) -> dict[str, Any]:
         (VALID | {"occurred_at": "2026-01-14T02:07:12"}, "occurred_at"),
         (VALID | {"labels": {"team": 1}}, "labels"),
         (VALID | {"dag_id": "d\u0000"}, "dag_id"),
+        (VALID | {"run_id": "\U0001f525" * 250}, "run_id"),  # 250 characters, 1,000 bytes in UTF-8
         (VALID | {"unexpected": 1}, "unexpected"),
     ],
 )
@@ -175,6 +176,16 @@ async def test_an_invalid_event_is_a_422_naming_the_field_and_nothing_is_written
     assert answer.status_code == 422
     assert any(error["loc"][:2] == ["body", field] for error in answer.json()["detail"]), answer.json()
     assert (await api.row_counts())["events"] == 0
+
+
+async def test_ids_of_250_characters_of_three_utf8_bytes_each_are_stored(api: Api) -> None:
+    # The longest Airflow ids of the widest word characters: their fingerprint fits PostgreSQL's index.
+    ids = {name: "\u6f22" * 250 for name in ("dag_id", "task_id", "run_id")}
+
+    answer = await api.client.post("/v1/events", json=VALID | ids, headers=INGEST)
+
+    assert answer.status_code == 202, answer.text
+    assert (await api.event(answer.json()["id"]))["task_id"] == ids["task_id"]
 
 
 @pytest.mark.parametrize("content", [b"{", b"not json", b"[1, 2]", b""])
