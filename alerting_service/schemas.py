@@ -34,7 +34,7 @@ from alerting_service.models import (
     Severity,
     Silence,
 )
-from alerting_service.silences import SilenceState, silence_state
+from alerting_service.silences import SilenceState, compile_pattern, silence_state
 
 DEFAULT_SEVERITY = {
     EventType.TASK_FAILURE: Severity.ERROR,
@@ -208,9 +208,9 @@ class MatcherIn(BaseModel):
             raise ValueError(f"name must be one of {', '.join(EVENT_FIELD_LABELS)} or labels.<name>")
         if self.regex:
             try:
-                re.compile(self.value)
-            except re.error as exc:
-                raise ValueError(f"value is not a valid regular expression: {exc}") from None
+                compile_pattern(self.value)
+            except ValueError as error:
+                raise ValueError(f"value is {error}") from None
         return self
 
 

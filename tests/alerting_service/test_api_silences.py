@@ -141,6 +141,13 @@ async def test_silences_are_listed_with_their_state(api: Api) -> None:
             },
             "regular expression",
         ),
+        (
+            {
+                "matchers": [{"name": "dag_id", "value": "(?!batch).*", "regex": True}],
+                "ends_at": iso(timedelta(hours=1)),
+            },
+            "value is not a valid RE2 regular expression: invalid perl operator: (?!",
+        ),
     ],
 )
 async def test_an_invalid_silence_is_a_422_saying_what_is_wrong_and_nothing_is_stored(

@@ -63,6 +63,18 @@ def test_a_regex_matcher_must_match_the_whole_value() -> None:
     assert SilenceSet([rule(matcher("dag_id", "batch", regex=True))]).is_muted(LABELS, NOW) is None
 
 
+def test_a_regex_takes_linear_time_where_backtracking_would_take_hours() -> None:
+    # `(a+)+` against 40 a's and a b: about 2^40 steps for a backtracking engine such as Python's re.
+    silences = SilenceSet([rule(matcher("dag_id", "(a+)+", regex=True))])
+
+    assert silences.is_muted(LABELS | {"dag_id": "a" * 40 + "b"}, NOW) is None
+
+
+def test_a_stored_regex_that_re2_refuses_mutes_nothing() -> None:
+    # Stored before the API took RE2 only: a lookahead.
+    assert SilenceSet([rule(matcher("dag_id", "(?=batch).*", regex=True))]).is_muted(LABELS, NOW) is None
+
+
 def test_a_matcher_on_a_label_the_event_lacks_does_not_match() -> None:
     assert SilenceSet([rule(matcher("labels.env", ".*", regex=True))]).is_muted(LABELS, NOW) is None
 
