@@ -425,14 +425,8 @@ def _due_again(now: datetime) -> dict[str, Any]:
 
 async def replay(session: AsyncSession, delivery_id: str, *, now: datetime) -> Delivery | None:
     """A dead delivery back to pending (see `_due_again`). None if the delivery is not dead."""
-    result = await session.execute(
-        update(Delivery)
-        .where(Delivery.id == delivery_id, Delivery.status == DeliveryStatus.DEAD)
-        .values(_due_again(now))
-        .returning(Delivery.id)
-        .execution_options(synchronize_session=False)
-    )
-    if result.scalar_one_or_none() is None:
+    replayed = await _replay_where(session, Delivery.id == delivery_id, now)
+    if not replayed:
         return None
     return await session.get(Delivery, delivery_id, populate_existing=True)
 
@@ -441,13 +435,82 @@ async def replay_dead_letters(
     session: AsyncSession, receiver: str, *, reason: str | None, now: datetime
 ) -> int:
     """Every dead delivery to `receiver` (given up for `reason`, if given) back to pending; how many."""
+    return len(await _replay_where(session, _matching(None, receiver, reason), now))
+
+
+async def _replay_where(session: AsyncSession, where: ColumnElement[bool], now: datetime) -> list[str]:
     result = await session.execute(
         update(Delivery)
-        .where(_matching(DeliveryStatus.DEAD, receiver, reason))
+        .where(where, Delivery.status == DeliveryStatus.DEAD)
         .values(_due_again(now))
+        .returning(Delivery.id, Delivery.kind)
         .execution_options(synchronize_session=False)
     )
-    return result.rowcount
+    replayed = result.all()
+    firing = [delivery_id for delivery_id, kind in replayed if kind == DeliveryKind.FIRING]
+    for chunk in _chunks(firing):
+        await _resolve_again_after(session, chunk, now)
+    return [delivery_id for delivery_id, _ in replayed]
+
+
+async def _resolve_again_after(session: AsyncSession, firing_ids: Sequence[str], now: datetime) -> None:
+    """Replayed firing notices of alerts already resolved get their resolved notice again, after them.
+
+    Otherwise the receiver would see the alert fire last and stay open for good. The resolved notice (to the
+    same receiver, of the success that closed the alert) waits for the firing one: set back to waiting if
+    not sent yet, or else a new one (new webhook-id: a receiver that dedupes on it would drop a resend).
+    A success that sent no resolved notice there (it was silenced) gets none now either.
+    """
+    firing, closed = aliased(Delivery), aliased(Event)
+    closers = set(
+        (
+            await session.execute(
+                select(closed.resolved_by, firing.receiver, firing.integration)
+                .join_from(firing, closed, firing.event_id == closed.id)
+                .where(firing.id.in_(firing_ids), closed.resolved_by.is_not(None))
+            )
+        ).all()
+    )
+    if not closers:
+        return
+    notices = (
+        await session.execute(
+            select(Delivery.id, Delivery.event_id, Delivery.receiver, Delivery.status).where(
+                Delivery.event_id.in_({success_id for success_id, _, _ in closers}),
+                Delivery.kind == DeliveryKind.RESOLVED,
+            )
+        )
+    ).all()
+    for success_id, receiver, integration in closers:
+        statuses = {
+            notice_id: status
+            for notice_id, event_id, to, status in notices
+            if (event_id, to) == (success_id, receiver)
+        }
+        if not statuses or DeliveryStatus.WAITING in statuses.values():
+            continue
+        unsent = [notice_id for notice_id, status in statuses.items() if status == DeliveryStatus.PENDING]
+        if unsent:
+            await session.execute(
+                update(Delivery)
+                .where(Delivery.id.in_(unsent), Delivery.status == DeliveryStatus.PENDING)
+                .values(status=DeliveryStatus.WAITING)
+                .execution_options(synchronize_session=False)
+            )
+            continue
+        row = new_delivery_row(
+            event_id=success_id,
+            receiver=receiver,
+            integration=Integration(integration),
+            kind=DeliveryKind.RESOLVED,
+            now=now,
+            waiting=True,
+        )
+        await session.execute(insert(Delivery.__table__), [row])
+
+
+def _chunks(ids: Sequence[str], size: int = 500) -> list[Sequence[str]]:
+    return [ids[start : start + size] for start in range(0, len(ids), size)]
 
 
 async def get(session: AsyncSession, delivery_id: str) -> Delivery | None:

@@ -218,3 +218,83 @@ async def test_replaying_the_dead_letters_of_a_disabled_receiver_is_a_409_that_s
 
 async def test_replaying_the_dead_letters_of_an_unknown_receiver_is_a_404(two_receivers: Api) -> None:
     assert (await two_receivers.client.post("/v1/receivers/oncall/replay", headers=ADMIN)).status_code == 404
+
+
+async def test_replaying_one_delivery_to_a_disabled_receiver_is_a_409_that_says_to_enable_it(
+    api: Api,
+) -> None:
+    delivery_id = await dead_delivery(api)
+    await api.database.write(
+        delivery_store.disable_receiver, "hook", reason="HTTP 410", now=datetime.now(UTC)
+    )
+
+    answer = await api.client.post(f"/v1/deliveries/{delivery_id}/replay", headers=ADMIN)
+
+    assert answer.status_code == 409
+    assert "POST /v1/receivers/hook/enable" in answer.json()["detail"]
+    assert (await api.database.delivery(delivery_id)).status == DeliveryStatus.DEAD
+
+
+async def test_replaying_one_delivery_to_a_receiver_no_longer_configured_is_a_409(
+    make_settings: SettingsFactory, database: Database
+) -> None:
+    async with running_api(make_settings(routing=ROUTING), database) as before:
+        delivery_id = await dead_delivery(before)
+    other = {"receivers": [{"name": "pager", "webhook": ROUTING["receivers"][0]["webhook"]}]}
+
+    async with running_api(make_settings(routing=other), database) as after:
+        answer = await after.client.post(f"/v1/deliveries/{delivery_id}/replay", headers=ADMIN)
+
+    assert answer.status_code == 409
+    assert "'hook' is no longer in the configuration" in answer.json()["detail"]
+
+
+# --- replaying a firing notice of an alert resolved meanwhile -----------------------------------------------
+
+
+async def resolved_after_its_firing_notice_died(
+    api: Api, *, resolved_notice: DeliveryStatus
+) -> tuple[str, str]:
+    """A failure whose notice to `hook` died, closed by a success whose resolved notice was then released
+    and left `resolved_notice` (sent, or still pending); (the firing delivery id, the success event id)."""
+    failure = (await api.post_event(idempotency_key="f", task_id="load")).json()["id"]
+    success = (await api.post_event(idempotency_key="s", type="task_success", task_id="load")).json()["id"]
+    [firing] = (await api.event(failure))["deliveries"]
+
+    def firing_dies_then_resolved_released(connection: Connection) -> None:
+        connection.execute(
+            update(Delivery).where(Delivery.id == firing["id"]).values(status=DeliveryStatus.DEAD)
+        )
+        delivery_store.release_waiting(connection, settled=[firing["id"]], now=datetime.now(UTC))
+        connection.execute(
+            update(Delivery).where(Delivery.event_id == success).values(status=resolved_notice)
+        )
+
+    await api.database.write(firing_dies_then_resolved_released)
+    return firing["id"], success
+
+
+async def test_a_replayed_firing_notice_of_a_resolved_alert_is_followed_by_a_new_resolved_notice(
+    api: Api,
+) -> None:
+    firing, success = await resolved_after_its_firing_notice_died(api, resolved_notice=DeliveryStatus.SENT)
+
+    await api.client.post(f"/v1/deliveries/{firing}/replay", headers=ADMIN)
+
+    notices = (await api.event(success))["deliveries"]
+    assert sorted((d["receiver"], d["kind"], d["status"]) for d in notices) == [
+        ("hook", "resolved", "sent"),
+        ("hook", "resolved", "waiting"),
+    ]
+    webhook_ids = {(await api.database.delivery(d["id"])).webhook_id for d in notices}
+    assert len(webhook_ids) == 2  # a receiver deduplicating on webhook-id must not drop the new one
+
+
+async def test_a_resolved_notice_not_sent_yet_waits_again_behind_the_replayed_firing_notice(api: Api) -> None:
+    firing, success = await resolved_after_its_firing_notice_died(api, resolved_notice=DeliveryStatus.PENDING)
+
+    await api.client.post("/v1/receivers/hook/replay", headers=ADMIN)
+
+    notices = (await api.event(success))["deliveries"]
+    assert [(d["kind"], d["status"]) for d in notices] == [("resolved", "waiting")]
+    assert (await api.database.delivery(firing)).status == DeliveryStatus.PENDING

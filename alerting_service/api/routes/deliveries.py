@@ -19,6 +19,7 @@ from alerting_service.api.deps import (
     ServicesDep,
     SessionDep,
 )
+from alerting_service.api.routes.receivers import require_sendable
 from alerting_service.models import DeliveryStatus
 from alerting_service.schemas import DeliveryList, DeliveryOut, ErrorResponse
 from alerting_service.store import deliveries as delivery_store
@@ -48,19 +49,24 @@ async def list_deliveries(
     responses={
         **AUTH_ERRORS,
         404: {"model": ErrorResponse, "description": "No such delivery."},
-        409: {"model": ErrorResponse, "description": "The delivery is not dead."},
+        409: {
+            "model": ErrorResponse,
+            "description": "The delivery is not dead, or its receiver is disabled or no longer configured.",
+        },
     },
     summary="Send a dead delivery again",
-    description="Back to pending, due now, with a new retry horizon; its attempts are kept.",
+    description="Back to pending, due now, with a new retry horizon; its attempts are kept. A firing notice "
+    "of an alert resolved meanwhile is followed by its resolved notice again.",
 )
 async def replay_delivery(
     delivery_id: PathText, _key: AdminKey, session: SessionDep, services: ServicesDep
 ) -> DeliveryOut:
+    existing = await delivery_store.get(session, delivery_id)
+    if existing is None:
+        raise HTTPException(404, f"no delivery {delivery_id!r}")
+    await require_sendable(existing.receiver, services, session)
     replayed = await delivery_store.replay(session, delivery_id, now=datetime.now(UTC))
     if replayed is None:
-        existing = await delivery_store.get(session, delivery_id)
-        if existing is None:
-            raise HTTPException(404, f"no delivery {delivery_id!r}")
         raise HTTPException(
             409, f"delivery {delivery_id!r} is {existing.status}, only dead ones are replayed"
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from fastapi import APIRouter, HTTPException
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from alerting_service.api.deps import (
     AUTH_ERRORS,
@@ -51,11 +52,7 @@ async def replay_dead_letters(
     name: PathText, _key: AdminKey, session: SessionDep, services: ServicesDep, reason: ReasonFilter = None
 ) -> DeadLettersReplayed:
     _require_configured(name, services)
-    why = await delivery_store.disabled_reason(session, name)
-    if why is not None:
-        raise HTTPException(
-            409, f"receiver {name!r} is disabled ({why}): POST /v1/receivers/{name}/enable first"
-        )
+    await require_sendable(name, services, session)
     replayed = await delivery_store.replay_dead_letters(session, name, reason=reason, now=datetime.now(UTC))
     await session.commit()
     services.wake_dispatcher()
@@ -63,5 +60,22 @@ async def replay_dead_letters(
 
 
 def _require_configured(name: str, services: Services) -> None:
-    if name not in {receiver.name for receiver in services.config.receivers}:
+    if not _is_configured(name, services):
         raise HTTPException(404, f"no receiver {name!r} in the configuration")
+
+
+def _is_configured(name: str, services: Services) -> bool:
+    return name in {receiver.name for receiver in services.config.receivers}
+
+
+async def require_sendable(name: str, services: Services, session: AsyncSession) -> None:
+    """A 409 unless the receiver is configured and enabled: what is replayed to it would only die again."""
+    if not _is_configured(name, services):
+        raise HTTPException(
+            409, f"receiver {name!r} is no longer in the configuration: nothing can be sent to it"
+        )
+    why = await delivery_store.disabled_reason(session, name)
+    if why is not None:
+        raise HTTPException(
+            409, f"receiver {name!r} is disabled ({why}): POST /v1/receivers/{name}/enable first"
+        )
