@@ -1,14 +1,15 @@
 """Extract: read one day's CSV objects, `<prefix>/<YYYY-MM-DD>/*.csv`, from S3 (or MinIO) or a directory.
 
 Only the objects directly under the day's prefix whose names end in `.csv` are read, in key order so that a
-re-run sees them in the same order. A day without objects is not an error: it has zero rows, and a warning
-says so.
+re-run sees them in the same order. A day without any such object is a `TransientError` (exit 1, retried):
+its files may not have arrived yet, and treating it as an empty day would replace the rows already loaded for
+the date by none (a backfill after the landing bucket's retention expired, a wrong prefix, a run before the
+provider's delivery). A day whose objects hold no rows (a header only) is an empty day: zero rows.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import logging
 from dataclasses import dataclass
 
 import boto3
@@ -18,8 +19,6 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from batch_job.errors import ConfigError, InvalidInputError, TransientError
 from batch_job.settings import JobSettings, LocalLocation, S3Location
-
-log = logging.getLogger(__name__)
 
 CSV_SUFFIX = ".csv"
 # MinIO ignores the region, but SigV4 signing needs one.
@@ -43,7 +42,7 @@ class DayExtract:
 
 
 def extract_day(settings: JobSettings) -> DayExtract:
-    """Read every CSV object of `settings.run_date`; an empty day gives an extract without files."""
+    """Read every CSV object of `settings.run_date`; a day without any is a `TransientError`."""
     source = settings.source
     day_uri = source.day_uri(settings.run_date)
     if isinstance(source, S3Location):
@@ -51,7 +50,10 @@ def extract_day(settings: JobSettings) -> DayExtract:
     else:
         files = _read_local_day(source, settings.run_date)
     if not files:
-        log.warning("extract: no CSV objects at %s: the day has zero rows", day_uri)
+        raise TransientError(
+            f"no input: no CSV objects at {day_uri} for run date {settings.run_date.isoformat()} (not "
+            "delivered yet, expired, or a wrong source prefix); the date's loaded rows are left as they are"
+        )
     return DayExtract(day_uri=day_uri, files=files)
 
 

@@ -42,7 +42,8 @@ processes the day before it was triggered.
 * Exit 65: the day's input data is invalid as a whole (unreadable CSV, missing columns). Not retried: ask the
   data provider for a corrected file, then re-run the date.
 * Exit 78: the job's configuration is wrong (connection fields, credentials refused). Not retried.
-* Anything else (ML API or database unreachable) is retried 3 times with exponential backoff.
+* Anything else (ML API or database unreachable, no input objects for the date yet) is retried 3 times with
+  exponential backoff. A date without input never replaces the rows already loaded for it.
 
 **Output.** Rows in `scored_transactions`/`rejected_transactions` of `postgres_default`; an asset event on
 `scored_transactions` with extras `run_date`, `counts`, `table`, `source`, which triggers `fraud_report_dag`.

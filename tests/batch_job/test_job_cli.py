@@ -7,6 +7,7 @@ stderr.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 
@@ -22,12 +23,25 @@ from batch_job_support import (
     refused_url,
     row,
 )
+from sqlalchemy import create_engine, func, select
 
 from batch_job.cli import main
+from batch_job.load import scored_transactions
 
 
 def summary(capsys: pytest.CaptureFixture[str]) -> dict:
     return json.loads(capsys.readouterr().out.splitlines()[-1])
+
+
+def scored_rows_of(database_url: str, run_date: str) -> int:
+    engine = create_engine(database_url)
+    table = scored_transactions
+    with engine.connect() as connection:
+        count = connection.scalar(
+            select(func.count()).select_from(table).where(table.c.run_date == dt.date.fromisoformat(run_date))
+        )
+    engine.dispose()
+    return count or 0
 
 
 def test_a_good_day_exits_0_and_prints_the_summary_last(
@@ -71,12 +85,32 @@ def test_a_missing_column_exits_65(
     )
 
 
-def test_an_empty_day_exits_0_with_zero_counts_without_asking_the_ml_api(
-    job_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+def test_a_day_of_header_only_files_exits_0_with_zero_counts_without_asking_the_ml_api(
+    job_env: dict[str, str],
+    landing: Landing,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
+    landing.write("a.csv", csv_text([]))
     monkeypatch.setenv("BATCH_ML_API_URL", refused_url())
     assert main([]) == 0
     assert summary(capsys)["counts"] == {"read": 0, "valid": 0, "rejected": 0, "scored": 0, "loaded": 0}
+
+
+def test_a_day_whose_input_is_gone_exits_1_and_keeps_the_rows_loaded_for_it(
+    job_env: dict[str, str],
+    landing: Landing,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    loaded_file = landing.write("a.csv", csv_text([row(index) for index in range(1, 21)]))
+    assert main([]) == 0
+    assert summary(capsys)["counts"]["loaded"] == 20
+    loaded_file.unlink()  # e.g. the landing bucket's retention expired before a backfill
+    assert main([]) == 1
+    assert f"no CSV objects at {landing.uri}/2026-01-14/ for run date 2026-01-14" in caplog.text
+    assert capsys.readouterr().out == ""
+    assert scored_rows_of(job_env["BATCH_DATABASE_URL"], "2026-01-14") == 20
 
 
 def test_bad_configuration_exits_78_naming_the_variable(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import logging
 
 import pytest
 from batch_job_support import Landing, S3Bucket, refused_url
@@ -24,13 +23,19 @@ def test_reads_only_the_days_csv_files_in_name_order(job_env: dict[str, str], la
     assert extract.day_uri == f"{landing.uri}/2026-01-14/"
 
 
-def test_a_day_without_its_directory_has_no_files_and_warns(
-    job_env: dict[str, str], caplog: pytest.LogCaptureFixture
+def test_a_day_without_its_directory_is_transient_naming_the_uri_and_the_date(
+    job_env: dict[str, str], landing: Landing
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="batch_job.extract"):
-        extract = extract_day(load_settings())
-    assert extract.files == []
-    assert "no CSV objects" in caplog.text
+    with pytest.raises(
+        TransientError, match=f"no CSV objects at {landing.uri}/2026-01-14/ for run date 2026-01-14"
+    ):
+        extract_day(load_settings())
+
+
+def test_a_day_directory_without_csv_files_is_transient(job_env: dict[str, str], landing: Landing) -> None:
+    landing.write("notes.txt", "not a csv")
+    with pytest.raises(TransientError, match="no input: no CSV objects"):
+        extract_day(load_settings())
 
 
 def test_a_missing_landing_directory_is_a_config_error(
@@ -66,12 +71,12 @@ def test_reads_only_the_days_csv_objects_from_s3(s3_env: S3Bucket) -> None:
     assert extract.day_uri == f"{s3_env.uri}/incoming/2026-01-14/"
 
 
-def test_an_empty_s3_day_has_no_files_and_warns(s3_env: S3Bucket, caplog: pytest.LogCaptureFixture) -> None:
+def test_an_s3_day_without_objects_is_transient_naming_the_uri_and_the_date(s3_env: S3Bucket) -> None:
     s3_env.put("incoming/2026-01-13/a.csv", "other day")
-    with caplog.at_level(logging.WARNING, logger="batch_job.extract"):
-        extract = extract_day(load_settings())
-    assert extract.files == []
-    assert f"no CSV objects at {s3_env.uri}/incoming/2026-01-14/" in caplog.text
+    with pytest.raises(
+        TransientError, match=f"no CSV objects at {s3_env.uri}/incoming/2026-01-14/ for run date 2026-01-14"
+    ):
+        extract_day(load_settings())
 
 
 def test_a_missing_bucket_is_a_config_error(s3_env: S3Bucket, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,6 +9,7 @@ import json
 import threading
 import uuid
 from collections.abc import Iterator
+from contextlib import closing
 from datetime import UTC, date, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -17,6 +18,7 @@ import httpx
 import pytest
 
 from tests.dags.conftest import connection_env, metadata_rows, query_results
+from tests.support.peers import BUCKET, PREFIX
 
 DAG_ID = "batch_pipeline_dag"
 
@@ -228,3 +230,32 @@ def test_a_missing_connection_fails_the_first_task_at_once_naming_it(
     assert [(t["try_number"], t["state"]) for t in tries] == [(1, "failed")]
     assert tries_of(airflow_db, dag_run.run_id, "run_batch_processing")[0]["state"] == "upstream_failed"
     assert "connection 'postgres_default' is not defined" in capfd.readouterr().out
+
+
+def test_a_date_whose_input_is_gone_is_retried_then_fails_keeping_its_loaded_rows(
+    fresh_dags, landing, airflow_db, results_db, capfd
+):
+    day = date(2026, 1, 22)
+    landing.put_sample_day(day, rows=20)
+    assert run_for_date(fresh_dags, day).state == "success"
+    loaded = scored_ids(results_db, day)
+    with closing(landing.client()) as client:  # the landing bucket's retention expired, say
+        for found in client.list_objects_v2(Bucket=BUCKET, Prefix=f"{PREFIX}/{day.isoformat()}/")["Contents"]:
+            client.delete_object(Bucket=BUCKET, Key=found["Key"])
+
+    dag_run = run_for_date(fresh_dags, day)
+
+    assert dag_run.state == "failed"
+    tries = tries_of(airflow_db, dag_run.run_id, "run_batch_processing")
+    assert [(t["try_number"], t["state"]) for t in tries] == [
+        (1, "failed"),
+        (2, "failed"),
+        (3, "failed"),
+        (4, "failed"),
+    ]
+    assert (
+        f"no CSV objects at s3://{BUCKET}/{PREFIX}/2026-01-22/ for run date 2026-01-22"
+        in capfd.readouterr().out
+    )
+    assert scored_ids(results_db, day) == loaded
+    assert len(loaded) == 20
