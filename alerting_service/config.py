@@ -36,6 +36,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy import make_url
+from sqlalchemy.exc import ArgumentError
 
 from alerting_service.expectations import Expectations
 from alerting_service.labels import EVENT_FIELD_LABELS, is_match_key, unknown_value
@@ -387,6 +389,15 @@ def _default_data_dir() -> Path:
     return Path.home() / ".local" / "share" / "alerting-service"
 
 
+def _has_password(url: str) -> bool:
+    """In the userinfo (a "/" in it included) or as a `password` query parameter."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return False  # not a URL at all: the driver check above said what to use
+    return parsed.password is not None or "password" in {name.lower() for name in parsed.query}
+
+
 class Settings(BaseSettings):
     """The process settings, from `ALERTING_*` variables (or keyword arguments in tests)."""
 
@@ -433,7 +444,7 @@ class Settings(BaseSettings):
     def _async_driver(cls, url: str | None) -> str | None:
         if url is not None and not url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
             raise ValueError("use a sqlite+aiosqlite:// or postgresql+asyncpg:// URL")
-        if url is not None and re.search(r"//[^/@]*:[^/@]*@", url):
+        if url is not None and _has_password(url):
             raise ValueError("keep the password out of the URL: set ALERTING_DATABASE_PASSWORD(_FILE)")
         return url
 
