@@ -35,13 +35,17 @@ def render(template_name: str, notification: Notification, *, exception_keep: in
 
 def render_within(template_name: str, notification: Notification, max_chars: int) -> str:
     """At most `max_chars` characters, the excess cut from the end of the exception (`slack_excerpt`), the
-    one long field (up to 32,768 characters); the others fit unless full of escaped characters."""
+    one long field (up to 32,768 characters); if the rest alone is too long (ids or a log URL full of
+    escaped characters), the text is cut at its end: too long, it would be refused and never delivered."""
     text = render(template_name, notification)
     if len(text) <= max_chars:
         return text
     # Everything but the exception's own characters, the truncation marker included.
     frame = len(render(template_name, notification, exception_keep=0))
-    return render(template_name, notification, exception_keep=max(max_chars - frame, 0))
+    text = render(template_name, notification, exception_keep=max(max_chars - frame, 0))
+    if len(text) <= max_chars:
+        return text
+    return _cut(text, max_chars - len(_TRUNCATION_MARKER)) + _TRUNCATION_MARKER
 
 
 def render_header_line(template_name: str, notification: Notification) -> str:
@@ -59,7 +63,12 @@ def _slack_excerpt(value: object, keep: int | None) -> str:
     escaped = _slack_escape(value)
     if keep is None or len(escaped) <= keep:
         return escaped
-    return _PARTIAL_SLACK_ENTITY.sub("", escaped[:keep]) + _TRUNCATION_MARKER
+    return _cut(escaped, keep) + _TRUNCATION_MARKER
+
+
+def _cut(escaped: str, keep: int) -> str:
+    """The first `keep` characters of mrkdwn text, never ending inside an entity such as `&amp;`."""
+    return _PARTIAL_SLACK_ENTITY.sub("", escaped[:keep])
 
 
 @cache

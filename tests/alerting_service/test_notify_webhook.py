@@ -129,6 +129,21 @@ async def test_a_slack_message_cuts_a_long_exception_to_keep_its_section_within_
     assert payload["text"].endswith("|Airflow log>")
 
 
+async def test_a_slack_message_whose_ids_and_log_url_alone_are_too_long_is_cut_to_slacks_limit(
+    http_receiver: HttpReceiver, notifier: WebhookNotifier
+) -> None:
+    # Each of & < > becomes an entity of 4-5 characters: these fields alone pass 3,000 characters escaped.
+    event = failure_event(
+        run_id="&<>" * 83, task_id="t&" * 125, log_url="https://airflow.bank.example/log?" + "a=1&" * 500
+    )
+    receiver = http_receiver.receiver("/slack", format="slack", secrets=[])
+    await notifier.send(notification_for(receiver, event))
+
+    payload = json.loads(http_receiver.received("/slack")[0].body)
+    assert 2900 < len(payload["blocks"][0]["text"]["text"]) <= 3000
+    assert payload["text"].endswith("… (truncated: see the Airflow log)")
+
+
 async def test_a_resolved_slack_message_says_resolved(
     http_receiver: HttpReceiver, notifier: WebhookNotifier
 ) -> None:
