@@ -8,6 +8,10 @@ duplicates, and a failure part-way leaves the previous rows untouched.
 A `transaction_id` is unique across dates too: when the id was already loaded for another run date, the row is
 not moved; it is rejected with that reason instead (the first date loaded keeps it).
 
+`check_database()` connects before the job reads the day. A database refusing the login, the database name
+or a privilege (`CONFIG_SQLSTATES`) is a `ConfigError` (exit 78, not retried), an unavailable one a
+`TransientError`.
+
 Tables are created when missing. PostgreSQL (`postgresql+psycopg2`) and SQLite are supported; on PostgreSQL
 concurrent loads take turns on an advisory lock.
 """
@@ -16,8 +20,10 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -46,9 +52,9 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
-from batch_job.errors import ConfigError, TransientError
+from batch_job.errors import ConfigError, JobError, TransientError
 from batch_job.predict import ScoredTransaction
 from batch_job.settings import SQLITE_DRIVER, JobSettings
 from batch_job.validate import RejectedRow
@@ -59,6 +65,26 @@ T = TypeVar("T")
 ROWS_PER_STATEMENT = 1_000
 POSTGRES_CONNECT_TIMEOUT_SECONDS = 10
 LOAD_LOCK_KEY = 0x62617463686A6F62  # "batchjob": the advisory lock every load of these tables takes
+# PostgreSQL SQLSTATEs retrying cannot fix: the login, the database name or a privilege is wrong (exit 78).
+CONFIG_SQLSTATES = {
+    "28P01": "the password was refused",
+    "28000": "the user or this client host is not allowed to connect",
+    "3D000": "the database does not exist",
+    "42501": "the user lacks a privilege",
+}
+# libpq gives no SQLSTATE for a connection it could not open (psycopg2's pgcode is None), only the server's
+# message: the login messages PostgreSQL sends with those codes are recognised (as it words them in English).
+CONNECT_MESSAGE_SQLSTATES = (
+    (re.compile(r"password authentication failed|no password supplied"), "28P01"),
+    (
+        re.compile(
+            r'no pg_hba\.conf entry|pg_hba\.conf rejects|role "[^"]*" (does not exist|is not permitted)'
+        ),
+        "28000",
+    ),
+    (re.compile(r'database "[^"]*" does not exist'), "3D000"),
+    (re.compile(r"permission denied for database"), "42501"),
+)
 
 metadata = MetaData()
 
@@ -123,6 +149,12 @@ def build_engine(settings: JobSettings) -> Engine:
     )
 
 
+def check_database(engine: Engine) -> None:
+    """Connect and `SELECT 1`, so a refused login or an unknown database fails before the day is scored."""
+    with _database_errors(engine), engine.connect() as connection:
+        connection.execute(text("SELECT 1"))
+
+
 def load_day(
     engine: Engine,
     run_date: dt.date,
@@ -137,27 +169,59 @@ def load_day(
         run_date.isoformat(),
         engine.url.render_as_string(hide_password=True),
     )
+    with _database_errors(engine), engine.begin() as connection:
+        _serialise_loads(connection)
+        metadata.create_all(connection)
+        written = _upsert_scored(
+            connection, [_scored_row(row, run_date, load_id, loaded_at) for row in scored]
+        )
+        owned_elsewhere = _owners_of_ids_not_written(connection, scored, written)
+        all_rejected = [*rejected, *_rejections_for_other_dates(scored, owned_elsewhere)]
+        _upsert_rejected(
+            connection, [_rejected_row(row, run_date, load_id, loaded_at) for row in all_rejected]
+        )
+        for table in (scored_transactions, rejected_transactions):
+            _delete_rows_of_other_loads(connection, table, run_date, load_id)
+        return LoadResult(
+            loaded=_count_rows(connection, scored_transactions, run_date),
+            rejected=_count_rows(connection, rejected_transactions, run_date),
+            rejected_as_loaded_for_other_date=len(owned_elsewhere),
+        )
+
+
+@contextmanager
+def _database_errors(engine: Engine) -> Generator[None, None, None]:
+    """Raise a refused configuration as `ConfigError`, an unavailable database as `TransientError`."""
     try:
-        with engine.begin() as connection:
-            _serialise_loads(connection)
-            metadata.create_all(connection)
-            written = _upsert_scored(
-                connection, [_scored_row(row, run_date, load_id, loaded_at) for row in scored]
-            )
-            owned_elsewhere = _owners_of_ids_not_written(connection, scored, written)
-            all_rejected = [*rejected, *_rejections_for_other_dates(scored, owned_elsewhere)]
-            _upsert_rejected(
-                connection, [_rejected_row(row, run_date, load_id, loaded_at) for row in all_rejected]
-            )
-            for table in (scored_transactions, rejected_transactions):
-                _delete_rows_of_other_loads(connection, table, run_date, load_id)
-            return LoadResult(
-                loaded=_count_rows(connection, scored_transactions, run_date),
-                rejected=_count_rows(connection, rejected_transactions, run_date),
-                rejected_as_loaded_for_other_date=len(owned_elsewhere),
-            )
-    except (OperationalError, InterfaceError) as exc:
-        raise TransientError(f"database unavailable: {_first_line(exc.orig)}") from None
+        yield
+    except DBAPIError as exc:
+        error = _database_error(exc, engine)
+        if error is None:
+            raise
+        raise error from None
+
+
+def _database_error(exc: DBAPIError, engine: Engine) -> JobError | None:
+    sqlstate = _sqlstate(exc)
+    if sqlstate in CONFIG_SQLSTATES:
+        # The URL is rendered without its password; the server's message names the user and database only.
+        return ConfigError(
+            f"database {engine.url.render_as_string(hide_password=True)} refused the configuration: "
+            f"{CONFIG_SQLSTATES[sqlstate]} (SQLSTATE {sqlstate}): {_first_line(exc.orig)}"
+        )
+    if isinstance(exc, OperationalError | InterfaceError):
+        return TransientError(f"database unavailable: {_first_line(exc.orig)}")
+    return None
+
+
+def _sqlstate(exc: DBAPIError) -> str | None:
+    sqlstate = getattr(exc.orig, "pgcode", None)
+    if sqlstate is None and isinstance(exc, OperationalError):
+        message = str(exc.orig)
+        sqlstate = next(
+            (code for pattern, code in CONNECT_MESSAGE_SQLSTATES if pattern.search(message)), None
+        )
+    return sqlstate
 
 
 def _serialise_loads(connection: Connection) -> None:

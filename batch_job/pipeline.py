@@ -9,7 +9,7 @@ import time
 from pydantic import BaseModel
 
 from batch_job.extract import extract_day
-from batch_job.load import build_engine, load_day, rejected_transactions, scored_transactions
+from batch_job.load import build_engine, check_database, load_day, rejected_transactions, scored_transactions
 from batch_job.predict import MLApiClient, ScoredTransaction
 from batch_job.settings import JobSettings
 from batch_job.validate import Transaction, validate_day
@@ -38,8 +38,10 @@ class RunSummary(BaseModel):
 
 def run_pipeline(settings: JobSettings) -> RunSummary:
     started = time.monotonic()
-    engine = build_engine(settings)  # first, so a bad database URL fails before any work is done
+    engine = build_engine(settings)
     try:
+        # First: a refused login or an unknown database fails the run before the day is read and scored.
+        check_database(engine)
         extract = extract_day(settings)
         log.info("extract: %d files from %s", len(extract.files), extract.day_uri)
         validation = validate_day(extract.files, settings.run_date)

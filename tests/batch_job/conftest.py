@@ -10,9 +10,11 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import boto3
+import psycopg2
 import pytest
 from batch_job_support import (
     LOOPBACK,
@@ -29,7 +31,7 @@ from sqlalchemy import Engine, create_engine
 
 from batch_job.example_ml_api import create_app
 from batch_job.load import metadata
-from tests.support.peers import scratch_database
+from tests.support.peers import PG_DSN, scratch_database
 
 
 @pytest.fixture
@@ -59,6 +61,20 @@ def postgres_database() -> Iterator[str]:
     """A database of this session's own on the local PostgreSQL; yields its SQLAlchemy URL (no password)."""
     with scratch_database("batch_job_test_") as name:
         yield f"postgresql+psycopg2://postgres@{LOOPBACK}:5432/{name}"
+
+
+@pytest.fixture
+def unprivileged_role() -> Iterator[str]:
+    """A login role of its own on the local PostgreSQL with no privilege beyond connecting (since PostgreSQL
+    15 not even CREATE in schema public); yields its name, dropped after the test."""
+    name = f"batch_job_test_role_{uuid.uuid4().hex[:12]}"
+    with closing(psycopg2.connect(PG_DSN)) as admin:
+        admin.autocommit = True
+        with admin.cursor() as cursor:
+            cursor.execute(f'CREATE ROLE "{name}" LOGIN')
+        yield name
+        with admin.cursor() as cursor:
+            cursor.execute(f'DROP ROLE "{name}"')
 
 
 @pytest.fixture

@@ -28,6 +28,8 @@ from sqlalchemy import create_engine, func, select
 from batch_job.cli import main
 from batch_job.load import scored_transactions
 
+DB_PASSWORD = "db-Pa55-cli-NOLEAK"
+
 
 def summary(capsys: pytest.CaptureFixture[str]) -> dict:
     return json.loads(capsys.readouterr().out.splitlines()[-1])
@@ -123,6 +125,24 @@ def test_bad_configuration_exits_78_naming_the_variable(
     assert main([]) == 78
     assert "BATCH_DATABASE_URL: is not set" in caplog.text
     assert capsys.readouterr().out == ""
+
+
+@pytest.mark.postgres
+def test_an_unknown_database_exits_78_before_the_day_is_scored(
+    job_env: dict[str, str],
+    landing: Landing,
+    monkeypatch: pytest.MonkeyPatch,
+    scripted_ml_api: ScriptedMLApi,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    landing.write("a.csv", csv_text([row(1)]))
+    monkeypatch.setenv("BATCH_ML_API_URL", scripted_ml_api.url)
+    monkeypatch.setenv("BATCH_DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/no_such_database")
+    monkeypatch.setenv("BATCH_DATABASE_PASSWORD", DB_PASSWORD)
+    assert main([]) == 78
+    assert "the database does not exist (SQLSTATE 3D000)" in caplog.text
+    assert scripted_ml_api.requests == []
+    assert DB_PASSWORD not in caplog.text
 
 
 def test_an_unavailable_ml_api_exits_1(

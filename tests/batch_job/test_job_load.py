@@ -16,6 +16,7 @@ from batch_job.errors import ConfigError, TransientError
 from batch_job.load import (
     LOAD_LOCK_KEY,
     build_engine,
+    check_database,
     load_day,
     rejected_transactions,
     scored_transactions,
@@ -150,6 +151,51 @@ def test_an_unreachable_database_is_transient(
     monkeypatch.setenv("BATCH_DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:1/transactions")
     with pytest.raises(TransientError, match="database unavailable: OperationalError"):
         load_day(build_engine(load_settings()), DAY, [], [])
+
+
+@pytest.mark.postgres
+def test_an_unknown_database_is_a_config_error_naming_it_without_the_password(
+    job_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BATCH_DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/no_such_database")
+    monkeypatch.setenv("BATCH_DATABASE_PASSWORD", PASSWORD)
+    with pytest.raises(ConfigError) as raised:
+        check_database(build_engine(load_settings()))
+    assert str(raised.value).startswith(
+        "database postgresql+psycopg2://postgres:***@127.0.0.1:5432/no_such_database refused the "
+        "configuration: the database does not exist (SQLSTATE 3D000): "
+    )
+    assert 'database "no_such_database" does not exist' in str(raised.value)
+    assert PASSWORD not in str(raised.value)
+
+
+@pytest.mark.postgres
+def test_an_unknown_user_is_a_config_error(
+    job_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, postgres_database: str
+) -> None:
+    unknown_user = postgres_database.replace("//postgres@", "//no_such_user@")
+    monkeypatch.setenv("BATCH_DATABASE_URL", unknown_user)
+    with pytest.raises(ConfigError, match=r"not allowed to connect \(SQLSTATE 28000\).*no_such_user"):
+        check_database(build_engine(load_settings()))
+
+
+@pytest.mark.postgres
+def test_a_user_without_the_privilege_to_create_the_tables_is_a_config_error(
+    job_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    clean_postgres_database: str,
+    unprivileged_role: str,
+) -> None:
+    monkeypatch.setenv(
+        "BATCH_DATABASE_URL", clean_postgres_database.replace("//postgres@", f"//{unprivileged_role}@")
+    )
+    engine = build_engine(load_settings())
+    check_database(engine)  # connecting is allowed
+    with pytest.raises(
+        ConfigError, match=r"lacks a privilege \(SQLSTATE 42501\).*permission denied for schema"
+    ):
+        load_day(engine, DAY, [scored("T-1")], [])
+    engine.dispose()
 
 
 def test_a_missing_sqlite_directory_is_a_config_error(
