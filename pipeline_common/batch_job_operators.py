@@ -1,8 +1,10 @@
 """The `run_batch_processing` task: run the batch job once for a date, as a container or a local process.
 
-Both runners keep the same contract (docs/architecture.md): the non-secret `BATCH_*` variables arrive as the
-templated `environment` (the XCom of `prepare_environment`), the secret ones are read from the connections
-inside `execute()` and go straight into the job's environment, never into a templated field, XCom or a log.
+Both runners keep the same contract (docs/architecture.md): the templated `environment` is the XCom of
+`prepare_environment`, `BATCH_RUN_DATE` only; every variable derived from a connection, secret or not, is read
+from the connections inside `execute()` (`connection_job_environment`), so each try, a retry or a Cleared
+task, uses the connections as they are then, never a mix of an old endpoint and a new password. They go
+straight into the job's environment, never into a templated field or XCom; only non-secret ones are logged.
 Exit 65/78 raise a `RetryCannotHelp` error (the retry policy fails the task at once), any other non-zero exit
 a retryable `BatchJobFailed`. On success the last stdout line, the job's JSON summary, becomes the extras of
 the `scored_transactions` asset event and the task's (non-secret) return value.
@@ -18,12 +20,13 @@ import subprocess  # ruff: ignore[suspicious-subprocess-import]  # runs the batc
 import sys
 import threading
 from collections.abc import Mapping
+from logging import Logger
 from typing import IO, Any
 
 from airflow.sdk import BaseOperator, Context
 
 from pipeline_common.assets import INCOMING_TRANSACTIONS, SCORED_EVENT_COUNT_KEYS, SCORED_TRANSACTIONS
-from pipeline_common.connections import read_pipeline_connections, secret_job_environment
+from pipeline_common.connections import job_environment, read_pipeline_connections, secret_job_environment
 from pipeline_common.errors import BatchJobSummaryError, batch_job_failure
 from pipeline_common.settings import PipelineSettings, Runner
 
@@ -46,6 +49,15 @@ def run_batch_processing(settings: PipelineSettings, environment: Any, **kwargs:
 
         operator_class = DockerBatchJobOperator
     return operator_class(settings=settings, environment=environment, task_id=TASK_ID, **kwargs)
+
+
+def connection_job_environment(log: Logger) -> dict[str, str]:
+    """Every `BATCH_*` variable derived from the connections, read now; logs the non-secret ones only."""
+    connections = read_pipeline_connections()
+    public = job_environment(connections)
+    for name, value in sorted(public.items()):
+        log.info("%s=%s", name, value)
+    return {**public, **secret_job_environment(connections)}
 
 
 def summary_from_output(last_stdout_line: str | None, expected_run_date: str) -> dict[str, Any]:
@@ -105,7 +117,7 @@ class LocalBatchJobOperator(BaseOperator):
         process_env = {
             **{name: os.environ[name] for name in INHERITED_VARIABLES if name in os.environ},
             **self.environment,
-            **secret_job_environment(read_pipeline_connections()),
+            **connection_job_environment(self.log),
         }
         self.log.info("Running %s -m batch_job for %s", sys.executable, self.environment["BATCH_RUN_DATE"])
         exit_code, last_line = self._run(process_env)

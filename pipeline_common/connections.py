@@ -1,9 +1,9 @@
 """The three Airflow connections the batch job needs, validated and turned into its `BATCH_*` environment.
 
-The split matters: `job_environment()` holds only non-secret values (it travels through XCom and the rendered
-`environment` field), `secret_job_environment()` holds the credentials and is built only inside
-`run_batch_processing` at execution time, straight into the process/container environment.
-Required fields per connection are in docs/architecture.md ("Connections read by prepare_environment").
+The split matters: `job_environment()` holds only non-secret values (`prepare_environment` validates them and
+`run_batch_processing` logs them), `secret_job_environment()` holds the credentials; both are built inside
+`run_batch_processing` at each try, straight into the process/container environment, never into XCom.
+Required fields per connection are in docs/architecture.md ("Connections read by prepare_environment ...").
 """
 
 from __future__ import annotations

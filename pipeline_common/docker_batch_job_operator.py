@@ -1,7 +1,8 @@
 """`run_batch_processing` in Docker mode: the batch job as a container of the pinned image (provider 4.6.1).
 
-Secrets are resolved from the connections inside `execute()` into `private_environment`, which the provider
-neither templates nor renders; `environment` holds only the non-secret variables of `prepare_environment`.
+Every variable derived from a connection is read inside `execute()`, at each try, into `private_environment`,
+which the provider neither templates nor renders; `environment` holds only `BATCH_RUN_DATE`, the XCom of
+`prepare_environment`.
 Exit codes and the summary follow the same contract as the local runner (`batch_job_operators`).
 
 On `execution_timeout` the task runner calls `on_kill()`, which stops the container, but only if the timeout
@@ -22,8 +23,7 @@ from airflow.sdk.exceptions import AirflowTaskTimeout
 from docker.errors import APIError
 
 from pipeline_common.assets import INCOMING_TRANSACTIONS, SCORED_TRANSACTIONS
-from pipeline_common.batch_job_operators import record_success
-from pipeline_common.connections import read_pipeline_connections, secret_job_environment
+from pipeline_common.batch_job_operators import connection_job_environment, record_success
 from pipeline_common.errors import batch_job_failure
 from pipeline_common.settings import PipelineSettings
 
@@ -32,7 +32,8 @@ _DOCKER_STATUS_CODE = re.compile(r"'StatusCode': (\d+)")
 
 
 class DockerBatchJobOperator(DockerOperator):
-    """The batch job as a container of the pinned image; secrets via `private_environment` at execute time."""
+    """The batch job as a container of the pinned image; the connections' variables via `private_environment`
+    at execute time."""
 
     def __init__(self, *, settings: PipelineSettings, environment: Any, **kwargs: Any) -> None:
         super().__init__(
@@ -52,7 +53,7 @@ class DockerBatchJobOperator(DockerOperator):
         )
 
     def execute(self, context: Context) -> dict[str, Any]:
-        self._private_environment = secret_job_environment(read_pipeline_connections())
+        self._private_environment = connection_job_environment(self.log)
         try:
             output_lines = super().execute(context)
         except DockerContainerFailedException as exc:

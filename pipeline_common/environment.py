@@ -1,8 +1,9 @@
-"""The `prepare_environment` task: the run's business date plus the non-secret job environment.
+"""The `prepare_environment` task: the run's business date, after checking the connections.
 
-Its return value is an XCom, so it holds no secret: credentials are resolved again, at execution time, by
-`run_batch_processing`. Reading and validating the connections here makes a missing connection or field fail
-the run at its first task, with a message naming both.
+Its return value, an XCom, holds only `BATCH_RUN_DATE`: what does not come from a connection. Everything that
+does is read again by `run_batch_processing` at the start of each try, so a connection fixed before a retry or
+a Clear is used as fixed. Reading and validating the connections here as well makes a missing connection or
+field fail the run at its first task, with a message naming both.
 """
 
 from __future__ import annotations
@@ -23,13 +24,12 @@ def environment_for_run(context: Context) -> dict[str, str]:
         run_after=context["dag_run"].run_after,
         run_date_param=context["params"].get(RUN_DATE_PARAM),
     )
-    environment = {"BATCH_RUN_DATE": run_date.isoformat(), **job_environment(read_pipeline_connections())}
-    for name, value in sorted(environment.items()):
-        log.info("%s=%s", name, value)
-    return environment
+    job_environment(read_pipeline_connections())  # validation only: raises naming a bad connection or field
+    log.info("BATCH_RUN_DATE=%s; the connections are complete", run_date.isoformat())
+    return {"BATCH_RUN_DATE": run_date.isoformat()}
 
 
 @task(task_id="prepare_environment", multiple_outputs=False)
 def prepare_environment() -> dict[str, str]:
-    """Which date this run processes, and the non-secret `BATCH_*` variables for the job."""
+    """Which date this run processes (`BATCH_RUN_DATE`), once the connections are known to be complete."""
     return environment_for_run(get_current_context())

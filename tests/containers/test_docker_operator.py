@@ -375,8 +375,8 @@ def test_the_secrets_are_in_no_output_and_no_file_of_airflow(
     assert not [secret for secret in SECRETS if secret in outputs]
     # AIRFLOW_HOME holds the metadata DB (rendered fields, XComs, asset events) and the task log files.
     airflow_home = successful_run.airflow_home
-    # Not vacuous: the rendered `environment` (non-secret job variables) is stored in what is scanned.
-    assert b"BATCH_SOURCE_URI" in (airflow_home / "airflow.db").read_bytes()
+    # Not vacuous: the rendered `environment` (the run date) is stored in what is scanned.
+    assert b"BATCH_RUN_DATE" in (airflow_home / "airflow.db").read_bytes()
     leaks = [
         (path, secret)
         for path in airflow_home.rglob("*")

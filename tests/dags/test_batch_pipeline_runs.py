@@ -6,10 +6,11 @@ Each test processes its own business date: the tests share the session's servers
 from __future__ import annotations
 
 import json
+import os
 import threading
 import uuid
-from collections.abc import Iterator
-from contextlib import closing
+from collections.abc import Callable, Generator, Iterator
+from contextlib import closing, contextmanager
 from datetime import UTC, date, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -18,7 +19,7 @@ import httpx
 import pytest
 
 from tests.dags.conftest import connection_env, metadata_rows, query_results
-from tests.support.peers import BUCKET, PREFIX
+from tests.support.peers import BUCKET, PREFIX, free_port
 
 DAG_ID = "batch_pipeline_dag"
 
@@ -201,6 +202,67 @@ def test_a_transient_ml_api_outage_is_retried_with_growing_delays_then_succeeds(
     for failed, retried, delay in zip(tries, tries[1:], delays, strict=False):
         waited = datetime.fromisoformat(retried["start_date"]) - datetime.fromisoformat(failed["end_date"])
         assert waited.total_seconds() >= delay, "no retry starts before its computed retry date"
+
+
+@contextmanager
+def when_retry_is_due(
+    airflow_db: Path, task_id: str, action: Callable[[], None]
+) -> Generator[None, None, None]:
+    """Runs `action` once `task_id` of batch_pipeline_dag is up for retry, as an operator fixing a connection
+    after a failed try would; the retry starts only after its retry delay, by then the fix is in."""
+    stopped = threading.Event()
+    sql = "SELECT 1 FROM task_instance WHERE dag_id = ? AND task_id = ? AND state = 'up_for_retry'"
+
+    def watch() -> None:
+        while not stopped.wait(0.05):
+            if metadata_rows(airflow_db, sql, DAG_ID, task_id):
+                action()
+                return
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        stopped.set()
+        watcher.join()
+
+
+def test_a_retry_uses_a_connection_fixed_after_the_failed_try(
+    fresh_dags, landing, airflow_db, results_db, pipeline_connections, monkeypatch
+):
+    day = date(2026, 1, 23)
+    landing.put_sample_day(day, rows=10)
+    fixed = pipeline_connections["AIRFLOW_CONN_POSTGRES_DEFAULT"]
+    wrong_port = {**json.loads(fixed), "port": free_port()}  # nothing listens there: transient, retried
+    monkeypatch.setenv("AIRFLOW_CONN_POSTGRES_DEFAULT", json.dumps(wrong_port))
+
+    def fix_the_connection() -> None:
+        os.environ["AIRFLOW_CONN_POSTGRES_DEFAULT"] = fixed
+
+    with when_retry_is_due(airflow_db, "run_batch_processing", fix_the_connection):
+        dag_run = run_for_date(fresh_dags, day)
+
+    assert dag_run.state == "success"
+    tries = tries_of(airflow_db, dag_run.run_id, "run_batch_processing")
+    assert [(t["try_number"], t["state"]) for t in tries] == [(1, "failed"), (2, "success")]
+    assert len(scored_ids(results_db, day)) == 10
+
+
+def test_prepare_environment_passes_on_only_the_run_date(fresh_dags, landing, airflow_db):
+    day = date(2026, 1, 24)
+    landing.put_sample_day(day, rows=5)
+
+    dag_run = run_for_date(fresh_dags, day)
+
+    assert dag_run.state == "success"
+    [xcom] = metadata_rows(
+        airflow_db,
+        "SELECT value FROM xcom WHERE run_id = ? AND task_id = 'prepare_environment' "
+        "AND key = 'return_value'",
+        dag_run.run_id,
+    )
+    assert json.loads(xcom["value"]) == {"BATCH_RUN_DATE": "2026-01-24"}
 
 
 def test_invalid_input_data_fails_after_exactly_one_try(fresh_dags, landing, airflow_db, tmp_path, capfd):
