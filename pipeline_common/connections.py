@@ -9,6 +9,7 @@ Required fields per connection are in docs/architecture.md ("Connections read by
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,10 +42,28 @@ def get_connection(conn_id: str) -> Connection:
     try:
         return Connection.get(conn_id)
     except AirflowNotFoundException:
+        variable = f"AIRFLOW_CONN_{conn_id.upper()}"
+        # Airflow calls a variable it cannot parse "not defined"; its value may hold a secret: never quoted.
+        if os.environ.get(variable):
+            raise ConnectionConfigError(
+                f"connection {conn_id!r}: {variable} is set but Airflow cannot parse it "
+                f"({_parse_problem(os.environ[variable])}); see docs/dags.md for the JSON form"
+            ) from None
         raise ConnectionConfigError(
-            f"connection {conn_id!r} is not defined: add it (Admin > Connections, or AIRFLOW_CONN_"
-            f"{conn_id.upper()}); see docs/dags.md"
+            f"connection {conn_id!r} is not defined: add it (Admin > Connections, or {variable}); "
+            "see docs/dags.md"
         ) from None
+
+
+def _parse_problem(value: str) -> str:
+    """What is wrong with an `AIRFLOW_CONN_*` value, in words that never quote it."""
+    if not value.lstrip().startswith("{"):
+        return "a connection URI with a malformed part, e.g. a port that is not an integer"
+    try:
+        json.loads(value)
+    except json.JSONDecodeError as exc:
+        return f"not valid JSON: {exc.msg} at character {exc.pos}"
+    return "a JSON object with a field of the wrong type, e.g. a port that is not an integer"
 
 
 def read_pipeline_connections() -> PipelineConnections:

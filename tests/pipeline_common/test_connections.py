@@ -7,7 +7,12 @@ import json
 import pytest
 from airflow.sdk import Connection
 
-from pipeline_common.connections import PipelineConnections, job_environment, secret_job_environment
+from pipeline_common.connections import (
+    PipelineConnections,
+    get_connection,
+    job_environment,
+    secret_job_environment,
+)
 from pipeline_common.errors import ConnectionConfigError
 
 S3_SECRET = "s3-Secret-K3y-unit"
@@ -171,3 +176,36 @@ def test_validation_errors_never_contain_a_secret():
     with pytest.raises(ConnectionConfigError) as raised:
         job_environment(connections(database=postgres(host=None)))
     assert DB_PASSWORD not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        (
+            json.dumps({"conn_type": "postgres", "host": "db", "port": "5432x", "password": DB_PASSWORD}),
+            "a JSON object with a field of the wrong type",
+        ),
+        (
+            json.dumps({"conn_type": "postgres", "host": "db", "password": DB_PASSWORD})[:-1],
+            "not valid JSON: Expecting ',' delimiter at character",
+        ),
+        (f"postgres://batch:{DB_PASSWORD}@db:54x2/transactions", "a connection URI with a malformed part"),
+    ],
+    ids=["json-port-not-an-integer", "json-without-closing-brace", "uri-port-not-an-integer"],
+)
+def test_a_connection_variable_airflow_cannot_parse_is_named_without_its_value(monkeypatch, value, problem):
+    monkeypatch.setenv("AIRFLOW_CONN_POSTGRES_DEFAULT", value)
+    with pytest.raises(ConnectionConfigError) as raised:
+        get_connection("postgres_default")
+    message = str(raised.value)
+    assert message.startswith(
+        "connection 'postgres_default': AIRFLOW_CONN_POSTGRES_DEFAULT is set but Airflow cannot parse it ("
+    )
+    assert problem in message
+    assert DB_PASSWORD not in message
+
+
+def test_a_connection_that_is_not_defined_says_how_to_add_it(monkeypatch):
+    monkeypatch.delenv("AIRFLOW_CONN_POSTGRES_DEFAULT", raising=False)
+    with pytest.raises(ConnectionConfigError, match="connection 'postgres_default' is not defined: add it"):
+        get_connection("postgres_default")
