@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from airflow.sdk import Connection
 from airflow.sdk.exceptions import AirflowNotFoundException
@@ -26,6 +26,7 @@ POSTGRES_CONN_ID = "postgres_default"
 ML_API_CONN_ID = "ml_api_default"
 SQLITE_CONN_TYPE = "sqlite"
 POSTGRES_CONN_TYPES = ("postgres", "postgresql")
+HTTP_SCHEMES = ("http", "https")
 # Optional ML tuning read from the ml_api_default extra, passed to the job as BATCH_ML_<KEY>.
 ML_TUNING_EXTRAS = ("timeout_seconds", "batch_size", "max_retries", "retry_backoff_seconds")
 
@@ -136,12 +137,7 @@ def _source_environment(minio: Connection) -> dict[str, str]:
 
 
 def _s3_endpoint(minio: Connection, extra: dict[str, Any]) -> str:
-    if "://" in minio.host:
-        endpoint = minio.host.rstrip("/")
-    else:
-        scheme = "https" if _truthy(extra.get("secure", False)) else "http"
-        endpoint = f"{scheme}://{minio.host}"
-    return f"{endpoint}:{minio.port}" if minio.port else endpoint
+    return _base_url(minio, "https" if _truthy(extra.get("secure", False)) else "http")
 
 
 def _database_environment(postgres: Connection) -> dict[str, str]:
@@ -150,17 +146,40 @@ def _database_environment(postgres: Connection) -> dict[str, str]:
 
 def _ml_api_environment(ml_api: Connection) -> dict[str, str]:
     _require(ml_api, "host")
-    host = ml_api.host.rstrip("/")
-    url = host if "://" in host else f"{_http_scheme(ml_api)}://{host}"
-    if ml_api.port:
-        url = f"{url}:{ml_api.port}"
     extra = connection_extra(ml_api)
     tuning = {f"BATCH_ML_{key.upper()}": str(extra[key]) for key in ML_TUNING_EXTRAS if key in extra}
-    return {"BATCH_ML_API_URL": url, **tuning}
+    return {"BATCH_ML_API_URL": _base_url(ml_api, _http_scheme(ml_api)), **tuning}
 
 
 def _http_scheme(connection: Connection) -> str:
-    return "https" if connection.conn_type == "https" else "http"
+    """`schema` when set (the HttpHook's convention: `https` must never fall back to http, which would send
+    the API key in clear), else conn_type `https` or `http`."""
+    if not connection.schema:
+        return "https" if connection.conn_type == "https" else "http"
+    if connection.schema not in HTTP_SCHEMES:
+        raise ConnectionConfigError(
+            f"connection {connection.conn_id!r}: field 'schema' must be http or https, "
+            f"got {connection.schema!r}"
+        )
+    return connection.schema
+
+
+def _base_url(connection: Connection, default_scheme: str) -> str:
+    """`host` as a URL (its own scheme if it has one) with the `port` field; a port given twice is refused."""
+    host = connection.host.rstrip("/")
+    parts = urlsplit(host if "://" in host else f"{default_scheme}://{host}")
+    if not connection.port:
+        return parts.geturl()
+    try:
+        host_has_port = parts.port is not None
+    except ValueError:  # a port that is not a number ("minio:90a0") is a port given twice all the same
+        host_has_port = True
+    if host_has_port:
+        raise ConnectionConfigError(
+            f"connection {connection.conn_id!r}: field 'host' ({host!r}) already has a port and field 'port' "
+            f"({connection.port}) is set too: keep one of them"
+        )
+    return parts._replace(netloc=f"{parts.netloc}:{connection.port}").geturl()
 
 
 def connection_extra(connection: Connection) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from airflow.sdk import Connection
@@ -104,6 +105,40 @@ def test_secure_minio_is_reached_over_https():
     env = job_environment(connections(minio=minio))
     assert env["BATCH_S3_ENDPOINT_URL"] == "https://minio:9000"
     assert env["BATCH_SOURCE_URI"] == "s3://transactions"
+
+
+def test_an_ml_api_with_schema_https_is_reached_over_https_on_its_port():
+    env = job_environment(connections(ml=ml_api(schema="https", port=443)))
+    assert env["BATCH_ML_API_URL"] == "https://ml-api:443"
+
+
+def test_an_ml_api_schema_other_than_http_or_https_is_refused_naming_the_field():
+    with pytest.raises(ConnectionConfigError, match="'ml_api_default': field 'schema' must be http or https"):
+        job_environment(connections(ml=ml_api(schema="ftp")))
+
+
+@pytest.mark.parametrize(
+    ("conns", "message"),
+    [
+        (
+            connections(ml=ml_api(host="ml-api:9000", port=9000)),
+            "'ml_api_default': field 'host' ('ml-api:9000') already has a port and field 'port' (9000)",
+        ),
+        (
+            connections(minio=s3_source(host="http://minio:9000", port=9000)),
+            "'minio_default': field 'host' ('http://minio:9000') already has a port and field 'port' (9000)",
+        ),
+    ],
+    ids=["ml-api", "minio"],
+)
+def test_a_port_in_the_host_and_in_the_port_field_is_refused_naming_both(conns, message):
+    with pytest.raises(ConnectionConfigError, match=re.escape(message)):
+        job_environment(conns)
+
+
+def test_a_port_in_the_host_alone_is_kept():
+    env = job_environment(connections(ml=ml_api(host="https://ml-api:8443/", port=None)))
+    assert env["BATCH_ML_API_URL"] == "https://ml-api:8443"
 
 
 def test_ml_tuning_extras_become_job_variables():
