@@ -50,8 +50,8 @@ def _digest(token: str) -> bytes:
 
 
 def parse_api_keys(text: str, source: str) -> tuple[ApiKey, ...]:
-    """Parse `name:scope:key` entries; an error names the entry by position, and by name only once the entry
-    has the three parts and a valid name: a key pasted alone, or with a colon in it, must not be echoed."""
+    """Parse `name:scope:key` entries; an error names the entry by its position only: what looks like its
+    name may be a key (pasted alone, with a colon in it, or the parts in another order)."""
     keys = []
     entries = [entry.strip() for entry in text.replace("\n", ",").split(",") if entry.strip()]
     for position, entry in enumerate(entries, start=1):
@@ -64,7 +64,7 @@ def parse_api_keys(text: str, source: str) -> tuple[ApiKey, ...]:
                 f"{source}: entry {position}: the name must be 1-128 letters, digits, '.', '_' or '-', "
                 "starting with a letter or digit"
             )
-        where = f"{source}: entry {position} ({name})"
+        where = f"{source}: entry {position}"
         if scope not in Scope.__members__.values():
             raise ConfigError(f"{where}: scope must be ingest or admin")
         if len(token) < _KEY_MIN_LENGTH:

@@ -37,7 +37,6 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy import make_url
-from sqlalchemy.exc import ArgumentError
 
 from alerting_service.expectations import Expectations
 from alerting_service.labels import EVENT_FIELD_LABELS, is_match_key, unknown_value
@@ -389,13 +388,23 @@ def _default_data_dir() -> Path:
     return Path.home() / ".local" / "share" / "alerting-service"
 
 
-def _has_password(url: str) -> bool:
-    """In the userinfo (a "/" in it included) or as a `password` query parameter."""
+# Query parameters that asyncpg takes a password in, itself or inside another URL.
+_PASSWORD_PARAMETERS = frozenset({"password", "dsn"})
+
+
+def _refuse_a_password(url: str) -> None:
+    """Raises ValueError, quoting nothing of the URL, if it holds a password: in the userinfo, or as a
+    query parameter. A URL SQLAlchemy cannot parse (an unencoded "@" in a password) is refused too: its
+    parser's own message would quote a piece of it."""
     try:
         parsed = make_url(url)
-    except ArgumentError:
-        return False  # not a URL at all: the driver check above said what to use
-    return parsed.password is not None or "password" in {name.lower() for name in parsed.query}
+    except Exception:
+        raise ValueError(
+            "not a URL SQLAlchemy can read (a password in it with an unencoded '@'?): keep the password out "
+            "of the URL and set ALERTING_DATABASE_PASSWORD(_FILE)"
+        ) from None
+    if parsed.password is not None or _PASSWORD_PARAMETERS & {name.lower() for name in parsed.query}:
+        raise ValueError("keep the password out of the URL: set ALERTING_DATABASE_PASSWORD(_FILE)")
 
 
 class Settings(BaseSettings):
@@ -444,8 +453,8 @@ class Settings(BaseSettings):
     def _async_driver(cls, url: str | None) -> str | None:
         if url is not None and not url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
             raise ValueError("use a sqlite+aiosqlite:// or postgresql+asyncpg:// URL")
-        if url is not None and _has_password(url):
-            raise ValueError("keep the password out of the URL: set ALERTING_DATABASE_PASSWORD(_FILE)")
+        if url is not None:
+            _refuse_a_password(url)
         return url
 
     @property

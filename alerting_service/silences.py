@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 
 _RE2_OPTIONS = re2.Options()
 _RE2_OPTIONS.log_errors = False  # a refused pattern is reported by the caller, not on stderr
+# Stored patterns RE2 refuses, already warned about: silences are reloaded every few seconds.
+_REFUSED_PATTERNS_LOGGED: set[tuple[str, str]] = set()
 
 
 def compile_pattern(pattern: str) -> re2._Regexp:
@@ -57,7 +59,9 @@ class Matcher:
             return cls(name, value, regex, compile_pattern(value))
         except ValueError as error:
             # Stored before the API took RE2 only: muting nothing errs on the side of alerting.
-            log.warning("a silence matcher %s=~%r mutes nothing: %s", name, value, error)
+            if (name, value) not in _REFUSED_PATTERNS_LOGGED:
+                _REFUSED_PATTERNS_LOGGED.add((name, value))
+                log.warning("a silence matcher %s=~%r mutes nothing: %s", name, value, error)
             return cls(name, value, regex)
 
     def matches(self, labels: Mapping[str, str]) -> bool:

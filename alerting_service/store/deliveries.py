@@ -490,14 +490,9 @@ async def _resolve_again_after(session: AsyncSession, firing_ids: Sequence[str],
         if not statuses or DeliveryStatus.WAITING in statuses.values():
             continue
         unsent = [notice_id for notice_id, status in statuses.items() if status == DeliveryStatus.PENDING]
-        if unsent:
-            await session.execute(
-                update(Delivery)
-                .where(Delivery.id.in_(unsent), Delivery.status == DeliveryStatus.PENDING)
-                .values(status=DeliveryStatus.WAITING)
-                .execution_options(synchronize_session=False)
-            )
+        if unsent and await _wait_again(session, unsent):
             continue
+        # Sent, in flight, dead, or claimed by a dispatcher since it was read as pending.
         row = new_delivery_row(
             event_id=success_id,
             receiver=receiver,
@@ -507,6 +502,18 @@ async def _resolve_again_after(session: AsyncSession, firing_ids: Sequence[str],
             waiting=True,
         )
         await session.execute(insert(Delivery.__table__), [row])
+
+
+async def _wait_again(session: AsyncSession, pending: Sequence[str]) -> bool:
+    """Back to waiting, those still pending; whether any was."""
+    result = await session.execute(
+        update(Delivery)
+        .where(Delivery.id.in_(pending), Delivery.status == DeliveryStatus.PENDING)
+        .values(status=DeliveryStatus.WAITING)
+        .returning(Delivery.id)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(result.all())
 
 
 def _chunks(ids: Sequence[str], size: int = 500) -> list[Sequence[str]]:

@@ -298,3 +298,17 @@ async def test_a_resolved_notice_not_sent_yet_waits_again_behind_the_replayed_fi
     notices = (await api.event(success))["deliveries"]
     assert [(d["kind"], d["status"]) for d in notices] == [("resolved", "waiting")]
     assert (await api.database.delivery(firing)).status == DeliveryStatus.PENDING
+
+
+async def test_a_resolved_notice_in_flight_is_followed_by_a_new_one_behind_the_replayed_firing_notice(
+    api: Api,
+) -> None:
+    # As when a dispatcher claims the pending notice while the replay reads it.
+    firing, success = await resolved_after_its_firing_notice_died(
+        api, resolved_notice=DeliveryStatus.IN_FLIGHT
+    )
+
+    await api.client.post(f"/v1/deliveries/{firing}/replay", headers=ADMIN)
+
+    notices = (await api.event(success))["deliveries"]
+    assert sorted(d["status"] for d in notices) == ["in_flight", "waiting"]

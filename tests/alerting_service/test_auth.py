@@ -106,8 +106,9 @@ def test_an_external_database_without_keys_refuses_to_start(tmp_path: Path) -> N
 @pytest.mark.parametrize(
     ("keys", "problem"),
     [
-        ("admin:root:0123456789abcdef0123", "entry 1 (admin): scope must be ingest or admin"),
-        ("admin:admin:short", "entry 1 (admin): the key must be at least 16 characters"),
+        ("admin:root:0123456789abcdef0123", "entry 1: scope must be ingest or admin"),
+        ("admin:admin:short", "entry 1: the key must be at least 16 characters"),
+        ("0123456789abcdef0123:ingest:airflow", "entry 1: the key must be at least 16 characters"),
         ("a:admin:0123456789abcdef0123,a:ingest:0123456789abcdef9999", "key names must be unique"),
         ("0123456789abcdef0123", "entry 1: expected name:scope:key"),
         ("0123456789:abcdef0123", "entry 1: expected name:scope:key"),

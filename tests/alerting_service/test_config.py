@@ -292,6 +292,8 @@ def test_an_expectation_window_plus_a_day_within_the_retention_is_accepted(tmp_p
         ("ALERTING_DATABASE_URL", "postgresql+asyncpg://u:S3cr3tPw@db/a", "keep the password out of the URL"),
         ("ALERTING_DATABASE_URL", "postgresql+asyncpg://u:S3cr3tPw/x@db/a", "keep the password out"),
         ("ALERTING_DATABASE_URL", "postgresql+asyncpg://u@db/a?password=S3cr3tPw", "keep the password out"),
+        ("ALERTING_DATABASE_URL", "postgresql+asyncpg://u@db/a?dsn=postgresql://u:S3cr3tPw@h/a", "keep the"),
+        ("ALERTING_DATABASE_URL", "postgresql+asyncpg://u:p@S3cr3tPw:1@h/a", "keep the password out"),
         ("ALERTING_API_KEYS_FILE", "/nonexistent/keys", "ALERTING_API_KEYS_FILE: cannot read"),
         ("ALERTING_RETENTION", "1d", "ALERTING_RETENTION: must be at least 2d"),
         ("ALERTING_RETENTION", "99999999d", "ALERTING_RETENTION: must be at most 36500d"),

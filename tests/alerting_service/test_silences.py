@@ -82,3 +82,15 @@ def test_a_matcher_on_a_label_the_event_lacks_does_not_match() -> None:
 @pytest.mark.parametrize("when", [NOW - 2 * HOUR, NOW + HOUR])
 def test_a_silence_mutes_nothing_before_it_starts_or_once_it_ended(when: datetime) -> None:
     assert SilenceSet([rule(matcher("dag_id", "batch_pipeline_dag"))]).is_muted(LABELS, when) is None
+
+
+def test_a_stored_regex_that_re2_refuses_is_warned_about_once_however_often_it_is_loaded(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    for _ in range(3):
+        matcher("dag_id", "(?<=once).*", regex=True)
+
+    assert [record.getMessage() for record in caplog.records].count(
+        "a silence matcher dag_id=~'(?<=once).*' mutes nothing: not a valid RE2 regular expression: "
+        "invalid perl operator: (?<="
+    ) == 1
