@@ -165,9 +165,15 @@ def _http_scheme(connection: Connection) -> str:
 
 
 def _base_url(connection: Connection, default_scheme: str) -> str:
-    """`host` as a URL (its own scheme if it has one) with the `port` field; a port given twice is refused."""
+    """`host` as a URL (its own scheme if it has one) with the `port` field; a port given twice is refused,
+    and so are credentials in `host`: they would be logged with the URL, and an error must not quote them."""
     host = connection.host.rstrip("/")
     parts = urlsplit(host if "://" in host else f"{default_scheme}://{host}")
+    if "@" in parts.netloc:
+        raise ConnectionConfigError(
+            f"connection {connection.conn_id!r}: field 'host' holds credentials (user:password@): "
+            "put them in the login and password fields"
+        )
     if not connection.port:
         return parts.geturl()
     try:
@@ -176,8 +182,8 @@ def _base_url(connection: Connection, default_scheme: str) -> str:
         host_has_port = True
     if host_has_port:
         raise ConnectionConfigError(
-            f"connection {connection.conn_id!r}: field 'host' ({host!r}) already has a port and field 'port' "
-            f"({connection.port}) is set too: keep one of them"
+            f"connection {connection.conn_id!r}: field 'host' (of {parts.hostname!r}) already has a port and "
+            f"field 'port' ({connection.port}) is set too: keep one of them"
         )
     return parts._replace(netloc=f"{parts.netloc}:{connection.port}").geturl()
 

@@ -8,7 +8,8 @@ Exit codes and the summary follow the same contract as the local runner (`batch_
 On `execution_timeout` the task runner calls `on_kill()`, which stops the container, but only if the timeout
 reaches it: with `auto_remove="success"` the provider's clean-up removes the container without force while it
 still runs, and the engine's refusal (an APIError) would replace the timeout, leaving the container running
-beside the next try. `execute()` raises the timeout instead.
+beside the next try. `execute()` raises the timeout instead. `on_kill()` then also removes the stopped
+container unless `auto_remove="never"`: its environment holds the connections' secrets.
 """
 
 from __future__ import annotations
@@ -67,6 +68,16 @@ class DockerBatchJobOperator(DockerOperator):
         finally:
             self._private_environment = {}
         return record_success(context, self.environment, summary_line(output_lines or []))
+
+    def on_kill(self) -> None:
+        super().on_kill()  # stops the container; removes it only with auto_remove="force"
+        if self.auto_remove == "success" and self.container is not None:
+            # As provider 4.6.1 removes a failed container with "success"; a stopped one would keep the
+            # secrets of `private_environment` readable with `docker inspect`.
+            try:
+                self.cli.remove_container(self.container["Id"], force=True)
+            except APIError as error:
+                self.log.warning("could not remove the stopped container: %s", error)
 
 
 def summary_line(output_lines: list[str]) -> str | None:

@@ -332,13 +332,15 @@ def timed_out_run(
                 podman(podman_env, "rm", "--force", "--ignore", container_id)
 
 
-def test_a_try_past_its_execution_timeout_stops_its_container(timed_out_run, podman_env, batch_job_image):
+def test_a_try_past_its_execution_timeout_stops_and_removes_its_container(
+    timed_out_run, podman_env, batch_job_image
+):
     assert timed_out_run.exit_code != 0
     assert task_tries(timed_out_run) == [(1, "failed"), (2, "failed"), (3, "failed"), (4, "failed")]
     lifecycle = containers_of(podman_env, batch_job_image, timed_out_run.started_at)
     assert len(lifecycle) == 4
-    assert containers_listed(podman_env, batch_job_image) == []
-    assert all("died" in events for events in lifecycle.values()), lifecycle
+    assert containers_listed(podman_env, batch_job_image, "--all") == []
+    assert all({"died", "remove"} <= events for events in lifecycle.values()), lifecycle
     assert "timed out while the container ran" in timed_out_run.output
 
 

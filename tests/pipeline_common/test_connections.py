@@ -122,11 +122,11 @@ def test_an_ml_api_schema_other_than_http_or_https_is_refused_naming_the_field()
     [
         (
             connections(ml=ml_api(host="ml-api:9000", port=9000)),
-            "'ml_api_default': field 'host' ('ml-api:9000') already has a port and field 'port' (9000)",
+            "'ml_api_default': field 'host' (of 'ml-api') already has a port and field 'port' (9000)",
         ),
         (
             connections(minio=s3_source(host="http://minio:9000", port=9000)),
-            "'minio_default': field 'host' ('http://minio:9000') already has a port and field 'port' (9000)",
+            "'minio_default': field 'host' (of 'minio') already has a port and field 'port' (9000)",
         ),
     ],
     ids=["ml-api", "minio"],
@@ -134,6 +134,16 @@ def test_an_ml_api_schema_other_than_http_or_https_is_refused_naming_the_field()
 def test_a_port_in_the_host_and_in_the_port_field_is_refused_naming_both(conns, message):
     with pytest.raises(ConnectionConfigError, match=re.escape(message)):
         job_environment(conns)
+
+
+@pytest.mark.parametrize("port", [None, 8443])
+def test_credentials_in_the_host_are_refused_without_quoting_them(port):
+    conns = connections(ml=ml_api(host="https://svc:T0pS3cretT0ken@ml-api:8443", port=port))
+
+    with pytest.raises(ConnectionConfigError, match="field 'host' holds credentials") as raised:
+        job_environment(conns)
+
+    assert "T0pS3cretT0ken" not in str(raised.value)
 
 
 def test_a_port_in_the_host_alone_is_kept():
