@@ -30,6 +30,7 @@ does not read receiver state, which another process may change); the dispatcher 
 from __future__ import annotations
 
 import uuid
+from collections import defaultdict
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -473,20 +474,16 @@ async def _resolve_again_after(session: AsyncSession, firing_ids: Sequence[str],
     )
     if not closers:
         return
-    notices = (
-        await session.execute(
-            select(Delivery.id, Delivery.event_id, Delivery.receiver, Delivery.status).where(
-                Delivery.event_id.in_({success_id for success_id, _, _ in closers}),
-                Delivery.kind == DeliveryKind.RESOLVED,
-            )
+    notices: defaultdict[tuple[str, str], dict[str, str]] = defaultdict(dict)
+    for notice_id, success_id, receiver, status in await session.execute(
+        select(Delivery.id, Delivery.event_id, Delivery.receiver, Delivery.status).where(
+            Delivery.event_id.in_({success_id for success_id, _, _ in closers}),
+            Delivery.kind == DeliveryKind.RESOLVED,
         )
-    ).all()
+    ):
+        notices[success_id, receiver][notice_id] = status
     for success_id, receiver, integration in closers:
-        statuses = {
-            notice_id: status
-            for notice_id, event_id, to, status in notices
-            if (event_id, to) == (success_id, receiver)
-        }
+        statuses = notices[success_id, receiver]
         if not statuses or DeliveryStatus.WAITING in statuses.values():
             continue
         unsent = [notice_id for notice_id, status in statuses.items() if status == DeliveryStatus.PENDING]
