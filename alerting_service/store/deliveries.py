@@ -127,14 +127,17 @@ def release_waiting(connection: Connection, *, settled: Collection[str] | None, 
     sent or dead: pending and due now, their retry horizon starting now; how many.
 
     `settled`: the firing deliveries just recorded sent or dead, whose followers to look at (found through
-    their events, never by walking the waiting ones). None: a sweep of up to `RELEASE_SWEEP_LIMIT` waiting
-    notices, for one written by another process while its firing notice settled.
+    their events, never by walking the waiting ones). None: a sweep releasing up to `RELEASE_SWEEP_LIMIT`
+    waiting notices, for one written by another process while its firing notice settled.
     """
     waiting = select(Delivery.id).where(Delivery.status == DeliveryStatus.WAITING)
     if connection.scalar(waiting.limit(1)) is None:
         return 0  # the usual case: one index lookup
     if settled is None:
-        ids = list(connection.scalars(waiting.limit(RELEASE_SWEEP_LIMIT)))
+        # Only the releasable ones: the first waiting notices found may all rightly wait (a receiver down
+        # with a backlog), and a sweep taking just those would never reach one that no longer should.
+        releasable = waiting.where(~_behind_a_firing()).limit(RELEASE_SWEEP_LIMIT)
+        ids = list(connection.scalars(releasable))
     else:
         ids = _waiting_followers(connection, settled)
     if not ids:

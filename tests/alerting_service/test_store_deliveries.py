@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from sqlalchemy import Connection, update
 
 from alerting_service.models import Delivery, DeliveryKind, DeliveryStatus, Event
@@ -259,6 +260,23 @@ async def test_the_sweep_releases_a_waiting_notice_whose_firing_notice_settled_u
     [firing_id], resolved_id = await waiting_behind(database, smtp_server, 1)
     now = datetime.now(UTC)
     await claim(database, now)
+    await database.write(delivery_store.record_outcomes, [sent(firing_id, now + LEASE)], now=now)
+
+    assert await database.write(delivery_store.release_waiting, settled=None, now=now) == 1
+    assert await database.status(resolved_id) == DeliveryStatus.PENDING
+
+
+async def test_the_sweep_reaches_a_settled_notice_behind_more_waiting_ones_than_it_looks_at(
+    database: Database, smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(delivery_store, "RELEASE_SWEEP_LIMIT", 2)
+    # Two notices rightly waiting (their failures' notices are still to be sent), written first ...
+    for _ in range(2):
+        await waiting_behind(database, smtp_server, 1)
+    # ... then one whose failure's notice was sent unseen (in another process, as the success was written).
+    [firing_id], resolved_id = await waiting_behind(database, smtp_server, 1)
+    now = datetime.now(UTC)
+    await claim(database, now, room=100)
     await database.write(delivery_store.record_outcomes, [sent(firing_id, now + LEASE)], now=now)
 
     assert await database.write(delivery_store.release_waiting, settled=None, now=now) == 1
