@@ -92,6 +92,16 @@ class Expectation(BaseModel):
             )
         return value
 
+    @field_validator("succeed_by")
+    @classmethod
+    def _local_to_the_timezone_key(cls, value: time) -> time:
+        # deadline_on() combines it with `timezone`, which replaces any offset: "04:00+02:00" meant 04:00 UTC.
+        if value.tzinfo is not None:
+            raise ValueError(
+                'write the time without a UTC offset ("04:00") and its zone in timezone (e.g. Europe/Paris)'
+            )
+        return value
+
     @field_validator("timezone")
     @classmethod
     def _known_timezone(cls, name: str) -> str:

@@ -373,3 +373,10 @@ async def test_the_next_successful_run_resolves_the_missed_day(
     )
 
     assert (await stored(session_factory, missed.id)).resolved_by == success.id
+
+
+@pytest.mark.parametrize("succeed_by", ["04:00+02:00", "04:00Z"])
+def test_a_succeed_by_with_a_utc_offset_is_refused_naming_the_timezone_key(succeed_by: str) -> None:
+    # The offset was dropped: "04:00+02:00" meant 04:00 in `timezone` (UTC), two hours after 02:00 UTC.
+    with pytest.raises(ValidationError, match=r"succeed_by\n.*without a UTC offset.*timezone"):
+        Expectation.model_validate({"dag_id": "d", "succeed_by": succeed_by})
