@@ -62,6 +62,17 @@ async def test_html_body_escapes_event_text(smtp_server: SmtpServer) -> None:
     assert "<script>alert(1)</script> & more" in mail.part("text/plain")
 
 
+async def test_both_bodies_show_the_labels_and_the_html_one_escapes_them(smtp_server: SmtpServer) -> None:
+    event = failure_event(labels={"team": "data-engineering", "note": "<b>late</b> & co"})
+    await EmailNotifier().send(notification_for(smtp_server.receiver(), event))
+
+    [mail] = smtp_server.mails
+    assert "note=<b>late</b> & co team=data-engineering" in mail.part("text/plain")
+    html = mail.part("text/html")
+    assert "note=&lt;b&gt;late&lt;/b&gt; &amp; co" in html and "team=data-engineering" in html
+    assert "<b>late</b>" not in html
+
+
 async def test_a_multi_line_event_field_cannot_add_header_lines(smtp_server: SmtpServer) -> None:
     event = failure_event(task_id="extract\r\nBcc: attacker@evil.example")
     await EmailNotifier().send(notification_for(smtp_server.receiver(), event))
