@@ -277,7 +277,19 @@ Receiver = Annotated[
 
 # --- routes and retry -------------------------------------------------------------------------------------
 
-MatchValue = Annotated[list[str], BeforeValidator(lambda v: [v] if isinstance(v, str) else v)]
+
+def _match_values(value: Any) -> Any:
+    """A string, or a list of strings. YAML 1.1 reads an unquoted `yes`, `on` or `5` as a boolean or a number,
+    which pydantic would refuse as "not a valid list": say what happened instead."""
+    values = [value] if isinstance(value, str) else value
+    for item in values if isinstance(values, list) else [values]:
+        if isinstance(item, bool | int | float):
+            read_as = "a boolean" if isinstance(item, bool) else "a number"
+            raise ValueError(f'YAML reads an unquoted value as {read_as}: quote it ("...") to match text')
+    return values
+
+
+MatchValue = Annotated[list[str], BeforeValidator(_match_values)]
 
 
 class Route(_Strict):

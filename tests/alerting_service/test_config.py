@@ -254,6 +254,24 @@ def test_secrets_never_appear_in_errors_or_in_the_printed_config() -> None:
         assert whsec not in text and "T0k3n" not in text
 
 
+@pytest.mark.parametrize(
+    ("value", "read_as"),
+    [("yes", "a boolean"), ("5", "a number"), ("[prod, on]", "a boolean"), ("1.0", "a number")],
+)
+def test_a_match_value_yaml_reads_as_no_string_is_refused_saying_to_quote_it(
+    value: str, read_as: str
+) -> None:
+    # Unquoted, `yes` is true and `5` an integer: "Input should be a valid list" did not say what was wrong.
+    document = f"route:\n  routes:\n    - match: {{labels.deploy: {value}}}\n"
+    with pytest.raises(ConfigError) as raised:
+        parse_alerting_config(document, "alerting.yaml")
+
+    assert f"route.routes[0].match.labels.deploy: YAML reads an unquoted value as {read_as}" in str(
+        raised.value
+    )
+    assert "quote it" in str(raised.value)
+
+
 def test_invalid_yaml_names_the_file_and_line() -> None:
     with pytest.raises(ConfigError, match=r"alerting.yaml: line 2 column \d+ not valid YAML"):
         parse_alerting_config("receivers: []\nroute: receivers: x\n", "alerting.yaml")
