@@ -58,6 +58,12 @@ def _slack_escape(value: object) -> str:
     return str(value).translate(_SLACK_CONTROL)
 
 
+def _slack_url(value: object) -> str:
+    """A link target for `<url|label>`: escaped, and its '|' percent-encoded (the same URL to a web server),
+    since Slack ends the target at the first '|' and shows the rest as the label."""
+    return _slack_escape(value).replace("|", "%7C")
+
+
 def _slack_excerpt(value: object, keep: int | None) -> str:
     """`value` escaped for mrkdwn; cut after `keep` characters (never inside an entity) and marked as cut."""
     escaped = _slack_escape(value)
@@ -82,4 +88,5 @@ def _environment() -> jinja2.Environment:
     environment.filters["iso"] = iso_utc
     environment.filters["slack"] = _slack_escape
     environment.filters["slack_excerpt"] = _slack_excerpt
+    environment.filters["slack_url"] = _slack_url
     return environment

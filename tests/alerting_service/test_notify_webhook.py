@@ -116,6 +116,18 @@ async def test_a_slack_webhook_sends_text_and_blocks_with_mrkdwn_escaped(
     assert "webhook-signature" not in receipt.headers
 
 
+async def test_a_pipe_in_the_log_url_cannot_change_the_slack_links_target_or_label(
+    http_receiver: HttpReceiver, notifier: WebhookNotifier
+) -> None:
+    # Slack splits <url|label> at the first '|': the link went to https://airflow.bank.example/log, labelled
+    # with the rest of the URL.
+    event = failure_event(log_url="https://airflow.bank.example/log|Reset your password here")
+    await notifier.send(notification_for(http_receiver.receiver("/slack", format="slack", secrets=[]), event))
+
+    text = json.loads(http_receiver.received("/slack")[0].body)["text"]
+    assert text.endswith("<https://airflow.bank.example/log%7CReset your password here|Airflow log>")
+
+
 async def test_a_slack_message_cuts_a_long_exception_to_keep_its_section_within_slacks_limit(
     http_receiver: HttpReceiver, notifier: WebhookNotifier
 ) -> None:
