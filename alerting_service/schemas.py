@@ -244,9 +244,18 @@ class SilenceIn(BaseModel):
         return self
 
 
+class MatcherOut(BaseModel):
+    """A stored matcher as it is, unchecked: one stored before a check was added (a regex RE2 refuses, which
+    mutes nothing) must still be shown, or the whole list fails and the silence cannot be found to expire."""
+
+    name: str
+    value: str
+    regex: bool = False
+
+
 class SilenceOut(BaseModel):
     id: str
-    matchers: list[MatcherIn]
+    matchers: list[MatcherOut]
     starts_at: datetime
     ends_at: datetime
     created_by: str
@@ -294,7 +303,7 @@ def event_detail(event: Event) -> EventDetail:
 def silence_out(silence: Silence, now: datetime) -> SilenceOut:
     return SilenceOut(
         id=silence.id,
-        matchers=[MatcherIn.model_validate(matcher) for matcher in silence.matchers],
+        matchers=[MatcherOut.model_validate(matcher) for matcher in silence.matchers],
         starts_at=silence.starts_at,
         ends_at=silence.ends_at,
         created_by=silence.created_by,
