@@ -13,8 +13,11 @@ A bad setting raises `ConfigError` whose message names the key (`route.routes[1]
 from __future__ import annotations
 
 import base64
+import difflib
 import ipaddress
+import os
 import re
+from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -506,7 +509,25 @@ def describe_validation_error(error: ValidationError, *, env: bool = False) -> s
     return "\n".join(lines)
 
 
+def _refuse_unknown_variables(environ: Mapping[str, str]) -> None:
+    """A mistyped `ALERTING_*` variable (ALERTING_RETENTON) would be ignored and its default used unnoticed.
+    Names only in the message: the value may be a secret."""
+    known = [ENV_PREFIX + name.upper() for name in Settings.model_fields]
+    unknown = sorted(
+        name for name in environ if name.upper().startswith(ENV_PREFIX) and name.upper() not in known
+    )
+    problems = []
+    for name in unknown:
+        closest = difflib.get_close_matches(name.upper(), known, n=1)
+        hint = f" (did you mean {closest[0]}?)" if closest else ""
+        problems.append(f"{name}: not a setting of the alert service{hint}")
+    if problems:
+        raise ConfigError("\n".join(problems))
+
+
 def load_settings(**overrides: Any) -> Settings:
+    """The settings from the `ALERTING_*` environment, with `overrides` (keyword arguments) on top."""
+    _refuse_unknown_variables(os.environ)
     try:
         return Settings(**overrides)
     except ValidationError as exc:

@@ -329,6 +329,27 @@ def test_a_bad_environment_variable_is_named(
     assert "S3cr3tPw" not in str(raised.value)
 
 
+def test_a_mistyped_environment_variable_is_refused_naming_the_setting_it_resembles(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ALERTING_RETENTON", "3d")
+
+    with pytest.raises(
+        ConfigError, match=r"ALERTING_RETENTON: not a setting .*did you mean ALERTING_RETENTION\?"
+    ):
+        load_settings()
+
+
+def test_an_unknown_environment_variable_is_named_without_its_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ALERTING_SIGNING_SECRET", "S3cr3tPw")
+
+    with pytest.raises(ConfigError) as raised:
+        load_settings()
+
+    assert "ALERTING_SIGNING_SECRET: not a setting of the alert service" in str(raised.value)
+    assert "S3cr3tPw" not in str(raised.value)
+
+
 def test_check_config_exits_78_naming_the_key(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -77,20 +77,20 @@ def test_the_alert_service_image_accepts_the_compose_routing_config(podman_env, 
     config = REPO_ROOT / "docker" / "alerting-service" / "config.yaml"
     script = (
         "umask 077"
-        " && printf '%s\\n' \"$ALERTING_WEBHOOK_SIGNING_KEY\" > /run/alerting-service/webhook-signing-keys"
-        " && exec alerting-service check-config"
+        " && printf '%s\\n' \"$WEBHOOK_SIGNING_KEY\" > /run/alerting-service/webhook-signing-keys"
+        " && unset WEBHOOK_SIGNING_KEY && exec alerting-service check-config"
     )
     result = subprocess.run(
         [
             *("podman", "run", "--rm", "--tmpfs", "/run/alerting-service"),
             *("--volume", f"{config}:/etc/alerting-service/config.yaml:ro"),
             *("-e", "ALERTING_CONFIG_FILE=/etc/alerting-service/config.yaml"),
-            *("-e", "ALERTING_WEBHOOK_SIGNING_KEY", "-e", "ALERTING_API_KEYS"),
+            *("-e", "WEBHOOK_SIGNING_KEY", "-e", "ALERTING_API_KEYS"),
             *("--entrypoint", "/bin/sh", alerting_service_image, "-c", script),
         ],
         env={
             **podman_env,
-            "ALERTING_WEBHOOK_SIGNING_KEY": SIGNING_KEY,
+            "WEBHOOK_SIGNING_KEY": SIGNING_KEY,
             "ALERTING_API_KEYS": API_KEYS,
         },
         capture_output=True,
