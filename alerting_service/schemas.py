@@ -60,7 +60,10 @@ def _utc(value: datetime) -> datetime:
         raise ValueError("out of range once converted to UTC") from None
 
 
-Text = Annotated[str, AfterValidator(_no_nul)]
+# A length constraint goes before NO_NUL: after a validator pydantic checks it as a generic length ("at most
+# 250 items after validation"), before it as a string's ("at most 250 characters").
+NO_NUL = AfterValidator(_no_nul)
+Text = Annotated[str, NO_NUL]
 # PostgreSQL refuses a btree index entry over 2,704 bytes, and an event's dag, run and task ids together make
 # its indexed fingerprint: 750 bytes each keeps it under, and any Airflow id of 250 characters of up to three
 # UTF-8 bytes fits.
@@ -73,12 +76,12 @@ def _fits_the_index(value: str) -> str:
     return value
 
 
-AirflowId = Annotated[Text, Field(min_length=1, max_length=250), AfterValidator(_fits_the_index)]
+AirflowId = Annotated[str, Field(min_length=1, max_length=250), NO_NUL, AfterValidator(_fits_the_index)]
 # The integer columns are SQL INTEGER: 32 bits on PostgreSQL.
 INT32_MAX = 2**31 - 1
 UTCTimestamp = Annotated[AwareDatetime, AfterValidator(_utc)]
 LabelName = Annotated[str, Field(pattern=LABEL_NAME_PATTERN)]
-LabelValue = Annotated[Text, Field(max_length=1024)]
+LabelValue = Annotated[str, Field(max_length=1024), NO_NUL]
 MAX_LABELS = 64
 
 
@@ -87,7 +90,7 @@ class EventIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    idempotency_key: Text = Field(min_length=1, max_length=512)
+    idempotency_key: Annotated[str, Field(min_length=1, max_length=512), NO_NUL]
     type: EventType
     severity: Severity | None = Field(default=None, description="Defaults by type (failures error or worse).")
     dag_id: AirflowId
@@ -100,8 +103,8 @@ class EventIn(BaseModel):
     occurred_at: UTCTimestamp | None = Field(
         default=None, description="Defaults to the time it was received."
     )
-    exception: Text | None = Field(default=None, max_length=32768)
-    log_url: Text | None = Field(default=None, max_length=2048, pattern=r"^https?://")
+    exception: Annotated[str, Field(max_length=32768), NO_NUL] | None = None
+    log_url: Annotated[str, Field(max_length=2048, pattern=r"^https?://"), NO_NUL] | None = None
     next_retry_at: UTCTimestamp | None = None
     labels: dict[LabelName, LabelValue] = Field(default_factory=dict, max_length=MAX_LABELS)
 
@@ -196,8 +199,10 @@ class DeadLettersReplayed(BaseModel):
 class MatcherIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: Text = Field(description="dag_id, task_id, type, severity or labels.<name>", max_length=140)
-    value: Text = Field(min_length=1, max_length=1024)
+    name: Annotated[str, Field(max_length=140), NO_NUL] = Field(
+        description="dag_id, task_id, type, severity or labels.<name>"
+    )
+    value: Annotated[str, Field(min_length=1, max_length=1024), NO_NUL]
     regex: bool = Field(default=False, description="Full-match regular expression instead of equality.")
 
     @model_validator(mode="after")
@@ -235,7 +240,7 @@ class SilenceIn(BaseModel):
     )
     starts_at: UTCTimestamp | None = Field(default=None, description="Defaults to now.")
     ends_at: UTCTimestamp
-    comment: Text = Field(default="", max_length=4096)
+    comment: Annotated[str, Field(max_length=4096), NO_NUL] = ""
 
     @model_validator(mode="after")
     def _ends_after_start(self) -> SilenceIn:

@@ -178,6 +178,26 @@ async def test_an_invalid_event_is_a_422_naming_the_field_and_nothing_is_written
     assert (await api.row_counts())["events"] == 0
 
 
+@pytest.mark.parametrize(
+    ("body", "field", "limit"),
+    [
+        (VALID | {"dag_id": "d" * 251}, "dag_id", 250),
+        (VALID | {"exception": "x" * 32769}, "exception", 32768),
+        (VALID | {"log_url": "https://airflow/" + "l" * 2048}, "log_url", 2048),
+        (VALID | {"labels": {"team": "t" * 1025}}, "labels", 1024),
+    ],
+)
+async def test_a_text_over_its_limit_is_a_422_saying_how_many_characters_it_may_have(
+    api: Api, body: dict[str, Any], field: str, limit: int
+) -> None:
+    answer = await api.client.post("/v1/events", json=body, headers=INGEST)
+
+    assert answer.status_code == 422
+    [error] = answer.json()["detail"]
+    assert error["loc"][:2] == ["body", field]
+    assert error["msg"] == f"String should have at most {limit} characters"
+
+
 async def test_ids_of_250_characters_of_three_utf8_bytes_each_are_stored(api: Api) -> None:
     # The longest Airflow ids of the widest word characters: their fingerprint fits PostgreSQL's index.
     ids = {name: "\u6f22" * 250 for name in ("dag_id", "task_id", "run_id")}

@@ -104,7 +104,7 @@ def test_the_design_documents_example_is_valid() -> None:
         ),
         (
             {"expectations": [{"dag_id": "d", "succeed_by": "04:00", "labels": {"team": "d" * 1025}}]},
-            "expectations[0].labels.team: Value should have at most 1024 items",
+            "expectations[0].labels.team: String should have at most 1024 characters",
         ),
         (
             {"expectations": [{"dag_id": "d", "succeed_by": "04:00", "labels": {"source": "cron"}}]},
