@@ -21,7 +21,7 @@ from airflow.sdk.exceptions import AirflowSkipException
 
 from pipeline_common.assets import SCORED_EVENT_COUNT_KEYS, SCORED_TRANSACTIONS
 from pipeline_common.connections import POSTGRES_CONN_ID, database_url, get_connection
-from pipeline_common.errors import RetryCannotHelp
+from pipeline_common.errors import PipelineConfigError, RetryCannotHelp
 from pipeline_common.run_date import parse_run_date
 
 log = logging.getLogger(__name__)
@@ -45,27 +45,72 @@ class ScoredDay:
 
 
 def scored_day_from_extra(extra: Mapping[str, Any]) -> ScoredDay:
+    """The day an event announces; any departure from the asset contract is a `ScoredEventError` (no retry:
+    the event's extras will be the same on every try)."""
     missing = [key for key in ("run_date", "table", "counts", "source") if key not in extra]
     if missing:
         raise ScoredEventError(f"scored_transactions event extras lack {', '.join(missing)}: {dict(extra)!r}")
     if not _TABLE_NAME.match(str(extra["table"])):
         raise ScoredEventError(f"scored_transactions event names an invalid table {extra['table']!r}")
-    counts = extra["counts"]
-    if not isinstance(counts, Mapping) or set(SCORED_EVENT_COUNT_KEYS) - set(counts):
-        raise ScoredEventError(f"scored_transactions event counts are incomplete: {counts!r}")
     return ScoredDay(
-        run_date=parse_run_date(str(extra["run_date"])),
+        run_date=_event_run_date(extra["run_date"]),
         table=str(extra["table"]),
-        counts={key: int(counts[key]) for key in SCORED_EVENT_COUNT_KEYS},
+        counts=_event_counts(extra["counts"]),
         source=str(extra["source"]),
     )
 
 
+def _event_run_date(value: Any) -> date:
+    try:
+        return parse_run_date(str(value))
+    except PipelineConfigError:  # its message speaks of the DAG param, not of an event
+        raise ScoredEventError(
+            f"scored_transactions event names an invalid run_date {value!r} (expected YYYY-MM-DD)"
+        ) from None
+
+
+def _event_counts(counts: Any) -> dict[str, int]:
+    if not isinstance(counts, Mapping) or set(SCORED_EVENT_COUNT_KEYS) - set(counts):
+        raise ScoredEventError(f"scored_transactions event counts are incomplete: {counts!r}")
+    values = {key: counts[key] for key in SCORED_EVENT_COUNT_KEYS}
+    # bool is an int to Python, not a count; int("n/a") would be a ValueError, retried in vain.
+    if not all(isinstance(value, int) and not isinstance(value, bool) for value in values.values()):
+        raise ScoredEventError(f"scored_transactions event counts are not integers: {counts!r}")
+    return values
+
+
 def write_reports(extras: Iterable[Mapping[str, Any]], database: Connection, reports_dir: Path) -> list[Path]:
-    """One report per announced date (the last event of a date wins: the rows are read now anyway)."""
-    days = {day.run_date: day for day in map(scored_day_from_extra, extras)}
-    if not days:
-        return []
+    """One report per announced date (the last event of a date wins: the rows are read now anyway).
+
+    An event breaking the asset contract (e.g. one created by hand in the UI) must not cost the other dates
+    of the run their reports: the run's events are consumed by it, a Clear re-reads the same ones, and the
+    operator could not tell which dates went unreported. They are written first, then the task fails naming
+    every bad event."""
+    days, refusals = _announced_days(extras)
+    paths = _write_days(days, database, reports_dir) if days else []
+    if refusals:
+        raise ScoredEventError(
+            f"{len(refusals)} scored_transactions event(s) break the asset contract and got no report "
+            f"(the {len(paths)} other date(s) did): {'; '.join(refusals)}"
+        )
+    return paths
+
+
+def _announced_days(extras: Iterable[Mapping[str, Any]]) -> tuple[dict[date, ScoredDay], list[str]]:
+    """The days announced by the events that follow the contract, and why each other event was refused."""
+    days: dict[date, ScoredDay] = {}
+    refusals: list[str] = []
+    for extra in extras:
+        try:
+            day = scored_day_from_extra(extra)
+        except ScoredEventError as error:
+            refusals.append(str(error))
+        else:
+            days[day.run_date] = day
+    return days, refusals
+
+
+def _write_days(days: Mapping[date, ScoredDay], database: Connection, reports_dir: Path) -> list[Path]:
     reports_dir.mkdir(parents=True, exist_ok=True)
     engine = _engine(database)
     try:

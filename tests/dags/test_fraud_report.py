@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 from datetime import date
+from decimal import Decimal
 
 import pytest
 from airflow.sdk import Connection
+from sqlalchemy import create_engine
 
+from batch_job.load import load_day
+from batch_job.predict import ScoredTransaction
+from batch_job.validate import Transaction
 from pipeline_common.fraud_report import ScoredEventError, scored_day_from_extra, write_reports
 from tests.dags.conftest import metadata_rows, query_results
 
@@ -100,3 +106,60 @@ def test_a_manual_run_of_the_consumer_without_events_is_skipped(fresh_dags, airf
         )
     ]
     assert state == "skipped"
+
+
+def sqlite_results(tmp_path, day: date) -> Connection:
+    """A results database (the embedded default's SQLite form) holding one scored row for `day`."""
+    path = tmp_path / "results.db"
+    transaction = Transaction(
+        transaction_id="T-1",
+        account_id="ACC1",
+        merchant_id="MER1",
+        amount=Decimal("12.50"),
+        currency="EUR",
+        occurred_at=dt.datetime.combine(day, dt.time(9, 30), tzinfo=dt.UTC),
+        country="DE",
+        source_file="file:///landing/a.csv",
+        line_number=2,
+        raw_record="T-1,ACC1,MER1,12.50,EUR,...,DE",
+    )
+    engine = create_engine(f"sqlite:///{path}")
+    load_day(engine, day, [ScoredTransaction(transaction, 0.9, True, "m1")], [])
+    engine.dispose()
+    return Connection(conn_id="postgres_default", conn_type="sqlite", host=str(path))
+
+
+def announced(day: date) -> dict:
+    return {
+        "run_date": day.isoformat(),
+        "counts": {"read": 1, "valid": 1, "rejected": 0, "scored": 1, "loaded": 1},
+        "table": "scored_transactions",
+        "source": f"file:///landing/{day.isoformat()}/",
+    }
+
+
+def test_an_event_breaking_the_contract_does_not_cost_the_other_dates_their_reports(tmp_path):
+    # An asset event created by hand (UI or REST API: extras {"from_rest_api": true}) lands in the same
+    # consumer run as a real one: the real date's report is written, then the task fails naming the bad one.
+    day = date(2026, 1, 24)
+    database = sqlite_results(tmp_path, day)
+
+    with pytest.raises(ScoredEventError, match=r"1 scored_transactions event.*from_rest_api"):
+        write_reports([{"from_rest_api": True}, announced(day)], database, tmp_path / "reports")
+
+    report = json.loads((tmp_path / "reports" / "fraud_report_2026-01-24.json").read_text())
+    assert (report["rows_in_table"], report["flagged"]) == (1, 1)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"run_date": "14/01/2026"}, "invalid run_date '14/01/2026'"),
+        ({"counts": {"read": "n/a", "valid": 1, "rejected": 0, "scored": 1, "loaded": 1}}, "not integers"),
+    ],
+    ids=["run-date", "counts"],
+)
+def test_a_malformed_run_date_or_count_in_an_event_is_refused_as_breaking_the_contract(change, message):
+    # Not a "param run_date" error, and not a ValueError that Airflow would retry three times in vain.
+    with pytest.raises(ScoredEventError, match=message):
+        scored_day_from_extra({**announced(date(2026, 1, 14)), **change})
