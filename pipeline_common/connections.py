@@ -8,8 +8,10 @@ Required fields per connection are in docs/architecture.md ("Connections read by
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,8 @@ POSTGRES_CONN_TYPES = ("postgres", "postgresql")
 HTTP_SCHEMES = ("http", "https")
 # Optional ML tuning read from the ml_api_default extra, passed to the job as BATCH_ML_<KEY>.
 ML_TUNING_EXTRAS = ("timeout_seconds", "batch_size", "max_retries", "retry_backoff_seconds")
+# A database host as the URL takes it: a host name or an IPv4 address (IPv6 is bracketed in the URL).
+_HOST_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
 
 
 @dataclass(frozen=True)
@@ -117,7 +121,23 @@ def database_url(postgres: Connection) -> str:
         )
     _require(postgres, "host", "schema", "login", "password")
     port = postgres.port or 5432
-    return f"postgresql+psycopg2://{quote(postgres.login, safe='')}@{postgres.host}:{port}/{postgres.schema}"
+    host = _database_host(postgres)
+    return f"postgresql+psycopg2://{quote(postgres.login, safe='')}@{host}:{port}/{postgres.schema}"
+
+
+def _database_host(postgres: Connection) -> str:
+    """The host for the URL. Anything else pasted there (credentials, a whole URL) is refused without quoting
+    it: the URL is logged, and only the password field is masked by Airflow."""
+    host = postgres.host
+    if _HOST_NAME.match(host):
+        return host
+    try:
+        return f"[{ipaddress.IPv6Address(host.strip('[]'))}]"  # "db@::1:5432" is no URL SQLAlchemy parses
+    except ValueError:
+        raise ConnectionConfigError(
+            f"connection {postgres.conn_id!r}: field 'host' must be a host name or an IP address only; "
+            "put the port, database (schema), login and password in their own fields"
+        ) from None
 
 
 def _source_environment(minio: Connection) -> dict[str, str]:

@@ -254,3 +254,22 @@ def test_a_connection_that_is_not_defined_says_how_to_add_it(monkeypatch):
     monkeypatch.delenv("AIRFLOW_CONN_POSTGRES_DEFAULT", raising=False)
     with pytest.raises(ConnectionConfigError, match="connection 'postgres_default' is not defined: add it"):
         get_connection("postgres_default")
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["batch:Hunter2-Leak@db.internal", "postgresql://batch:Hunter2-Leak@db.internal:5432/transactions"],
+    ids=["user-password-at-host", "whole-url"],
+)
+def test_credentials_or_a_url_in_the_database_host_are_refused_without_quoting_them(host):
+    # run_batch_processing logs BATCH_DATABASE_URL: a password pasted into the host field (other than the
+    # password field's, which Airflow masks) would be written to the task log in clear.
+    with pytest.raises(ConnectionConfigError, match="'postgres_default': field 'host' must be") as raised:
+        job_environment(connections(database=postgres(host=host)))
+
+    assert "Hunter2-Leak" not in str(raised.value)
+
+
+def test_an_ipv6_database_host_is_bracketed_in_the_database_url():
+    env = job_environment(connections(database=postgres(host="fd00::5")))
+    assert env["BATCH_DATABASE_URL"] == "postgresql+psycopg2://batch@[fd00::5]:5433/transactions"
