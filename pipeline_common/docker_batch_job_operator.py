@@ -37,9 +37,15 @@ class DockerBatchJobOperator(DockerOperator):
     at execute time."""
 
     def __init__(self, *, settings: PipelineSettings, environment: Any, **kwargs: Any) -> None:
+        tls = settings.docker_tls
         super().__init__(
             image=settings.image,
             docker_url=settings.docker_url,
+            # With all three files the provider talks TLS (tcp:// becomes https://); settings refuses a
+            # plain TCP engine URL without them unless BATCH_PIPELINE_DOCKER_PLAINTEXT=true.
+            tls_ca_cert=str(tls.ca_cert) if tls else None,
+            tls_client_cert=str(tls.client_cert) if tls else None,
+            tls_client_key=str(tls.client_key) if tls else None,
             network_mode=settings.docker_network,
             mem_limit=settings.mem_limit,
             auto_remove=settings.auto_remove,

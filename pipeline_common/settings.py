@@ -19,6 +19,7 @@ from datetime import timedelta
 from enum import Enum
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pipeline_common.errors import PipelineConfigError
 
@@ -27,6 +28,19 @@ DEFAULT_IMAGE = "batch-orchestration/batch-job:0.1.0"
 AUTO_REMOVE_CHOICES = ("never", "success", "force")
 # A memory limit as Docker takes it: bytes, or a number with a b/k/m/g unit.
 _MEM_LIMIT = re.compile(r"^\d+[bkmg]?$", re.IGNORECASE)
+# Docker URL schemes that reach the engine over unencrypted TCP unless the TLS files are given.
+_PLAIN_TCP_SCHEMES = ("tcp", "http")
+_LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+_DOCKER_TLS_VARIABLES = ("DOCKER_TLS_CA_CERT", "DOCKER_TLS_CLIENT_CERT", "DOCKER_TLS_CLIENT_KEY")
+
+
+@dataclass(frozen=True)
+class DockerTls:
+    """The engine's TLS (`docker --tlsverify`): PEM files on the workers, passed to the DockerOperator."""
+
+    ca_cert: Path
+    client_cert: Path
+    client_key: Path
 
 
 class Runner(Enum):
@@ -37,6 +51,7 @@ class Runner(Enum):
 @dataclass(frozen=True)
 class PipelineSettings:
     docker_url: str | None
+    docker_tls: DockerTls | None
     image: str
     docker_network: str | None
     mem_limit: str
@@ -63,8 +78,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> PipelineSettings:
         return value or None
 
     airflow_home = Path(env.get("AIRFLOW_HOME") or "~/airflow").expanduser()
+    docker_tls = _docker_tls({name: get(name) for name in _DOCKER_TLS_VARIABLES})
     return PipelineSettings(
-        docker_url=get("DOCKER_URL"),
+        docker_url=_docker_url(get("DOCKER_URL"), docker_tls, plaintext=get("DOCKER_PLAINTEXT")),
+        docker_tls=docker_tls,
         image=_pinned_image(get("IMAGE") or DEFAULT_IMAGE),
         docker_network=get("DOCKER_NETWORK"),
         mem_limit=_mem_limit(get("MEM_LIMIT") or "2g"),
@@ -75,6 +92,37 @@ def load_settings(env: Mapping[str, str] | None = None) -> PipelineSettings:
         execution_timeout=_seconds("EXECUTION_TIMEOUT_SECONDS", get("EXECUTION_TIMEOUT_SECONDS") or "3600"),
         run_deadline=_minutes_or_off("DEADLINE_MINUTES", get("DEADLINE_MINUTES") or "90"),
     )
+
+
+def _docker_tls(files: Mapping[str, str | None]) -> DockerTls | None:
+    """All three files or none: the provider silently talks plain TCP when one of them is missing."""
+    given = [name for name, value in files.items() if value]
+    if not given:
+        return None
+    if len(given) < len(files):
+        missing = ", ".join(PREFIX + name for name in files if name not in given)
+        raise PipelineConfigError(f"the engine's TLS needs {missing} too (all three files, or none)")
+    paths = {name: _absolute_dir(name, str(value)) for name, value in files.items()}
+    return DockerTls(*(paths[name] for name in _DOCKER_TLS_VARIABLES))
+
+
+def _docker_url(url: str | None, tls: DockerTls | None, *, plaintext: str | None) -> str | None:
+    """The engine URL; a TCP one without TLS is refused unless chosen: the container's environment, which
+    carries the connections' secrets, would cross the network in clear."""
+    if plaintext not in (None, "true", "false"):
+        raise PipelineConfigError(f"{PREFIX}DOCKER_PLAINTEXT={plaintext!r} must be true or false")
+    if url is None or tls is not None or plaintext == "true":
+        return url
+    parts = urlsplit(url)
+    if parts.scheme in _PLAIN_TCP_SCHEMES and parts.hostname not in _LOOPBACK_HOSTS:
+        raise PipelineConfigError(
+            f"{PREFIX}DOCKER_URL={url!r} reaches the engine over unencrypted TCP, and the job's container "
+            f"environment carries the connections' secrets: set {PREFIX}DOCKER_TLS_CA_CERT, "
+            f"{PREFIX}DOCKER_TLS_CLIENT_CERT and {PREFIX}DOCKER_TLS_CLIENT_KEY, "
+            f"or {PREFIX}DOCKER_PLAINTEXT=true for an engine on a private network (e.g. docker-compose's "
+            "socket proxy)"
+        )
+    return url
 
 
 def _pinned_image(image: str) -> str:

@@ -45,7 +45,13 @@ def dags() -> dict:
 @pytest.fixture(scope="module")
 def docker_dags() -> dict:
     with pytest.MonkeyPatch.context() as monkeypatch:
-        return parse(monkeypatch, BATCH_PIPELINE_DOCKER_URL="tcp://docker-engine.internal:2376")
+        return parse(
+            monkeypatch,
+            BATCH_PIPELINE_DOCKER_URL="tcp://docker-engine.internal:2376",
+            BATCH_PIPELINE_DOCKER_TLS_CA_CERT="/etc/docker-tls/ca.pem",
+            BATCH_PIPELINE_DOCKER_TLS_CLIENT_CERT="/etc/docker-tls/cert.pem",
+            BATCH_PIPELINE_DOCKER_TLS_CLIENT_KEY="/etc/docker-tls/key.pem",
+        )
 
 
 def test_the_dags_folder_holds_exactly_the_two_pipeline_dags(dags):
@@ -132,6 +138,11 @@ def test_with_a_docker_url_the_job_runs_in_the_pinned_image_without_secrets_at_p
     assert task.mount_tmp_dir is False
     assert task.auto_remove == "success"
     assert task.mem_limit == "2g"
+    assert (task.tls_ca_cert, task.tls_client_cert, task.tls_client_key) == (
+        "/etc/docker-tls/ca.pem",
+        "/etc/docker-tls/cert.pem",
+        "/etc/docker-tls/key.pem",
+    ), "the engine is reached over TLS: the container environment carries secrets"
     assert task._private_environment == {}, "secrets are resolved at execution time only"
     assert "private_environment" not in task.template_fields
 

@@ -80,3 +80,46 @@ def test_the_latest_tag_is_refused():
 def test_a_bad_value_is_refused_naming_the_variable(variable, value, message):
     with pytest.raises(PipelineConfigError, match=f"{variable}=.*{message}"):
         load_settings({variable: value})
+
+
+TLS_FILES = {
+    "BATCH_PIPELINE_DOCKER_TLS_CA_CERT": "/etc/docker-tls/ca.pem",
+    "BATCH_PIPELINE_DOCKER_TLS_CLIENT_CERT": "/etc/docker-tls/cert.pem",
+    "BATCH_PIPELINE_DOCKER_TLS_CLIENT_KEY": "/etc/docker-tls/key.pem",
+}
+
+
+@pytest.mark.parametrize("url", ["tcp://docker-engine.internal:2376", "http://docker-engine.internal:2375"])
+def test_a_tcp_docker_url_without_tls_is_refused_since_the_secrets_would_cross_in_clear(url):
+    with pytest.raises(PipelineConfigError, match=r"BATCH_PIPELINE_DOCKER_URL=.* unencrypted TCP"):
+        load_settings({"BATCH_PIPELINE_DOCKER_URL": url})
+
+
+def test_a_tcp_docker_url_with_the_engines_tls_files_is_accepted():
+    settings = load_settings({"BATCH_PIPELINE_DOCKER_URL": "tcp://docker-engine.internal:2376", **TLS_FILES})
+    assert settings.docker_tls is not None
+    assert settings.docker_tls.client_key == Path("/etc/docker-tls/key.pem")
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {
+            "BATCH_PIPELINE_DOCKER_URL": "tcp://docker-socket-proxy:2375",
+            "BATCH_PIPELINE_DOCKER_PLAINTEXT": "true",
+        },
+        {"BATCH_PIPELINE_DOCKER_URL": "tcp://127.0.0.1:2375"},
+        {"BATCH_PIPELINE_DOCKER_URL": "unix:///var/run/docker.sock"},
+    ],
+    ids=["private-network-chosen", "loopback", "socket"],
+)
+def test_plain_docker_urls_are_accepted_on_a_socket_loopback_or_when_chosen(env):
+    assert load_settings(env).docker_tls is None
+
+
+def test_tls_without_all_three_files_is_refused_naming_the_missing_ones():
+    # The provider would silently fall back to plain TCP.
+    env = {"BATCH_PIPELINE_DOCKER_URL": "tcp://docker-engine.internal:2376", **TLS_FILES}
+    del env["BATCH_PIPELINE_DOCKER_TLS_CLIENT_KEY"]
+    with pytest.raises(PipelineConfigError, match="needs BATCH_PIPELINE_DOCKER_TLS_CLIENT_KEY too"):
+        load_settings(env)
