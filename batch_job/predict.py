@@ -3,7 +3,8 @@
 Each batch is retried with exponential backoff (plus jitter, and at least the server's `Retry-After`) on
 timeouts, connection errors, HTTP 408, 429 and 5xx, at most `BATCH_ML_MAX_RETRIES` times; if the API is still
 unavailable the job fails with a `TransientError` (exit 1) so the DAG retries it later. Any other 4xx is not
-retried: it is a `ConfigError` (exit 78), since a wrong URL or API key will not fix itself. The wire format is
+retried: it is a `ConfigError` (exit 78), since a wrong URL or API key will not fix itself; so is a redirect
+(not followed). The wire format is
 in `batch_job.ml_contract`.
 """
 
@@ -13,6 +14,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 from pydantic import SecretStr, ValidationError
@@ -142,6 +144,14 @@ class MLApiClient:
         )
         if response.status_code in RETRYABLE_STATUS_CODES or response.is_server_error:
             raise RetryableResponseError(response.status_code, _retry_after_seconds(response))
+        if response.is_redirect:
+            # Not followed: a POST with the key is not resent to wherever a server points (http -> https
+            # means the URL is wrong). Its empty body is no "broken contract" to retry: the URL must change.
+            raise ConfigError(
+                f"ML API at {self._predict_url} answered a redirect (HTTP {response.status_code}) to "
+                f"{_without_query(response.headers['Location'])}; retrying cannot help: set BATCH_ML_API_URL "
+                "(host of ml_api_default) to the API's own URL"
+            )
         if response.is_error:
             raise ConfigError(
                 f"ML API at {self._predict_url} refused the request with HTTP {response.status_code} "
@@ -182,6 +192,13 @@ def _features(transaction: Transaction) -> TransactionFeatures:
         timestamp=transaction.occurred_at,
         country=transaction.country,
     )
+
+
+def _without_query(url: str) -> str:
+    """A URL to quote in an error: no user info, query or fragment, where a token could be."""
+    parts = urlsplit(url)
+    host_and_port = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, host_and_port, parts.path, "", ""))
 
 
 def _retry_after_seconds(response: httpx.Response) -> float | None:

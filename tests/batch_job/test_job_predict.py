@@ -167,3 +167,20 @@ def test_an_answer_that_is_not_json_is_transient(scripted_ml_api: ScriptedMLApi)
 def test_an_empty_list_of_transactions_sends_nothing(scripted_ml_api: ScriptedMLApi) -> None:
     assert score(scripted_ml_api.url, count=0) == []
     assert scripted_ml_api.requests == []
+
+
+@pytest.mark.parametrize("code", [301, 307, 308])
+def test_a_redirect_is_a_config_error_naming_where_it_points(
+    scripted_ml_api: ScriptedMLApi, code: int
+) -> None:
+    # e.g. http:// configured where the API redirects to https://: retrying (the job's, then Airflow's three
+    # with backoff) cannot help, and "a body that breaks the contract" sent the operator the wrong way.
+    scripted_ml_api.script(
+        Status(code, "", {"Location": "https://svc:pw@ml-api.internal:8443/predict?token=abc"})
+    )
+    with pytest.raises(
+        ConfigError, match=f"redirect \\(HTTP {code}\\) to https://ml-api.internal:8443/predict"
+    ) as raised:
+        score(scripted_ml_api.url)
+    assert "token=abc" not in str(raised.value) and "pw@" not in str(raised.value)
+    assert len(scripted_ml_api.requests) == 1
