@@ -25,6 +25,7 @@ import uuid
 from collections.abc import Callable, Generator, Iterable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -44,6 +45,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    TypeDecorator,
     UniqueConstraint,
     create_engine,
     delete,
@@ -86,6 +88,25 @@ CONNECT_MESSAGE_SQLSTATES = (
     (re.compile(r"permission denied for database"), "42501"),
 )
 
+
+class _DecimalText(TypeDecorator[Decimal]):
+    """An exact decimal on SQLite, stored as its text: SQLite has no decimal type, and a NUMERIC column turns
+    the text into a REAL or an INTEGER (99999999999999.9999, a valid amount, came back as 10^14)."""
+
+    impl = String(32)
+    cache_ok = True
+
+    def process_bind_param(self, value: Decimal | None, dialect: Any) -> str | None:
+        return None if value is None else f"{Decimal(value):.4f}"
+
+    def process_result_value(self, value: Any, dialect: Any) -> Decimal | None:
+        # str(): a file created before this type holds the REAL or INTEGER that NUMERIC made of it.
+        return None if value is None else Decimal(str(value))
+
+
+# numeric(18,4) on PostgreSQL: amounts below 10^14 with at most 4 decimal places, exactly.
+AMOUNT_TYPE = Numeric(18, 4).with_variant(_DecimalText(), "sqlite")
+
 metadata = MetaData()
 
 scored_transactions = Table(
@@ -95,7 +116,7 @@ scored_transactions = Table(
     Column("run_date", Date, nullable=False, index=True),
     Column("account_id", String(64), nullable=False),
     Column("merchant_id", String(64), nullable=False),
-    Column("amount", Numeric(18, 4), nullable=False),
+    Column("amount", AMOUNT_TYPE, nullable=False),
     Column("currency", String(3), nullable=False),
     Column("occurred_at", DateTime(timezone=True), nullable=False),
     Column("country", String(2), nullable=False),

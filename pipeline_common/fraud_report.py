@@ -13,6 +13,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -181,9 +182,10 @@ def _scored_rows(connection: Any, day: ScoredDay) -> Sequence[Mapping[str, Any]]
 
 
 def _amount_by_currency(rows: Iterable[Mapping[str, Any]]) -> dict[str, str]:
-    totals: dict[str, Any] = {}
+    totals: dict[str, Decimal] = {}
     for row in rows:
-        totals[row["currency"]] = totals.get(row["currency"], 0) + row["amount"]
+        # Decimal(str()): SQLite (the embedded default) gives the amount as its exact text.
+        totals[row["currency"]] = totals.get(row["currency"], Decimal(0)) + Decimal(str(row["amount"]))
     return {currency: str(total) for currency, total in sorted(totals.items())}
 
 

@@ -88,6 +88,15 @@ def test_scored_and_rejected_rows_are_loaded_with_exact_amounts(engine: Engine) 
     assert rejected_rows(engine) == [(4, "T-4", ["amount '0' is not positive"])]
 
 
+@pytest.mark.parametrize("amount", ["99999999999999.9999", "1234567890123.4567", "0.0001"])
+def test_the_largest_and_smallest_amounts_the_contract_accepts_are_stored_exactly(
+    engine: Engine, amount: str
+) -> None:
+    # SQLite has no decimal type: a NUMERIC column stored 99999999999999.9999 as the integer 10^14.
+    load_day(engine, DAY, [scored("T-1", amount=amount)], [])
+    assert scored_rows(engine)[0][1] == Decimal(amount)
+
+
 def test_a_rerun_of_a_date_leaves_the_same_rows(engine: Engine) -> None:
     load_day(engine, DAY, [scored("T-1"), scored("T-2")], [rejected(4)])
     first = (scored_rows(engine), rejected_rows(engine))

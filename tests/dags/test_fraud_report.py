@@ -149,6 +149,7 @@ def test_an_event_breaking_the_contract_does_not_cost_the_other_dates_their_repo
 
     report = json.loads((tmp_path / "reports" / "fraud_report_2026-01-24.json").read_text())
     assert (report["rows_in_table"], report["flagged"]) == (1, 1)
+    assert report["flagged_amount_by_currency"] == {"EUR": "12.5000"}  # exact, on SQLite too
 
 
 @pytest.mark.parametrize(
