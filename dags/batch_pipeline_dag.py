@@ -36,7 +36,9 @@ connection or field fails the run at once, naming it: fix the connection, then c
 
 **Re-run a date.** Trigger with the `run_date` param (YYYY-MM-DD): UI *Trigger DAG* and fill `run_date`, or
 `airflow dags trigger batch_pipeline_dag --conf '{"run_date": "2026-01-14"}'`. Without it, a manual run
-processes the day before it was triggered.
+processes the day before its logical date if it was given one (as a scheduled run does: logical date
+2026-01-15 processes 2026-01-14), else the day before it was triggered. The log of `prepare_environment`
+says which date and why.
 
 **Failures.**
 * Exit 65: the day's input data is invalid as a whole (unreadable CSV, missing columns). Not retried: ask the
@@ -66,7 +68,10 @@ See docs/dags.md.
             None,
             type=["null", "string"],
             pattern=r"^\d{4}-\d{2}-\d{2}$",
-            description="Business date to process (YYYY-MM-DD); empty: the day before the run",
+            description=(
+                "Business date to process (YYYY-MM-DD); empty: the day before the logical date, "
+                "or before the trigger without one"
+            ),
         )
     },
     tags=TAGS,

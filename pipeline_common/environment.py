@@ -13,19 +13,19 @@ import logging
 from airflow.sdk import Context, get_current_context, task
 
 from pipeline_common.connections import job_environment, read_pipeline_connections
-from pipeline_common.run_date import RUN_DATE_PARAM, business_date
+from pipeline_common.run_date import RUN_DATE_PARAM, business_date_and_rule
 
 log = logging.getLogger(__name__)
 
 
 def environment_for_run(context: Context) -> dict[str, str]:
-    run_date = business_date(
+    run_date, rule = business_date_and_rule(
         logical_date=context.get("logical_date"),
         run_after=context["dag_run"].run_after,
         run_date_param=context["params"].get(RUN_DATE_PARAM),
     )
     job_environment(read_pipeline_connections())  # validation only: raises naming a bad connection or field
-    log.info("BATCH_RUN_DATE=%s; the connections are complete", run_date.isoformat())
+    log.info("BATCH_RUN_DATE=%s (%s); the connections are complete", run_date.isoformat(), rule)
     return {"BATCH_RUN_DATE": run_date.isoformat()}
 
 

@@ -1,8 +1,10 @@
 """Which business date a run of `batch_pipeline_dag` processes.
 
 With a cron schedule Airflow 3 uses `CronTriggerTimetable`: the 02:00 UTC run on day D has logical date
-D 02:00 and processes the complete day before, D-1. A manual run has no logical date at all: it processes
-the `run_date` param when given, else the day before `run_after` (when it was triggered).
+D 02:00 and processes the complete day before, D-1. A manual run processes the `run_date` param when given;
+else, like a scheduled run, the day before its logical date when it was triggered with one (`airflow dags
+trigger --logical-date`, the REST API, the UI's logical date field: `run_after` is then the moment of the
+trigger, not that date); else the day before `run_after`, when it was triggered.
 """
 
 from __future__ import annotations
@@ -28,10 +30,26 @@ def parse_run_date(value: str) -> date:
 
 def business_date(*, logical_date: datetime | None, run_after: datetime, run_date_param: str | None) -> date:
     """The day to process: the param, else the UTC day before the logical date, else before run_after."""
+    day, _ = business_date_and_rule(
+        logical_date=logical_date, run_after=run_after, run_date_param=run_date_param
+    )
+    return day
+
+
+def business_date_and_rule(
+    *, logical_date: datetime | None, run_after: datetime, run_date_param: str | None
+) -> tuple[date, str]:
+    """The day to process and, for the task log, which rule chose it: a manual run given a logical date
+    processes the day before that date, which an operator can take for the date itself."""
     if run_date_param:
-        return parse_run_date(run_date_param)
-    reference = logical_date if logical_date is not None else run_after
-    return _utc_day(reference) - timedelta(days=1)
+        return parse_run_date(run_date_param), f"param {RUN_DATE_PARAM}"
+    if logical_date is not None:
+        return _day_before(logical_date), f"the day before the logical date {logical_date.isoformat()}"
+    return _day_before(run_after), f"the day before the run was triggered ({run_after.isoformat()})"
+
+
+def _day_before(moment: datetime) -> date:
+    return _utc_day(moment) - timedelta(days=1)
 
 
 def _utc_day(moment: datetime) -> date:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, date, datetime, timedelta, timezone
+from types import SimpleNamespace
 
 import pytest
 
+from pipeline_common.environment import environment_for_run
 from pipeline_common.errors import PipelineConfigError
 from pipeline_common.run_date import business_date, parse_run_date
 
@@ -58,3 +61,26 @@ def test_run_date_param_that_is_no_calendar_day_is_refused():
 def test_naive_datetime_is_refused():
     with pytest.raises(PipelineConfigError, match="has no time zone"):
         business_date(logical_date=datetime(2026, 1, 15, 2), run_after=RUN_AFTER, run_date_param=None)
+
+
+def test_a_manual_run_given_a_logical_date_says_it_processes_the_day_before_that_date(monkeypatch, caplog):
+    # `airflow dags trigger --logical-date 2026-01-15` gives run_after = the moment of the trigger: the date
+    # processed is not "the day before it was triggered", and an operator could take it for the 15th itself.
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_MINIO_DEFAULT", '{"conn_type": "generic", "extra": {"path": "/landing"}}'
+    )
+    monkeypatch.setenv("AIRFLOW_CONN_POSTGRES_DEFAULT", '{"conn_type": "sqlite", "host": "/results.db"}')
+    monkeypatch.setenv("AIRFLOW_CONN_ML_API_DEFAULT", '{"conn_type": "http", "host": "http://ml-api"}')
+    context = {
+        "logical_date": datetime(2026, 1, 15, tzinfo=UTC),
+        "dag_run": SimpleNamespace(run_after=RUN_AFTER),
+        "params": {"run_date": None},
+    }
+
+    with caplog.at_level(logging.INFO, logger="pipeline_common.environment"):
+        environment = environment_for_run(context)
+
+    assert environment == {"BATCH_RUN_DATE": "2026-01-14"}
+    assert (
+        "BATCH_RUN_DATE=2026-01-14 (the day before the logical date 2026-01-15T00:00:00+00:00)" in caplog.text
+    )
