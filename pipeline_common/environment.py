@@ -9,24 +9,29 @@ field fail the run at its first task, with a message naming both.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from airflow.sdk import Context, get_current_context, task
 
 from pipeline_common.connections import job_environment, read_pipeline_connections
-from pipeline_common.run_date import RUN_DATE_PARAM, business_date_and_rule
+from pipeline_common.run_date import RUN_DATE_PARAM, business_date_and_rule, refuse_run_date_on_backfill
 
 log = logging.getLogger(__name__)
 
 
 def environment_for_run(context: Context) -> dict[str, str]:
+    dag_run, run_date_param = context["dag_run"], context["params"].get(RUN_DATE_PARAM)
+    refuse_run_date_on_backfill(run_type=_value(dag_run.run_type), run_date_param=run_date_param)
     run_date, rule = business_date_and_rule(
-        logical_date=context.get("logical_date"),
-        run_after=context["dag_run"].run_after,
-        run_date_param=context["params"].get(RUN_DATE_PARAM),
+        logical_date=context.get("logical_date"), run_after=dag_run.run_after, run_date_param=run_date_param
     )
     job_environment(read_pipeline_connections())  # validation only: raises naming a bad connection or field
     log.info("BATCH_RUN_DATE=%s (%s); the connections are complete", run_date.isoformat(), rule)
     return {"BATCH_RUN_DATE": run_date.isoformat()}
+
+
+def _value(run_type: Any) -> str:
+    return str(getattr(run_type, "value", run_type))
 
 
 @task(task_id="prepare_environment", multiple_outputs=False)

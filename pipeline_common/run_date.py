@@ -15,6 +15,7 @@ from datetime import UTC, date, datetime, timedelta
 from pipeline_common.errors import PipelineConfigError
 
 RUN_DATE_PARAM = "run_date"
+BACKFILL_RUN_TYPE = "backfill"  # DagRunType.BACKFILL's value: the Task SDK gives the run type as that enum
 _ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
@@ -34,6 +35,17 @@ def business_date(*, logical_date: datetime | None, run_after: datetime, run_dat
         logical_date=logical_date, run_after=run_after, run_date_param=run_date_param
     )
     return day
+
+
+def refuse_run_date_on_backfill(*, run_type: str, run_date_param: str | None) -> None:
+    """A backfill gives every one of its runs the same conf: a `run_date` there makes each run process that
+    one date (and report success) instead of the day before its own logical date."""
+    if run_date_param and run_type == BACKFILL_RUN_TYPE:
+        raise PipelineConfigError(
+            f"param {RUN_DATE_PARAM}={run_date_param!r} is set on a backfill run: every run of the backfill "
+            "would process that one date. Drop it from --dag-run-conf: each backfill run processes the day "
+            "before its logical date (for the dates A to B, backfill from A+1 to B+1T02:00)"
+        )
 
 
 def business_date_and_rule(

@@ -7,6 +7,7 @@ from datetime import UTC, date, datetime, timedelta, timezone
 from types import SimpleNamespace
 
 import pytest
+from airflow.sdk.api.datamodels._generated import DagRunType
 
 from pipeline_common.environment import environment_for_run
 from pipeline_common.errors import PipelineConfigError
@@ -63,19 +64,29 @@ def test_naive_datetime_is_refused():
         business_date(logical_date=datetime(2026, 1, 15, 2), run_after=RUN_AFTER, run_date_param=None)
 
 
-def test_a_manual_run_given_a_logical_date_says_it_processes_the_day_before_that_date(monkeypatch, caplog):
-    # `airflow dags trigger --logical-date 2026-01-15` gives run_after = the moment of the trigger: the date
-    # processed is not "the day before it was triggered", and an operator could take it for the 15th itself.
+@pytest.fixture
+def embedded_connections(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(
         "AIRFLOW_CONN_MINIO_DEFAULT", '{"conn_type": "generic", "extra": {"path": "/landing"}}'
     )
     monkeypatch.setenv("AIRFLOW_CONN_POSTGRES_DEFAULT", '{"conn_type": "sqlite", "host": "/results.db"}')
     monkeypatch.setenv("AIRFLOW_CONN_ML_API_DEFAULT", '{"conn_type": "http", "host": "http://ml-api"}')
-    context = {
-        "logical_date": datetime(2026, 1, 15, tzinfo=UTC),
-        "dag_run": SimpleNamespace(run_after=RUN_AFTER),
-        "params": {"run_date": None},
+
+
+def run_context(run_type: str, logical_date: datetime | None, run_date: str | None = None) -> dict:
+    return {
+        "logical_date": logical_date,
+        "dag_run": SimpleNamespace(run_type=DagRunType(run_type), run_after=RUN_AFTER),
+        "params": {"run_date": run_date},
     }
+
+
+def test_a_manual_run_given_a_logical_date_says_it_processes_the_day_before_that_date(
+    embedded_connections, caplog
+):
+    # `airflow dags trigger --logical-date 2026-01-15` gives run_after = the moment of the trigger: the date
+    # processed is not "the day before it was triggered", and an operator could take it for the 15th itself.
+    context = run_context("manual", datetime(2026, 1, 15, tzinfo=UTC))
 
     with caplog.at_level(logging.INFO, logger="pipeline_common.environment"):
         environment = environment_for_run(context)
@@ -84,3 +95,17 @@ def test_a_manual_run_given_a_logical_date_says_it_processes_the_day_before_that
     assert (
         "BATCH_RUN_DATE=2026-01-14 (the day before the logical date 2026-01-15T00:00:00+00:00)" in caplog.text
     )
+
+
+def test_a_run_date_param_on_a_backfill_run_is_refused(embedded_connections):
+    # `airflow backfill create ... --dag-run-conf '{"run_date": ...}'` gives every run that conf: each run
+    # processed that one date and succeeded, and the backfill's own dates were never processed.
+    context = run_context("backfill", datetime(2026, 1, 12, 2, tzinfo=UTC), run_date="2026-01-11")
+
+    with pytest.raises(PipelineConfigError, match="param run_date='2026-01-11' is set on a backfill run"):
+        environment_for_run(context)
+
+
+def test_a_backfill_run_processes_the_day_before_its_logical_date(embedded_connections):
+    context = run_context("backfill", datetime(2026, 1, 12, 2, tzinfo=UTC))
+    assert environment_for_run(context) == {"BATCH_RUN_DATE": "2026-01-11"}
