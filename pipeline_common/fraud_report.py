@@ -81,7 +81,8 @@ def _event_counts(counts: Any) -> dict[str, int]:
 
 
 def write_reports(extras: Iterable[Mapping[str, Any]], database: Connection, reports_dir: Path) -> list[Path]:
-    """One report per announced date (the last event of a date wins: the rows are read now anyway).
+    """One report per announced date; `extras` oldest first, so the last event of a date, its latest load,
+    gives the report's event counts (the rows are read now anyway).
 
     An event breaking the asset contract (e.g. one created by hand in the UI) must not cost the other dates
     of the run their reports: the run's events are consumed by it, a Clear re-reads the same ones, and the
@@ -219,7 +220,17 @@ def write_fraud_reports(reports_dir: str) -> list[str]:
             "to report a date again, re-run batch_pipeline_dag for it"
         )
     log.info("%d scored_transactions event(s) triggered this run", len(events))
-    paths = write_reports(
-        [event.extra for event in events], get_connection(POSTGRES_CONN_ID), Path(reports_dir)
-    )
+    paths = write_reports(extras_oldest_first(events), get_connection(POSTGRES_CONN_ID), Path(reports_dir))
     return [str(path) for path in paths]
+
+
+def extras_oldest_first(events: Iterable[Any]) -> list[Mapping[str, Any]]:
+    """The events' extras by the time they were emitted, so the last one of a date is its latest load.
+
+    Airflow lists a run's events in no time order: the one that triggered the run comes first, then those
+    that were waiting (emitted while this DAG was paused, or after the previous run was queued)."""
+    return [event.extra for event in sorted(events, key=_emitted_at)]
+
+
+def _emitted_at(event: Any) -> datetime:
+    return event.timestamp

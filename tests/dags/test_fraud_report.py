@@ -5,8 +5,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-from datetime import date
+from datetime import UTC, date, datetime
 from decimal import Decimal
+from types import SimpleNamespace
 
 import pytest
 from airflow.sdk import Connection
@@ -15,7 +16,12 @@ from sqlalchemy import create_engine
 from batch_job.load import load_day
 from batch_job.predict import ScoredTransaction
 from batch_job.validate import Transaction
-from pipeline_common.fraud_report import ScoredEventError, scored_day_from_extra, write_reports
+from pipeline_common.fraud_report import (
+    ScoredEventError,
+    extras_oldest_first,
+    scored_day_from_extra,
+    write_reports,
+)
 from tests.dags.conftest import metadata_rows, query_results
 
 PRODUCER = "batch_pipeline_dag"
@@ -164,3 +170,12 @@ def test_a_malformed_run_date_or_count_in_an_event_is_refused_as_breaking_the_co
     # Not a "param run_date" error, and not a ValueError that Airflow would retry three times in vain.
     with pytest.raises(ScoredEventError, match=message):
         scored_day_from_extra({**announced(date(2026, 1, 14)), **change})
+
+
+def test_the_latest_event_of_a_date_wins_whatever_order_airflow_lists_them_in():
+    # Seen under `airflow standalone`: a run listed the event that triggered it first, then the one that had
+    # waited while the DAG was paused, so "the last event of a date" was the older load's (stale counts).
+    older = SimpleNamespace(timestamp=datetime(2026, 1, 12, 2, 5, tzinfo=UTC), extra={"counts": "older"})
+    newer = SimpleNamespace(timestamp=datetime(2026, 1, 12, 9, 0, tzinfo=UTC), extra={"counts": "newer"})
+
+    assert extras_oldest_first([newer, older]) == [{"counts": "older"}, {"counts": "newer"}]
