@@ -27,10 +27,12 @@ from airflow.sdk import BaseOperator, Context
 
 from pipeline_common.assets import INCOMING_TRANSACTIONS, SCORED_EVENT_COUNT_KEYS, SCORED_TRANSACTIONS
 from pipeline_common.connections import job_environment, read_pipeline_connections, secret_job_environment
-from pipeline_common.errors import BatchJobSummaryError, batch_job_failure
+from pipeline_common.errors import BatchJobSummaryError, batch_job_failure, job_failure_reason
 from pipeline_common.settings import PipelineSettings, Runner
 
 TASK_ID = "run_batch_processing"
+# Output lines kept in memory per stream: the summary is stdout's last, the failure line among stderr's last.
+KEPT_LINES = 20
 # Variables a local job process inherits from the worker (locale, paths, proxies and CA bundles of the host);
 # everything else, notably AIRFLOW_CONN_* with every connection's secrets, stays out.
 INHERITED_VARIABLES = (
@@ -120,12 +122,12 @@ class LocalBatchJobOperator(BaseOperator):
             **connection_job_environment(self.log),
         }
         self.log.info("Running %s -m batch_job for %s", sys.executable, self.environment["BATCH_RUN_DATE"])
-        exit_code, last_line = self._run(process_env)
+        exit_code, last_line, failure_reason = self._run(process_env)
         if exit_code != 0:
-            raise batch_job_failure(exit_code)
+            raise batch_job_failure(exit_code, failure_reason)
         return record_success(context, self.environment, last_line)
 
-    def _run(self, process_env: dict[str, str]) -> tuple[int, str | None]:
+    def _run(self, process_env: dict[str, str]) -> tuple[int, str | None, str | None]:
         with subprocess.Popen(
             [sys.executable, "-m", "batch_job"],
             env=process_env,
@@ -137,27 +139,30 @@ class LocalBatchJobOperator(BaseOperator):
         ) as self._process:
             return self._wait_streaming(self._process)
 
-    def _wait_streaming(self, process: subprocess.Popen[str]) -> tuple[int, str | None]:
+    def _wait_streaming(self, process: subprocess.Popen[str]) -> tuple[int, str | None, str | None]:
         try:
             # Drain stderr (the job's log) and stdout (its summary) concurrently so neither pipe fills up.
-            stderr_thread = threading.Thread(target=self._stream_to_log, args=(process.stderr,), daemon=True)
+            stderr_lines: list[str] = []
+            stderr_thread = threading.Thread(
+                target=self._stream_to_log, args=(process.stderr, stderr_lines), daemon=True
+            )
             stderr_thread.start()
-            last_line = self._stream_to_log(process.stdout)
+            stdout_lines: list[str] = []
+            self._stream_to_log(process.stdout, stdout_lines)
             exit_code = process.wait()
             stderr_thread.join()
-            return exit_code, last_line
+            last_line = next((line for line in reversed(stdout_lines) if line.strip()), None)
+            return exit_code, last_line, job_failure_reason(stderr_lines)
         finally:
             self._stop_process()
 
-    def _stream_to_log(self, stream: IO[str]) -> str | None:
-        """Log every line as it arrives; return the last non-blank one."""
-        last_line = None
+    def _stream_to_log(self, stream: IO[str], kept: list[str]) -> None:
+        """Log every line as it arrives; keep the last few (the summary, the job's failure line)."""
         for raw in stream:
             line = raw.rstrip("\n")
             self.log.info("%s", line)
-            if line.strip():
-                last_line = line
-        return last_line
+            kept.append(line)
+            del kept[:-KEPT_LINES]
 
     def on_kill(self) -> None:
         self._stop_process()

@@ -25,7 +25,7 @@ from docker.errors import APIError
 
 from pipeline_common.assets import INCOMING_TRANSACTIONS, SCORED_TRANSACTIONS
 from pipeline_common.batch_job_operators import connection_job_environment, record_success
-from pipeline_common.errors import batch_job_failure
+from pipeline_common.errors import batch_job_failure, job_failure_reason
 from pipeline_common.settings import PipelineSettings
 
 # Provider 4.6.1 reports a container's exit only as the repr of Docker's wait() result in the message.
@@ -64,7 +64,8 @@ class DockerBatchJobOperator(DockerOperator):
         try:
             output_lines = super().execute(context)
         except DockerContainerFailedException as exc:
-            raise batch_job_failure(docker_exit_code(exc)) from None
+            reason = job_failure_reason(str(line) for line in exc.logs or [])
+            raise batch_job_failure(docker_exit_code(exc), reason) from None
         except APIError as exc:
             timeout = interrupting_timeout(exc)
             if timeout is None:

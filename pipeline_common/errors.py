@@ -7,6 +7,8 @@ connection or invalid input data costs one try, not four. Everything else keeps 
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Iterable
 
 
 class RetryCannotHelp(Exception):
@@ -49,11 +51,27 @@ _PERMANENT_EXIT_CODES: dict[int, tuple[type[BatchJobFailed], str]] = {
     ),
     os.EX_CONFIG: (BatchJobRejectedConfig, "bad or missing configuration; retrying cannot help"),
 }
+# Not "Airflow retries it": the same words reach the alert of the last try, which nothing retries.
+_TRANSIENT_DETAIL = "transient failure, retried with backoff while tries remain"
+# The batch job's own account of its failure (batch_job.cli): `batch job failed (exit 1): no input: ...`.
+_JOB_FAILURE_LINE = re.compile(r"batch job failed (?:\(exit \d+\): (?P<reason>.+)|on an unexpected error)")
+REASON_LIMIT = 400
 
 
-def batch_job_failure(exit_code: int) -> BatchJobFailed:
-    """The exception for a non-zero exit code of the batch job contract: 65 and 78 are permanent."""
-    error_type, detail = _PERMANENT_EXIT_CODES.get(
-        exit_code, (BatchJobFailed, "transient failure, Airflow retries it with backoff")
-    )
+def batch_job_failure(exit_code: int, reason: str | None = None) -> BatchJobFailed:
+    """The exception for a non-zero exit code of the batch job contract: 65 and 78 are permanent. `reason`,
+    the job's own error line, goes into the message: it is what the failure alert shows the operator."""
+    error_type, detail = _PERMANENT_EXIT_CODES.get(exit_code, (BatchJobFailed, _TRANSIENT_DETAIL))
+    if reason:
+        detail = f"{detail}: {reason[:REASON_LIMIT]}"
     return error_type(exit_code, detail)
+
+
+def job_failure_reason(log_lines: Iterable[str]) -> str | None:
+    """What the job said it failed on: its last `batch job failed` log line (the job never puts a secret
+    there), or None when it said nothing (killed, out of memory)."""
+    reason = None
+    for line in log_lines:
+        if found := _JOB_FAILURE_LINE.search(line):
+            reason = found.group("reason") or "an unexpected error (traceback in the task log)"
+    return reason

@@ -7,9 +7,10 @@ import json
 import pytest
 from airflow.providers.docker.exceptions import DockerContainerFailedException
 
-from pipeline_common.batch_job_operators import scored_event_extra, summary_from_output
+from pipeline_common.batch_job_operators import LocalBatchJobOperator, scored_event_extra, summary_from_output
 from pipeline_common.docker_batch_job_operator import docker_exit_code, summary_line
-from pipeline_common.errors import BatchJobSummaryError
+from pipeline_common.errors import BatchJobFailed, BatchJobSummaryError, job_failure_reason
+from pipeline_common.settings import load_settings
 
 SUMMARY = {
     "run_date": "2026-01-14",
@@ -68,3 +69,37 @@ def test_the_summary_is_found_in_a_container_stream_where_a_log_line_overtook_it
 
 def test_a_container_stream_without_a_json_line_has_no_summary():
     assert summary_line(["2026-11-24 INFO load: 990 rows"]) is None
+
+
+def test_a_failed_job_raises_with_its_own_reason_for_the_failure_alert(tmp_path, monkeypatch):
+    # The exception is what the alert of the last try shows the on-call operator: it said only "exited with
+    # code 1: transient failure, Airflow retries it with backoff", also when nothing would retry it.
+    (tmp_path / "landing").mkdir()
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_MINIO_DEFAULT",
+        json.dumps({"conn_type": "generic", "extra": {"path": str(tmp_path / "landing")}}),
+    )
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_POSTGRES_DEFAULT", json.dumps({"conn_type": "sqlite", "host": str(tmp_path / "r.db")})
+    )
+    monkeypatch.setenv("AIRFLOW_CONN_ML_API_DEFAULT", json.dumps({"conn_type": "http", "host": "http://ml"}))
+    operator = LocalBatchJobOperator(
+        settings=load_settings({}), environment={"BATCH_RUN_DATE": "2026-01-14"}, task_id="t"
+    )
+
+    with pytest.raises(BatchJobFailed) as raised:
+        operator.execute({})
+
+    message = str(raised.value)
+    assert message.startswith("the batch job exited with code 1: transient failure, retried with backoff")
+    assert "no input: no CSV objects at file://" in message and "for run date 2026-01-14" in message
+    assert "Airflow retries it" not in message
+
+
+def test_the_reason_is_read_from_a_containers_log_lines():
+    lines = [
+        "06:00:01 INFO batch_job.pipeline: extract: 1 files",
+        "06:00:09 ERROR batch_job: batch job failed (exit 78): ML API at http://ml/predict refused",
+    ]
+    assert job_failure_reason(lines) == "ML API at http://ml/predict refused"
+    assert job_failure_reason(["Killed"]) is None
