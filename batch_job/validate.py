@@ -49,6 +49,8 @@ MAX_IDENTIFIER_LENGTH = 64
 MAX_AMOUNT_DECIMAL_PLACES = 4
 AMOUNT_LIMIT = Decimal(10) ** 14
 AMOUNT_PATTERN = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
+# Separators of spreadsheet exports that are not CSV's comma; named in the error when a header uses one.
+OTHER_SEPARATORS = (";", "\t", "|")
 # Raw values quoted in reasons are cut to this length so one absurd field cannot bloat the rejects table.
 MAX_QUOTED_VALUE = 40
 
@@ -154,8 +156,21 @@ def _header(uri: str, header: list[str] | None) -> list[str]:
         raise InvalidInputError(f"{uri} has the column(s) {', '.join(repeated)} more than once")
     missing = [column for column in REQUIRED_COLUMNS if column not in columns]
     if missing:
-        raise InvalidInputError(f"{uri} lacks the required column(s): {', '.join(missing)}")
+        raise InvalidInputError(
+            f"{uri} {_separator_hint(columns) or 'lacks the required column(s)'}: {', '.join(missing)}"
+        )
     return columns
+
+
+def _separator_hint(columns: list[str]) -> str | None:
+    """A header read as one column that holds the column names split by another character: say so, rather
+    than that every column is missing."""
+    if len(columns) != 1:
+        return None
+    for separator in OTHER_SEPARATORS:
+        if set(REQUIRED_COLUMNS) <= {name.strip() for name in columns[0].split(separator)}:
+            return f"is separated by {separator!r}, not by commas, so it lacks the column(s)"
+    return None
 
 
 def _field(fields: list[str], index: int) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from decimal import Decimal
 
 import pytest
@@ -179,3 +180,12 @@ def test_a_duplicate_of_a_rejected_row_is_rejected_too() -> None:
     result = validate(csv_text([row(1, amount="abc"), row(1)]))
     assert result.valid == []
     assert result.rejected[1].reasons == (f"duplicate transaction_id: first seen at line 2 of {FILE}",)
+
+
+@pytest.mark.parametrize("separator", [";", "\t", "|"])
+def test_a_file_separated_by_another_character_is_invalid_input_saying_so(separator: str) -> None:
+    # A European spreadsheet export: the header reads as one column, and "lacks the required column(s):
+    # transaction_id, account_id, ..." sent the operator looking for a missing header.
+    text = csv_text([row(1)]).replace(",", separator)
+    with pytest.raises(InvalidInputError, match=re.escape(f"separated by {separator!r}, not by commas")):
+        validate(text)
