@@ -1,16 +1,21 @@
 """Extract: read one day's CSV objects, `<prefix>/<YYYY-MM-DD>/*.csv`, from S3 (or MinIO) or a directory.
 
-Only the objects directly under the day's prefix whose names end in `.csv` are read, in key order so that a
-re-run sees them in the same order. A day without any such object is a `TransientError` (exit 1, retried):
-its files may not have arrived yet, and treating it as an empty day would replace the rows already loaded for
-the date by none (a backfill after the landing bucket's retention expired, a wrong prefix, a run before the
-provider's delivery). A day whose objects hold no rows (a header only) is an empty day: zero rows.
+Only the objects directly under the day's prefix whose names end in `.csv` (in any case: `.CSV` exports too)
+are read, in key order so that a re-run sees them in the same order; any other object or sub-folder there is
+named in a warning, so that a file delivered under another name is not skipped unnoticed. A day without any
+such object is a `TransientError` (exit 1, retried): its files may not have arrived yet, and treating it as an
+empty day would replace the rows already loaded for the date by none (a backfill after the landing bucket's
+retention expired, a wrong prefix, a run before the provider's delivery). A day whose objects hold no rows (a
+header only) is an empty day: zero rows.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import boto3
 from botocore.client import BaseClient
@@ -20,7 +25,11 @@ from botocore.exceptions import BotoCoreError, ClientError
 from batch_job.errors import ConfigError, InvalidInputError, TransientError
 from batch_job.settings import JobSettings, LocalLocation, S3Location
 
+log = logging.getLogger(__name__)
+
 CSV_SUFFIX = ".csv"
+# Skipped names quoted in the warning, at most.
+SKIPPED_NAMES_SHOWN = 10
 # MinIO ignores the region, but SigV4 signing needs one.
 S3_REGION = "us-east-1"
 # S3 error codes that retrying cannot fix: the bucket or the credentials are wrong.
@@ -63,9 +72,9 @@ def _read_local_day(source: LocalLocation, run_date: dt.date) -> list[SourceFile
     day_directory = source.day_directory(run_date)
     if not day_directory.is_dir():
         return []
-    paths = sorted(
-        path for path in day_directory.iterdir() if path.is_file() and path.name.endswith(CSV_SUFFIX)
-    )
+    entries = list(day_directory.iterdir())
+    paths = sorted(path for path in entries if path.is_file() and _is_csv(path.name))
+    _warn_skipped(source.day_uri(run_date), [_entry_name(path) for path in entries if path not in paths])
     return [SourceFile(uri=path.as_uri(), text=_decode(path.as_uri(), path.read_bytes())) for path in paths]
 
 
@@ -73,7 +82,7 @@ def _read_s3_day(settings: JobSettings, source: S3Location) -> list[SourceFile]:
     client = _s3_client(settings)
     day_prefix = source.day_prefix(settings.run_date)
     try:
-        keys = _list_day_keys(client, source.bucket, day_prefix)
+        keys = _list_day_keys(client, source.bucket, day_prefix, source.day_uri(settings.run_date))
         return [
             SourceFile(
                 uri=f"s3://{source.bucket}/{key}", text=_decode(key, _read_object(client, source.bucket, key))
@@ -108,11 +117,35 @@ def _s3_client(settings: JobSettings) -> BaseClient:
     )
 
 
-def _list_day_keys(client: BaseClient, bucket: str, day_prefix: str) -> list[str]:
-    # The delimiter keeps the listing to the day's own objects, not those of sub-"directories".
-    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=day_prefix, Delimiter="/")
+def _list_day_keys(client: BaseClient, bucket: str, day_prefix: str, day_uri: str) -> list[str]:
+    # The delimiter keeps the listing to the day's own objects; sub-"directories" come as common prefixes.
+    pages = list(
+        client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=day_prefix, Delimiter="/")
+    )
     keys = [obj["Key"] for page in pages for obj in page.get("Contents", [])]
-    return sorted(key for key in keys if key.endswith(CSV_SUFFIX))
+    folders = [common["Prefix"] for page in pages for common in page.get("CommonPrefixes", [])]
+    csv_keys = sorted(key for key in keys if _is_csv(key))
+    skipped = [key for key in keys if key not in csv_keys] + folders
+    _warn_skipped(day_uri, [key.removeprefix(day_prefix) for key in skipped])
+    return csv_keys
+
+
+def _is_csv(name: str) -> bool:
+    return name.lower().endswith(CSV_SUFFIX)
+
+
+def _entry_name(path: Path) -> str:
+    return f"{path.name}/" if path.is_dir() else path.name
+
+
+def _warn_skipped(day_uri: str, names: Iterable[str]) -> None:
+    """Objects of the day that are not read: a file delivered as `.txt` or into a sub-folder would otherwise
+    be missing from the load without a trace."""
+    skipped = sorted(names)
+    if skipped:
+        more = ", ..." if len(skipped) > SKIPPED_NAMES_SHOWN else ""
+        shown = ", ".join(skipped[:SKIPPED_NAMES_SHOWN]) + more
+        log.warning("skipped %d object(s) at %s that are not *.csv files: %s", len(skipped), day_uri, shown)
 
 
 def _read_object(client: BaseClient, bucket: str, key: str) -> bytes:

@@ -15,12 +15,30 @@ from batch_job.settings import load_settings
 def test_reads_only_the_days_csv_files_in_name_order(job_env: dict[str, str], landing: Landing) -> None:
     landing.write("b.csv", "b")
     landing.write("a.csv", "a")
+    landing.write("C.CSV", "c")
     landing.write("notes.txt", "not a csv")
     landing.write("sub/c.csv", "in a sub-directory")
     landing.write("other-day.csv", "other day", run_date=dt.date(2026, 1, 13))
     extract = extract_day(load_settings())
-    assert [(f.uri.rsplit("/", 1)[1], f.text) for f in extract.files] == [("a.csv", "a"), ("b.csv", "b")]
+    assert [(f.uri.rsplit("/", 1)[1], f.text) for f in extract.files] == [
+        ("C.CSV", "c"),
+        ("a.csv", "a"),
+        ("b.csv", "b"),
+    ]
     assert extract.day_uri == f"{landing.uri}/2026-01-14/"
+
+
+def test_the_files_and_folders_of_the_day_it_skips_are_named_in_a_warning(
+    job_env: dict[str, str], landing: Landing, caplog: pytest.LogCaptureFixture
+) -> None:
+    landing.write("a.csv", "a")
+    landing.write("transactions.csv.txt", "renamed by a mail client")
+    landing.write("late/b.csv", "in a sub-directory")
+
+    extract_day(load_settings())
+
+    warning = f"skipped 2 object(s) at {landing.uri}/2026-01-14/ that are not *.csv files"
+    assert f"{warning}: late/, transactions.csv.txt" in caplog.messages
 
 
 def test_a_day_without_its_directory_is_transient_naming_the_uri_and_the_date(
@@ -69,6 +87,22 @@ def test_reads_only_the_days_csv_objects_from_s3(s3_env: S3Bucket) -> None:
         (f"{s3_env.uri}/incoming/2026-01-14/b.csv", "b"),
     ]
     assert extract.day_uri == f"{s3_env.uri}/incoming/2026-01-14/"
+
+
+def test_reads_upper_case_csv_objects_and_names_the_skipped_ones_from_s3(
+    s3_env: S3Bucket, caplog: pytest.LogCaptureFixture
+) -> None:
+    s3_env.put("incoming/2026-01-14/A.CSV", "a")
+    s3_env.put("incoming/2026-01-14/notes.txt", "not a csv")
+    s3_env.put("incoming/2026-01-14/late/b.csv", "in a sub-prefix")
+
+    extract = extract_day(load_settings())
+
+    assert [f.uri for f in extract.files] == [f"{s3_env.uri}/incoming/2026-01-14/A.CSV"]
+    assert (
+        f"skipped 2 object(s) at {s3_env.uri}/incoming/2026-01-14/ that are not *.csv files: late/, notes.txt"
+        in caplog.messages
+    )
 
 
 def test_an_s3_day_without_objects_is_transient_naming_the_uri_and_the_date(s3_env: S3Bucket) -> None:
