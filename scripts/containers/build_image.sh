@@ -3,7 +3,8 @@
 # Reuses an existing image when its content hash (Dockerfile + base image + wheelhouse) is unchanged.
 #
 #   scripts/containers/build_image.sh batch-job|alerting-service [TAG]
-# Env: BASE_IMAGE (default localhost/python-base:bookworm, made by make_base_image.sh).
+# Env: BASE_IMAGE (default localhost/python-base:bookworm, made by make_base_image.sh);
+#      WHEELHOUSE_FRESH=1: build/wheelhouse was just refreshed by make_wheelhouse.sh, do not refresh it again.
 # Prints the tag it built or reused on stdout.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -19,7 +20,7 @@ base="${BASE_IMAGE:-localhost/python-base:bookworm}"
 label=org.batch-orchestration.content-hash
 
 podman image exists "$base" || "$here/make_base_image.sh" "$base"
-"$here/make_wheelhouse.sh" "$repo/build/wheelhouse"
+[[ "${WHEELHOUSE_FRESH:-}" == 1 ]] || "$here/make_wheelhouse.sh" "$repo/build/wheelhouse"
 
 content_hash="$(
     {

@@ -56,9 +56,16 @@ def podman_env() -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def batch_job_image(podman_env: dict[str, str]) -> str:
+def build_env(podman_env: dict[str, str]) -> dict[str, str]:
+    """podman_env for build_image.sh, with the wheelhouse refreshed once for the session's image builds."""
+    run(["bash", str(SCRIPTS / "make_wheelhouse.sh")], env=podman_env, timeout=1200)
+    return {**podman_env, "WHEELHOUSE_FRESH": "1"}
+
+
+@pytest.fixture(scope="session")
+def batch_job_image(build_env: dict[str, str]) -> str:
     """The image of docker/batch-job.Dockerfile on the local base; reused while its inputs are unchanged."""
-    return run(["bash", str(SCRIPTS / "build_image.sh"), "batch-job"], env=podman_env, timeout=1200).strip()
+    return run(["bash", str(SCRIPTS / "build_image.sh"), "batch-job"], env=build_env, timeout=1200).strip()
 
 
 @pytest.fixture(scope="session")

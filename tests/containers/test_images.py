@@ -24,9 +24,9 @@ def instructions(dockerfile: Path, keyword: str) -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def alerting_service_image(podman_env: dict[str, str]) -> str:
+def alerting_service_image(build_env: dict[str, str]) -> str:
     return run(
-        ["bash", str(SCRIPTS / "build_image.sh"), "alerting-service"], env=podman_env, timeout=1200
+        ["bash", str(SCRIPTS / "build_image.sh"), "alerting-service"], env=build_env, timeout=1200
     ).strip()
 
 
