@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -12,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy
+from prometheus_client.parser import text_string_to_metric_families
 
 from alerting_service.db import create_schema
 from alerting_service.models import ExpectationWatch
@@ -74,6 +74,17 @@ async def watching(
     watching.service.stop()
 
 
+def ingest_batches(url: str) -> float:
+    """How many batches (duplicates included) the service's ingest has written since it started."""
+    (count,) = [
+        sample.value
+        for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text)
+        for sample in family.samples
+        if sample.name == "alerting_ingest_batch_size_count"
+    ]
+    return count
+
+
 def service_events(url: str, **filters: str) -> list[dict[str, Any]]:
     answer = httpx.get(f"{url}/v1/events", params=filters, headers={"authorization": f"Bearer {ADMIN_KEY}"})
     answer.raise_for_status()
@@ -95,7 +106,9 @@ async def test_a_restart_on_the_same_day_does_not_raise_it_again(watching: Watch
     eventually(lambda: service_events(watching.url, dag_id=SILENT_DAG))
 
     await watching.restart()
-    await asyncio.sleep(2)  # the restarted watcher's first round runs at start-up
+    # The restarted watcher's first round (at start-up) submits the missed day again: the ingest then has
+    # written one batch, its duplicate, and no other client talks to this service meanwhile.
+    eventually(lambda: ingest_batches(watching.url) >= 1)
 
     assert len(service_events(watching.url, dag_id=SILENT_DAG, type="deadline_missed")) == 1
 
