@@ -77,6 +77,17 @@ class Standalone:
             timeout=120,
         )
 
+    def until_serialized(self, dag_id: str) -> None:
+        """Waits until the dag-processor has stored the DAG, which `airflow dags trigger` needs (its own
+        `airflow dags reserialize` cost another Airflow CLI start)."""
+
+        def serialized() -> bool:
+            with closing(sqlite3.connect(self.runner.home / "airflow.db")) as db:
+                found = db.execute("SELECT 1 FROM serialized_dag WHERE dag_id = ?", (dag_id,)).fetchone()
+            return found is not None
+
+        eventually(serialized, within=120, interval=0.25)
+
     def release_runs(self) -> None:
         """Lets the slow task end (see alert_slow_run) and waits for its run to end: a task still running at
         the stop would be killed and retried while the components stop. The run must succeed: the task really
@@ -139,7 +150,7 @@ def standalone(alert_stack: AlertStack, tmp_path_factory: pytest.TempPathFactory
 def test_a_run_past_its_deadline_raises_deadline_missed(
     alert_stack: AlertStack, standalone: Standalone
 ) -> None:
-    standalone.airflow("dags", "reserialize")
+    standalone.until_serialized(DAG_ID)
     standalone.airflow("dags", "trigger", DAG_ID)
 
     (missed,) = eventually(
