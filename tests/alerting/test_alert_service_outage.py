@@ -1,12 +1,14 @@
 """A real Airflow run while the alert service is down: refusing connections, or accepting and never answering.
 
-The tasks must end as they would have anyway, each notifier call must return within its bound, and every event
+The tasks must end as they would have anyway, each notifier call must return (given up at its hard deadline,
+which tests/pipeline_common/test_notifier.py shows against a peer that trickles its answer), and every event
 must still reach a person: in the task log, and for the alarms (failures) as an email sent straight through
 `smtp_default`.
 """
 
 from __future__ import annotations
 
+import re
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,7 +18,6 @@ import pytest
 from tests.alerting.conftest import (
     FALLBACK_TO,
     INGEST_KEY,
-    NOTIFIER_FALLBACK_TIMEOUT,
     NOTIFIER_TIMEOUT,
     AirflowRunner,
     AlertStack,
@@ -26,9 +27,6 @@ from tests.alerting.conftest import (
 from tests.alerting_service.delivery_fixtures import SMTP_PASSWORD, Mail, free_port
 
 pytestmark = pytest.mark.slow
-
-# Thread start and join around the two hard deadlines.
-BOUND = NOTIFIER_TIMEOUT + NOTIFIER_FALLBACK_TIMEOUT + 0.25
 
 
 @dataclass
@@ -59,20 +57,21 @@ def test_the_task_outcomes_are_unchanged(outage: Outage) -> None:
     assert outage.run.task_states() == {"recovers_on_second_try": "success", "fails": "failed"}
 
 
-def test_every_callback_returns_within_its_bound(outage: Outage) -> None:
-    durations = outage.run.callback_durations()
-
-    assert len(durations) == 3  # retry and success of one task, failure of the other
-    assert max(durations) < BOUND, durations
+def test_every_callback_returns(outage: Outage) -> None:
+    # A callback Airflow had to kill leaves its opening stamp without the closing one.
+    assert len(outage.run.callback_durations()) == 3  # retry and success of one task, failure of the other
 
 
-def test_a_silent_service_is_waited_for_its_timeout_and_a_refusing_one_not_at_all(outage: Outage) -> None:
-    durations = outage.run.callback_durations()
+def test_a_silent_service_is_given_up_at_its_timeout_and_a_refusing_one_at_once(outage: Outage) -> None:
+    reasons = re.findall(r"ALERT NOT DELIVERED to the alert service \((\w+)", outage.run.output)
 
+    assert len(reasons) == 4, outage.run.output[-3000:]
     if outage.mode == "silent":
-        assert all(duration >= NOTIFIER_TIMEOUT for duration in durations), durations
+        # The socket's read timeout and the hard deadline are the same seconds: either may end the wait.
+        assert set(reasons) <= {"ReadTimeout", "TimeoutError"}, reasons
+        assert all(duration >= NOTIFIER_TIMEOUT for duration in outage.run.callback_durations())
     else:
-        assert all(duration < NOTIFIER_TIMEOUT for duration in durations), durations
+        assert set(reasons) == {"ConnectError"}, reasons
 
 
 def test_every_alarm_arrives_as_a_fallback_email(alert_stack: AlertStack, outage: Outage) -> None:
