@@ -1,4 +1,7 @@
-"""fraud_report_dag: one report per date announced by the scored_transactions events, from the results DB."""
+"""fraud_report_dag: one report per date announced by the scored_transactions events, from the results DB.
+
+Its dates (February) are none of test_batch_pipeline_runs': both files share the session's results database.
+"""
 
 from __future__ import annotations
 
@@ -40,7 +43,7 @@ def events_of(airflow_db, run_id: str) -> list[dict]:
 def test_a_report_is_written_for_every_date_the_events_announce(
     fresh_dags, landing, airflow_db, results_db, tmp_path
 ):
-    days = [date(2026, 1, 21), date(2026, 1, 22)]
+    days = [date(2026, 2, 21), date(2026, 2, 22)]
     extras = []
     for day in days:
         landing.put_sample_day(day, rows=80, bad_share=0.05)
@@ -49,7 +52,7 @@ def test_a_report_is_written_for_every_date_the_events_announce(
 
     paths = write_reports(extras, results_connection(), tmp_path)
 
-    assert [path.name for path in paths] == ["fraud_report_2026-01-21.json", "fraud_report_2026-01-22.json"]
+    assert [path.name for path in paths] == ["fraud_report_2026-02-21.json", "fraud_report_2026-02-22.json"]
     for day, extra, path in zip(days, extras, paths, strict=True):
         report = json.loads(path.read_text())
         [(flagged,)] = query_results(
@@ -64,14 +67,14 @@ def test_a_report_is_written_for_every_date_the_events_announce(
 
 
 def test_several_events_for_one_date_give_one_report(landing, fresh_dags, airflow_db, tmp_path):
-    day = date(2026, 1, 23)
+    day = date(2026, 2, 23)
     landing.put_sample_day(day, rows=5)
     dag_run = fresh_dags()[PRODUCER].test(logical_date=None, run_conf={"run_date": day.isoformat()})
     [extra] = events_of(airflow_db, dag_run.run_id)
 
     paths = write_reports([extra, extra], results_connection(), tmp_path)
 
-    assert [path.name for path in paths] == ["fraud_report_2026-01-23.json"]
+    assert [path.name for path in paths] == ["fraud_report_2026-02-23.json"]
 
 
 @pytest.mark.parametrize(
@@ -147,13 +150,13 @@ def announced(day: date) -> dict:
 def test_an_event_breaking_the_contract_does_not_cost_the_other_dates_their_reports(tmp_path):
     # An asset event created by hand (UI or REST API: extras {"from_rest_api": true}) lands in the same
     # consumer run as a real one: the real date's report is written, then the task fails naming the bad one.
-    day = date(2026, 1, 24)
+    day = date(2026, 2, 24)
     database = sqlite_results(tmp_path, day)
 
     with pytest.raises(ScoredEventError, match=r"1 scored_transactions event.*from_rest_api"):
         write_reports([{"from_rest_api": True}, announced(day)], database, tmp_path / "reports")
 
-    report = json.loads((tmp_path / "reports" / "fraud_report_2026-01-24.json").read_text())
+    report = json.loads((tmp_path / "reports" / "fraud_report_2026-02-24.json").read_text())
     assert (report["rows_in_table"], report["flagged"]) == (1, 1)
     assert report["flagged_amount_by_currency"] == {"EUR": "12.5000"}  # exact, on SQLite too
 
