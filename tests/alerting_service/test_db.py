@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -85,11 +87,17 @@ async def test_a_database_made_by_an_earlier_version_gets_the_current_indexes(
     assert "ix_deliveries_status_next_attempt_at" not in indexes
 
 
+def until(condition: Callable[[], bool]) -> None:
+    while not condition():
+        time.sleep(0.01)
+
+
 async def test_a_second_writer_of_the_same_sqlite_file_starts_only_when_the_first_has_committed(
     tmp_path: Path,
 ) -> None:
-    settings = load_settings(data_dir=tmp_path)
-    first, second = Writer(settings), Writer(settings)
+    first = Writer(load_settings(data_dir=tmp_path))
+    # Reports itself stalled once it has waited 50 ms for its turn: the sign it started and is kept waiting.
+    second = Writer(load_settings(data_dir=tmp_path, writer_stall_seconds=0.05))
     holding, release = threading.Event(), threading.Event()
 
     def write_and_hold(connection: Connection) -> None:
@@ -105,7 +113,7 @@ async def test_a_second_writer_of_the_same_sqlite_file_starts_only_when_the_firs
         held = asyncio.create_task(first.transaction(write_and_hold))
         await asyncio.to_thread(holding.wait, 5)
         waiting = asyncio.create_task(second.transaction(rows_seen))
-        await asyncio.sleep(0.2)  # time enough for the second to start, were it not kept waiting
+        await asyncio.to_thread(until, lambda: second.stalled_for() is not None or waiting.done())
         release.set()
         _, seen = await asyncio.gather(held, waiting)
     finally:
