@@ -11,6 +11,7 @@ default).
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from collections.abc import Mapping
@@ -32,6 +33,21 @@ _MEM_LIMIT = re.compile(r"^\d+[bkmg]?$", re.IGNORECASE)
 _PLAIN_TCP_SCHEMES = ("tcp", "http")
 _LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 _DOCKER_TLS_VARIABLES = ("DOCKER_TLS_CA_CERT", "DOCKER_TLS_CLIENT_CERT", "DOCKER_TLS_CLIENT_KEY")
+# Every variable load_settings reads, less the prefix; any other BATCH_PIPELINE_* is refused.
+SETTING_NAMES = (
+    "DOCKER_URL",
+    "DOCKER_PLAINTEXT",
+    *_DOCKER_TLS_VARIABLES,
+    "IMAGE",
+    "DOCKER_NETWORK",
+    "MEM_LIMIT",
+    "AUTO_REMOVE",
+    "REPORTS_DIR",
+    "RETRY_DELAY_SECONDS",
+    "MAX_RETRY_DELAY_SECONDS",
+    "EXECUTION_TIMEOUT_SECONDS",
+    "DEADLINE_MINUTES",
+)
 
 
 @dataclass(frozen=True)
@@ -72,6 +88,7 @@ class PipelineSettings:
 def load_settings(env: Mapping[str, str] | None = None) -> PipelineSettings:
     """Read and validate every `BATCH_PIPELINE_*` variable (defaults documented in docs/dags.md)."""
     env = os.environ if env is None else env
+    _refuse_unknown_variables(env)
 
     def get(name: str) -> str | None:
         value = env.get(PREFIX + name, "").strip()
@@ -92,6 +109,23 @@ def load_settings(env: Mapping[str, str] | None = None) -> PipelineSettings:
         execution_timeout=_seconds("EXECUTION_TIMEOUT_SECONDS", get("EXECUTION_TIMEOUT_SECONDS") or "3600"),
         run_deadline=_minutes_or_off("DEADLINE_MINUTES", get("DEADLINE_MINUTES") or "90"),
     )
+
+
+def _refuse_unknown_variables(env: Mapping[str, str]) -> None:
+    """A mistyped variable would be ignored: `BATCH_PIPELINE_DOCKER_ULR` would run the job as a local process
+    instead of a container, unnoticed. Names only in the message: a value may be a secret."""
+    known = [PREFIX + name for name in SETTING_NAMES]
+    unknown = sorted(name for name in env if name.startswith(PREFIX) and name not in known)
+    if unknown:
+        raise PipelineConfigError(
+            "; ".join(f"{name} is not a setting{_closest(name, known)}" for name in unknown)
+            + f" (the {PREFIX}* settings are listed in docs/dags.md)"
+        )
+
+
+def _closest(name: str, known: list[str]) -> str:
+    matches = difflib.get_close_matches(name, known, n=1)
+    return f", did you mean {matches[0]}?" if matches else ""
 
 
 def _docker_tls(files: Mapping[str, str | None]) -> DockerTls | None:

@@ -82,6 +82,23 @@ def test_a_bad_value_is_refused_naming_the_variable(variable, value, message):
         load_settings({variable: value})
 
 
+def test_a_mistyped_variable_is_refused_naming_the_setting_it_resembles():
+    # Ignored, it would have run the job as a local process instead of a container.
+    with pytest.raises(
+        PipelineConfigError,
+        match="BATCH_PIPELINE_DOCKER_ULR is not a setting, did you mean BATCH_PIPELINE_DOCKER_URL",
+    ):
+        load_settings({"BATCH_PIPELINE_DOCKER_ULR": "unix:///var/run/docker.sock"})
+
+
+def test_an_unknown_variable_is_named_without_its_value():
+    with pytest.raises(PipelineConfigError) as raised:
+        load_settings({"BATCH_PIPELINE_DB_PASSWORD": "S3cr3tPw"})
+
+    assert "BATCH_PIPELINE_DB_PASSWORD is not a setting" in str(raised.value)
+    assert "S3cr3tPw" not in str(raised.value)
+
+
 TLS_FILES = {
     "BATCH_PIPELINE_DOCKER_TLS_CA_CERT": "/etc/docker-tls/ca.pem",
     "BATCH_PIPELINE_DOCKER_TLS_CLIENT_CERT": "/etc/docker-tls/cert.pem",
