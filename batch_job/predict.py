@@ -155,7 +155,7 @@ class MLApiClient:
         if response.is_error:
             raise ConfigError(
                 f"ML API at {self._predict_url} refused the request with HTTP {response.status_code} "
-                f"({self._redacted(response.text[:MAX_ERROR_BODY_CHARS])}); retrying cannot help: "
+                f"({self._redacted(response.text)[:MAX_ERROR_BODY_CHARS]}); retrying cannot help: "
                 "check BATCH_ML_API_URL and BATCH_ML_API_KEY"
             )
         return response

@@ -152,6 +152,17 @@ def test_a_wrong_api_key_is_a_config_error_that_does_not_repeat_the_key(
     assert API_KEY not in str(raised.value)
 
 
+def test_a_key_echoed_where_the_quoted_body_is_cut_leaks_no_part_of_it(
+    scripted_ml_api: ScriptedMLApi,
+) -> None:
+    # The body is cut to its first 200 characters for the message: redacted after the cut, a key straddling
+    # it no longer matched and its first characters reached the message (and the failure alert quoting it).
+    scripted_ml_api.script(Status(401, "x" * 190 + f"Bearer {API_KEY}"))
+    with pytest.raises(ConfigError, match="HTTP 401") as raised:
+        score(scripted_ml_api.url, api_key=API_KEY)
+    assert API_KEY[:3] not in str(raised.value)
+
+
 def test_an_answer_missing_a_prediction_is_transient(scripted_ml_api: ScriptedMLApi) -> None:
     scripted_ml_api.script(Predict(drop_last=True))
     with pytest.raises(TransientError, match="broke the contract: 2 predictions for 3 transactions"):
