@@ -142,9 +142,13 @@ class LocalBatchJobOperator(BaseOperator):
     def _wait_streaming(self, process: subprocess.Popen[str]) -> tuple[int, str | None, str | None]:
         try:
             # Drain stderr (the job's log) and stdout (its summary) concurrently so neither pipe fills up.
+            # Of stderr only the job's failure lines: a traceback after one is longer than KEPT_LINES.
             stderr_lines: list[str] = []
             stderr_thread = threading.Thread(
-                target=self._stream_to_log, args=(process.stderr, stderr_lines), daemon=True
+                target=self._stream_to_log,
+                args=(process.stderr, stderr_lines),
+                kwargs={"only_failure_lines": True},
+                daemon=True,
             )
             stderr_thread.start()
             stdout_lines: list[str] = []
@@ -156,11 +160,13 @@ class LocalBatchJobOperator(BaseOperator):
         finally:
             self._stop_process()
 
-    def _stream_to_log(self, stream: IO[str], kept: list[str]) -> None:
-        """Log every line as it arrives; keep the last few (the summary, the job's failure line)."""
+    def _stream_to_log(self, stream: IO[str], kept: list[str], *, only_failure_lines: bool = False) -> None:
+        """Log every line as it arrives; keep the last few (the summary), or the job's failure lines."""
         for raw in stream:
             line = raw.rstrip("\n")
             self.log.info("%s", line)
+            if only_failure_lines and job_failure_reason([line]) is None:
+                continue
             kept.append(line)
             del kept[:-KEPT_LINES]
 

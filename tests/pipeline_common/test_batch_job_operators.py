@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 from airflow.providers.docker.exceptions import DockerContainerFailedException
@@ -103,3 +105,25 @@ def test_the_reason_is_read_from_a_containers_log_lines():
     ]
     assert job_failure_reason(lines) == "ML API at http://ml/predict refused"
     assert job_failure_reason(["Killed"]) is None
+
+
+def test_an_unexpected_failure_is_named_even_when_its_traceback_is_longer_than_the_kept_lines():
+    # Only the last 20 stderr lines were kept: the traceback after 'batch job failed on an unexpected error'
+    # pushed the line out, and the alert lost the reason the container runner gives.
+    operator = LocalBatchJobOperator(
+        settings=load_settings({}), environment={"BATCH_RUN_DATE": "2026-01-14"}, task_id="t"
+    )
+    job = (
+        "import sys\n"
+        "print('ERROR batch_job: batch job failed on an unexpected error', file=sys.stderr)\n"
+        "for i in range(60): print(f'  File \"x.py\", line {i}', file=sys.stderr)\n"
+        "sys.exit(1)"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", job], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+    exit_code, _, reason = operator._wait_streaming(process)
+
+    assert exit_code == 1
+    assert reason == "an unexpected error (traceback in the task log)"
