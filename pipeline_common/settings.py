@@ -145,9 +145,16 @@ def _docker_url(url: str | None, tls: DockerTls | None, *, plaintext: str | None
     carries the connections' secrets, would cross the network in clear."""
     if plaintext not in (None, "true", "false"):
         raise PipelineConfigError(f"{PREFIX}DOCKER_PLAINTEXT={plaintext!r} must be true or false")
-    if url is None or tls is not None or plaintext == "true":
+    if url is None:
         return url
     parts = urlsplit(url)
+    if tls is not None and parts.scheme == "http":
+        # The provider turns only tcp:// into https://: an http:// URL keeps plain HTTP, TLS files or not.
+        raise PipelineConfigError(
+            f"{PREFIX}DOCKER_URL={url!r} is plain HTTP even with the engine's TLS files: use tcp:// or https://"
+        )
+    if tls is not None or plaintext == "true":
+        return url
     if parts.scheme in _PLAIN_TCP_SCHEMES and parts.hostname not in _LOOPBACK_HOSTS:
         raise PipelineConfigError(
             f"{PREFIX}DOCKER_URL={url!r} reaches the engine over unencrypted TCP, and the job's container "

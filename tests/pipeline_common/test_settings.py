@@ -140,3 +140,12 @@ def test_tls_without_all_three_files_is_refused_naming_the_missing_ones():
     del env["BATCH_PIPELINE_DOCKER_TLS_CLIENT_KEY"]
     with pytest.raises(PipelineConfigError, match="needs BATCH_PIPELINE_DOCKER_TLS_CLIENT_KEY too"):
         load_settings(env)
+
+
+def test_an_http_docker_url_with_the_tls_files_is_refused_since_the_provider_keeps_it_plain_http():
+    # The provider rewrites only tcp:// to https://; http:// stays unencrypted with the TLS files given.
+    env = {"BATCH_PIPELINE_DOCKER_URL": "http://docker-engine.internal:2376", **TLS_FILES}
+    with pytest.raises(
+        PipelineConfigError, match=r"BATCH_PIPELINE_DOCKER_URL=.* plain HTTP .* tcp:// or https://"
+    ):
+        load_settings(env)
