@@ -14,6 +14,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import string
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -32,6 +33,7 @@ _MEM_LIMIT = re.compile(r"^\d+[bkmg]?$", re.IGNORECASE)
 # Docker URL schemes that reach the engine over unencrypted TCP unless the TLS files are given.
 _PLAIN_TCP_SCHEMES = ("tcp", "http")
 _LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+_DOCKER_SCHEME_CHARACTERS = string.ascii_letters + "+"
 _DOCKER_TLS_VARIABLES = ("DOCKER_TLS_CA_CERT", "DOCKER_TLS_CLIENT_CERT", "DOCKER_TLS_CLIENT_KEY")
 # Every variable load_settings reads, less the prefix; any other BATCH_PIPELINE_* is refused.
 SETTING_NAMES = (
@@ -148,6 +150,10 @@ def _docker_url(url: str | None, tls: DockerTls | None, *, plaintext: str | None
     if url is None:
         return url
     parts = urlsplit(url)
+    if not parts.scheme or parts.scheme.strip(_DOCKER_SCHEME_CHARACTERS):
+        # As Docker's client reads it (docker.utils.parse_host): without a scheme of letters, the URL is
+        # tcp:// ("10.0.0.5:2375", "docker-engine.internal:2375": plain HTTP to that host).
+        parts = urlsplit(f"//{url}", scheme="tcp")
     if tls is not None and parts.scheme == "http":
         # The provider turns only tcp:// into https://: an http:// URL keeps plain HTTP, TLS files or not.
         raise PipelineConfigError(
@@ -155,7 +161,8 @@ def _docker_url(url: str | None, tls: DockerTls | None, *, plaintext: str | None
         )
     if tls is not None or plaintext == "true":
         return url
-    if parts.scheme in _PLAIN_TCP_SCHEMES and parts.hostname not in _LOOPBACK_HOSTS:
+    # No host: Docker's client takes 127.0.0.1 (":2375"), or refuses the URL ("/var/run/docker.sock").
+    if parts.scheme in _PLAIN_TCP_SCHEMES and parts.hostname not in (*_LOOPBACK_HOSTS, None):
         raise PipelineConfigError(
             f"{PREFIX}DOCKER_URL={url!r} reaches the engine over unencrypted TCP, and the job's container "
             f"environment carries the connections' secrets: set {PREFIX}DOCKER_TLS_CA_CERT, "

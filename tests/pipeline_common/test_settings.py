@@ -106,7 +106,16 @@ TLS_FILES = {
 }
 
 
-@pytest.mark.parametrize("url", ["tcp://docker-engine.internal:2376", "http://docker-engine.internal:2375"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "tcp://docker-engine.internal:2376",
+        "http://docker-engine.internal:2375",
+        # No scheme: Docker's client takes it for tcp://, i.e. plain HTTP.
+        "docker-engine.internal:2375",
+        "10.0.0.5:2375",
+    ],
+)
 def test_a_tcp_docker_url_without_tls_is_refused_since_the_secrets_would_cross_in_clear(url):
     with pytest.raises(PipelineConfigError, match=r"BATCH_PIPELINE_DOCKER_URL=.* unencrypted TCP"):
         load_settings({"BATCH_PIPELINE_DOCKER_URL": url})
@@ -127,8 +136,10 @@ def test_a_tcp_docker_url_with_the_engines_tls_files_is_accepted():
         },
         {"BATCH_PIPELINE_DOCKER_URL": "tcp://127.0.0.1:2375"},
         {"BATCH_PIPELINE_DOCKER_URL": "unix:///var/run/docker.sock"},
+        {"BATCH_PIPELINE_DOCKER_URL": "unix:/var/run/docker.sock"},
+        {"BATCH_PIPELINE_DOCKER_URL": "127.0.0.1:2375"},
     ],
-    ids=["private-network-chosen", "loopback", "socket"],
+    ids=["private-network-chosen", "loopback", "socket", "socket-one-slash", "loopback-without-scheme"],
 )
 def test_plain_docker_urls_are_accepted_on_a_socket_loopback_or_when_chosen(env):
     assert load_settings(env).docker_tls is None
