@@ -46,6 +46,15 @@ from alerting_service.labels import EVENT_FIELD_LABELS, is_match_key, unknown_va
 from alerting_service.models import EventType, Integration
 
 ENV_PREFIX = "ALERTING_"
+# The variables Kubernetes gives every pod for each Service of its namespace (and Docker's legacy links): a
+# Service named `alerting` or `alerting-service` gives ALERTING_SERVICE_SERVICE_HOST, ALERTING_SERVICE_PORT,
+# ALERTING_SERVICE_PORT_9095_TCP_ADDR... They are not settings, and the service must start beside them.
+_SERVICE_LINK_VARIABLE = re.compile(
+    r"^ALERTING(?:_[A-Z0-9_]+?)?_(?:SERVICE_HOST|SERVICE_PORT(?:_[A-Z0-9_]+)?|PORT_\d+_(?:TCP|UDP|SCTP)"
+    r"(?:_(?:PROTO|PORT|ADDR))?)$"
+)
+_SERVICE_LINK_PORT_VARIABLE = re.compile(r"^ALERTING(?:_[A-Z0-9_]+?)?_PORT$")
+_SERVICE_LINK_PORT_VALUE = re.compile(r"^(?:tcp|udp|sctp)://")
 FAILURE_TYPES = (EventType.TASK_FAILURE, EventType.DAG_RUN_FAILURE, EventType.DEADLINE_MISSED)
 DEFAULT_INGEST_QUEUE_MAX = 10_000
 MINIMUM_RETENTION = timedelta(days=2)
@@ -514,7 +523,11 @@ def _refuse_unknown_variables(environ: Mapping[str, str]) -> None:
     Names only in the message: the value may be a secret."""
     known = [ENV_PREFIX + name.upper() for name in Settings.model_fields]
     unknown = sorted(
-        name for name in environ if name.upper().startswith(ENV_PREFIX) and name.upper() not in known
+        name
+        for name, value in environ.items()
+        if name.upper().startswith(ENV_PREFIX)
+        and name.upper() not in known
+        and not _is_service_link(name, value)
     )
     problems = []
     for name in unknown:
@@ -523,6 +536,13 @@ def _refuse_unknown_variables(environ: Mapping[str, str]) -> None:
         problems.append(f"{name}: not a setting of the alert service{hint}")
     if problems:
         raise ConfigError("\n".join(problems))
+
+
+def _is_service_link(name: str, value: str) -> bool:
+    """A variable Kubernetes (or a Docker link) sets for a Service whose name starts with `alerting`."""
+    if _SERVICE_LINK_VARIABLE.match(name):
+        return True
+    return bool(_SERVICE_LINK_PORT_VARIABLE.match(name) and _SERVICE_LINK_PORT_VALUE.match(value))
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -350,6 +350,37 @@ def test_an_unknown_environment_variable_is_named_without_its_value(monkeypatch:
     assert "S3cr3tPw" not in str(raised.value)
 
 
+def test_the_variables_kubernetes_sets_for_the_alert_services_own_service_do_not_stop_the_start(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # A Service named alerting-service (docs/containers.md: run it as a Deployment) gives every pod of the
+    # namespace these; the service refused to start naming them.
+    for name, value in {
+        "ALERTING_SERVICE_SERVICE_HOST": "10.96.0.12",
+        "ALERTING_SERVICE_SERVICE_PORT": "9095",
+        "ALERTING_SERVICE_SERVICE_PORT_HTTP": "9095",
+        "ALERTING_SERVICE_PORT": "tcp://10.96.0.12:9095",
+        "ALERTING_SERVICE_PORT_9095_TCP": "tcp://10.96.0.12:9095",
+        "ALERTING_SERVICE_PORT_9095_TCP_PROTO": "tcp",
+        "ALERTING_SERVICE_PORT_9095_TCP_PORT": "9095",
+        "ALERTING_SERVICE_PORT_9095_TCP_ADDR": "10.96.0.12",
+        "ALERTING_SERVICE_HOST": "10.96.0.13",
+        "ALERTING_PORT": "tcp://10.96.0.13:80",
+    }.items():
+        monkeypatch.setenv(name, value)
+
+    assert load_settings(data_dir=tmp_path).data_dir == tmp_path
+
+
+def test_a_port_variable_that_kubernetes_did_not_set_is_still_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ALERTING_PORT", "9095")  # not a setting: the port is serve --port
+
+    with pytest.raises(ConfigError, match="ALERTING_PORT: not a setting"):
+        load_settings()
+
+
 def test_check_config_exits_78_naming_the_key(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
