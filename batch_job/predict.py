@@ -153,10 +153,18 @@ class MLApiClient:
                 "(host of ml_api_default) to the API's own URL"
             )
         if response.is_error:
+            # The answer goes to the log only: a validation error echoes the request (a 422 from FastAPI
+            # quotes the transaction, account id and amount included), and the failure line below is quoted
+            # by the task's exception, hence by every alert channel.
+            log.error(
+                "ML API answered HTTP %d: %s",
+                response.status_code,
+                self._redacted(response.text)[:MAX_ERROR_BODY_CHARS],
+            )
             raise ConfigError(
-                f"ML API at {self._predict_url} refused the request with HTTP {response.status_code} "
-                f"({self._redacted(response.text)[:MAX_ERROR_BODY_CHARS]}); retrying cannot help: "
-                "check BATCH_ML_API_URL and BATCH_ML_API_KEY"
+                f"ML API at {self._predict_url} refused the request with HTTP {response.status_code} (its "
+                "answer is in the log above); retrying cannot help: check BATCH_ML_API_URL and "
+                "BATCH_ML_API_KEY"
             )
         return response
 

@@ -153,14 +153,34 @@ def test_a_wrong_api_key_is_a_config_error_that_does_not_repeat_the_key(
 
 
 def test_a_key_echoed_where_the_quoted_body_is_cut_leaks_no_part_of_it(
-    scripted_ml_api: ScriptedMLApi,
+    scripted_ml_api: ScriptedMLApi, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # The body is cut to its first 200 characters for the message: redacted after the cut, a key straddling
-    # it no longer matched and its first characters reached the message (and the failure alert quoting it).
+    # The body is cut to its first 200 characters: redacted after the cut, a key straddling it no longer
+    # matched and its first characters reached the job's log.
     scripted_ml_api.script(Status(401, "x" * 190 + f"Bearer {API_KEY}"))
-    with pytest.raises(ConfigError, match="HTTP 401") as raised:
+    with caplog.at_level(logging.ERROR, logger="batch_job.predict"), pytest.raises(ConfigError) as raised:
         score(scripted_ml_api.url, api_key=API_KEY)
-    assert API_KEY[:3] not in str(raised.value)
+    assert "x" * 190 in caplog.text
+    assert API_KEY[:3] not in caplog.text and API_KEY[:3] not in str(raised.value)
+
+
+def test_a_refusal_quoting_the_transaction_keeps_it_out_of_the_failure_line_and_in_the_log(
+    scripted_ml_api: ScriptedMLApi, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A FastAPI ML API answers a request missing a field it now requires with the transaction as "input": the
+    # failure line is quoted by run_batch_processing's exception, hence by the alerts (email, Slack, webhook).
+    answer = (
+        '{"detail":[{"type":"missing","loc":["body","transactions",0,"channel"],'
+        '"input":{"account_id":"DE89370400440532013000"}}]}'
+    )
+    scripted_ml_api.script(Status(422, answer))
+
+    with caplog.at_level(logging.ERROR, logger="batch_job.predict"), pytest.raises(ConfigError) as raised:
+        score(scripted_ml_api.url)
+
+    assert "refused the request with HTTP 422" in str(raised.value)
+    assert "DE89370400440532013000" not in str(raised.value)
+    assert "DE89370400440532013000" in caplog.text, "the answer is still there to diagnose, in the task log"
 
 
 def test_an_answer_missing_a_prediction_is_transient(scripted_ml_api: ScriptedMLApi) -> None:
