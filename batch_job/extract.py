@@ -122,7 +122,8 @@ def _list_day_keys(client: BaseClient, bucket: str, day_prefix: str, day_uri: st
     pages = list(
         client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=day_prefix, Delimiter="/")
     )
-    keys = [obj["Key"] for page in pages for obj in page.get("Contents", [])]
+    # The day's own key is a folder marker (a console's "create folder"), not a delivered object.
+    keys = [obj["Key"] for page in pages for obj in page.get("Contents", []) if obj["Key"] != day_prefix]
     folders = [common["Prefix"] for page in pages for common in page.get("CommonPrefixes", [])]
     csv_keys = sorted(key for key in keys if _is_csv(key))
     skipped = [key for key in keys if key not in csv_keys] + folders

@@ -105,6 +105,20 @@ def test_reads_upper_case_csv_objects_and_names_the_skipped_ones_from_s3(
     )
 
 
+def test_the_folder_marker_of_the_day_is_no_skipped_object(
+    s3_env: S3Bucket, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The S3 and MinIO consoles' "create folder" writes an empty object under the day's own prefix: it was
+    # named in a warning as a skipped object without a name at every run.
+    s3_env.put("incoming/2026-01-14/", b"")
+    s3_env.put("incoming/2026-01-14/a.csv", "a")
+
+    extract = extract_day(load_settings())
+
+    assert [f.uri for f in extract.files] == [f"{s3_env.uri}/incoming/2026-01-14/a.csv"]
+    assert not [message for message in caplog.messages if "skipped" in message]
+
+
 def test_an_s3_day_without_objects_is_transient_naming_the_uri_and_the_date(s3_env: S3Bucket) -> None:
     s3_env.put("incoming/2026-01-13/a.csv", "other day")
     with pytest.raises(
