@@ -35,6 +35,10 @@ _PLAIN_TCP_SCHEMES = ("tcp", "http")
 _LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 _DOCKER_SCHEME_CHARACTERS = string.ascii_letters + "+"
 _DOCKER_TLS_VARIABLES = ("DOCKER_TLS_CA_CERT", "DOCKER_TLS_CLIENT_CERT", "DOCKER_TLS_CLIENT_KEY")
+_SERVICE_LINK = re.compile(
+    r"_(?:SERVICE_HOST|SERVICE_PORT(?:_\w+)?|PORT_\d+_(?:TCP|UDP|SCTP)(?:_(?:PROTO|PORT|ADDR))?)$"
+)
+_SERVICE_LINK_PORT_VALUE = re.compile(r"^(?:tcp|udp|sctp)://")
 # Every variable load_settings reads, less the prefix; any other BATCH_PIPELINE_* is refused.
 SETTING_NAMES = (
     "DOCKER_URL",
@@ -117,12 +121,25 @@ def _refuse_unknown_variables(env: Mapping[str, str]) -> None:
     """A mistyped variable would be ignored: `BATCH_PIPELINE_DOCKER_ULR` would run the job as a local process
     instead of a container, unnoticed. Names only in the message: a value may be a secret."""
     known = [PREFIX + name for name in SETTING_NAMES]
-    unknown = sorted(name for name in env if name.startswith(PREFIX) and name not in known)
+    unknown = sorted(
+        name
+        for name, value in env.items()
+        if name.startswith(PREFIX) and name not in known and not _is_service_link(name, value)
+    )
     if unknown:
         raise PipelineConfigError(
             "; ".join(f"{name} is not a setting{_closest(name, known)}" for name in unknown)
             + f" (the {PREFIX}* settings are listed in docs/dags.md)"
         )
+
+
+def _is_service_link(name: str, value: str) -> bool:
+    """A variable Kubernetes gives every pod for each Service of its namespace (one named batch-pipeline-...):
+    `<NAME>_SERVICE_HOST`, `<NAME>_SERVICE_PORT[_<port>]`, `<NAME>_PORT_8080_TCP[_ADDR]` and
+    `<NAME>_PORT=tcp://...`. It must not fail the DAG import."""
+    if _SERVICE_LINK.search(name):
+        return True
+    return name.endswith("_PORT") and _SERVICE_LINK_PORT_VALUE.match(value) is not None
 
 
 def _closest(name: str, known: list[str]) -> str:

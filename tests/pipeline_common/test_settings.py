@@ -99,6 +99,25 @@ def test_an_unknown_variable_is_named_without_its_value():
     assert "S3cr3tPw" not in str(raised.value)
 
 
+def test_the_variables_kubernetes_sets_for_a_service_named_batch_pipeline_are_not_refused():
+    # A Service "batch-pipeline-api" in the workers' namespace gives every pod these.
+    service_links = {
+        "BATCH_PIPELINE_API_SERVICE_HOST": "10.96.0.12",
+        "BATCH_PIPELINE_API_SERVICE_PORT": "8080",
+        "BATCH_PIPELINE_API_SERVICE_PORT_HTTP": "8080",
+        "BATCH_PIPELINE_API_PORT": "tcp://10.96.0.12:8080",
+        "BATCH_PIPELINE_API_PORT_8080_TCP": "tcp://10.96.0.12:8080",
+        "BATCH_PIPELINE_API_PORT_8080_TCP_ADDR": "10.96.0.12",
+    }
+
+    assert load_settings(service_links).runner is Runner.LOCAL
+
+
+def test_a_port_variable_that_is_no_service_link_is_still_refused():
+    with pytest.raises(PipelineConfigError, match="BATCH_PIPELINE_DOCKER_PORT is not a setting"):
+        load_settings({"BATCH_PIPELINE_DOCKER_PORT": "2376"})
+
+
 TLS_FILES = {
     "BATCH_PIPELINE_DOCKER_TLS_CA_CERT": "/etc/docker-tls/ca.pem",
     "BATCH_PIPELINE_DOCKER_TLS_CLIENT_CERT": "/etc/docker-tls/cert.pem",
