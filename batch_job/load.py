@@ -193,6 +193,7 @@ def load_day(
     with _database_errors(engine), engine.begin() as connection:
         _serialise_loads(connection)
         metadata.create_all(connection)
+        _warn_if_amounts_are_rounded(connection)
         written = _upsert_scored(
             connection, [_scored_row(row, run_date, load_id, loaded_at) for row in scored]
         )
@@ -243,6 +244,24 @@ def _sqlstate(exc: DBAPIError) -> str | None:
             (code for pattern, code in CONNECT_MESSAGE_SQLSTATES if pattern.search(message)), None
         )
     return sqlstate
+
+
+def _warn_if_amounts_are_rounded(connection: Connection) -> None:
+    """A SQLite file whose table predates the exact decimal text keeps its NUMERIC column: SQLite turns the
+    text written there back into a REAL or an INTEGER (99999999999999.9999 becomes 10^14), and create_all
+    leaves an existing table as it is."""
+    if connection.dialect.name != "sqlite":
+        return
+    columns = connection.exec_driver_sql(f"PRAGMA table_info({scored_transactions.name})").mappings()
+    declared = next((str(column["type"]) for column in columns if column["name"] == "amount"), "")
+    if any(word in declared.upper() for word in ("NUMERIC", "DECIMAL")):
+        log.warning(
+            "load: %s.amount in this SQLite file is %s (made by an earlier version): SQLite rounds the "
+            "amounts stored there to a float's precision; move the table aside so that the load recreates "
+            "it, storing them exactly",
+            scored_transactions.name,
+            declared,
+        )
 
 
 def _serialise_loads(connection: Connection) -> None:

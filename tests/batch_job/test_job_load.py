@@ -9,7 +9,7 @@ from decimal import Decimal
 
 import pytest
 from batch_job_support import wait_until
-from sqlalchemy import Engine, create_engine, select, text
+from sqlalchemy import Engine, MetaData, Numeric, create_engine, select, text
 from sqlalchemy.exc import DataError
 
 from batch_job.errors import ConfigError, TransientError
@@ -95,6 +95,30 @@ def test_the_largest_and_smallest_amounts_the_contract_accepts_are_stored_exactl
     # SQLite has no decimal type: a NUMERIC column stored 99999999999999.9999 as the integer 10^14.
     load_day(engine, DAY, [scored("T-1", amount=amount)], [])
     assert scored_rows(engine)[0][1] == Decimal(amount)
+
+
+def test_a_sqlite_table_made_before_the_exact_amounts_is_named_in_a_warning(
+    tmp_path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # create_all leaves an existing table alone: its NUMERIC column still rounds what the job writes there.
+    engine = create_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    earlier = MetaData()
+    scored_transactions.to_metadata(earlier).c.amount.type = Numeric(18, 4)
+    earlier.create_all(engine)
+
+    with caplog.at_level(logging.WARNING, logger="batch_job.load"):
+        load_day(engine, DAY, [scored("T-1", amount="1234567890123.4567")], [])
+
+    assert "scored_transactions.amount in this SQLite file is NUMERIC(18, 4)" in caplog.text
+    assert scored_rows(engine)[0][1] == Decimal("1234567890123.4568"), "still rounded: hence the warning"
+
+
+def test_a_sqlite_table_made_by_the_load_gives_no_rounding_warning(
+    engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="batch_job.load"):
+        load_day(engine, DAY, [scored("T-1")], [])
+    assert "rounds the amounts" not in caplog.text
 
 
 def test_a_rerun_of_a_date_leaves_the_same_rows(engine: Engine) -> None:
