@@ -179,7 +179,12 @@ def _docker_url(url: str | None, tls: DockerTls | None, *, plaintext: str | None
     if tls is not None or plaintext == "true":
         return url
     # No host: Docker's client takes 127.0.0.1 (":2375"), or refuses the URL ("/var/run/docker.sock").
-    if parts.scheme in _PLAIN_TCP_SCHEMES and parts.hostname not in (*_LOOPBACK_HOSTS, None):
+    host = parts.hostname
+    if "@" in parts.netloc or "\\" in parts.netloc:
+        # The host is read here after the last "@", but requests (urllib3) ends it at a backslash:
+        # tcp://10.0.0.5\@localhost:2375 reaches 10.0.0.5 in plain HTTP. A loopback engine has no user info.
+        host = parts.netloc
+    if parts.scheme in _PLAIN_TCP_SCHEMES and host not in (*_LOOPBACK_HOSTS, None):
         raise PipelineConfigError(
             f"{PREFIX}DOCKER_URL={url!r} reaches the engine over unencrypted TCP, and the job's container "
             f"environment carries the connections' secrets: set {PREFIX}DOCKER_TLS_CA_CERT, "

@@ -133,6 +133,9 @@ TLS_FILES = {
         # No scheme: Docker's client takes it for tcp://, i.e. plain HTTP.
         "docker-engine.internal:2375",
         "10.0.0.5:2375",
+        # The host seen after the last "@" is loopback, but requests connects to the one before the backslash.
+        "tcp://10.0.0.5\\@localhost:2375",
+        "tcp://10.0.0.5@localhost:2375",
     ],
 )
 def test_a_tcp_docker_url_without_tls_is_refused_since_the_secrets_would_cross_in_clear(url):
