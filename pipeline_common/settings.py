@@ -124,7 +124,8 @@ def _refuse_unknown_variables(env: Mapping[str, str]) -> None:
     unknown = sorted(
         name
         for name, value in env.items()
-        if name.startswith(PREFIX) and name not in known and not _is_service_link(name, value)
+        # Any case: the names are read upper case only, so batch_pipeline_docker_url would be ignored too.
+        if name.upper().startswith(PREFIX) and name not in known and not _is_service_link(name, value)
     )
     if unknown:
         raise PipelineConfigError(
@@ -143,7 +144,7 @@ def _is_service_link(name: str, value: str) -> bool:
 
 
 def _closest(name: str, known: list[str]) -> str:
-    matches = difflib.get_close_matches(name, known, n=1)
+    matches = difflib.get_close_matches(name.upper(), known, n=1)
     return f", did you mean {matches[0]}?" if matches else ""
 
 

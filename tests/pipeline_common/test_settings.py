@@ -91,6 +91,15 @@ def test_a_mistyped_variable_is_refused_naming_the_setting_it_resembles():
         load_settings({"BATCH_PIPELINE_DOCKER_ULR": "unix:///var/run/docker.sock"})
 
 
+def test_a_variable_in_the_wrong_case_is_refused_naming_the_setting():
+    # Only upper-case names are read: the engine URL in lower case left the job running as a local process.
+    with pytest.raises(
+        PipelineConfigError,
+        match="batch_pipeline_docker_url is not a setting, did you mean BATCH_PIPELINE_DOCKER_URL",
+    ):
+        load_settings({"batch_pipeline_docker_url": "unix:///var/run/docker.sock"})
+
+
 def test_an_unknown_variable_is_named_without_its_value():
     with pytest.raises(PipelineConfigError) as raised:
         load_settings({"BATCH_PIPELINE_DB_PASSWORD": "S3cr3tPw"})
