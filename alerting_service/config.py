@@ -46,8 +46,8 @@ from alerting_service.labels import EVENT_FIELD_LABELS, is_match_key, unknown_va
 from alerting_service.models import EventType, Integration
 
 ENV_PREFIX = "ALERTING_"
-# The variables Kubernetes gives every pod for each Service of its namespace (and Docker's legacy links): a
-# Service named `alerting` or `alerting-service` gives ALERTING_SERVICE_SERVICE_HOST, ALERTING_SERVICE_PORT,
+# The variables Kubernetes gives every pod for each Service of its namespace: a Service named `alerting` or
+# `alerting-service` gives ALERTING_SERVICE_SERVICE_HOST, ALERTING_SERVICE_PORT,
 # ALERTING_SERVICE_PORT_9095_TCP_ADDR... They are not settings, and the service must start beside them.
 _SERVICE_LINK_VARIABLE = re.compile(
     r"^ALERTING(?:_[A-Z0-9_]+?)?_(?:SERVICE_HOST|SERVICE_PORT(?:_[A-Z0-9_]+)?|PORT_\d+_(?:TCP|UDP|SCTP)"
@@ -539,7 +539,7 @@ def _refuse_unknown_variables(environ: Mapping[str, str]) -> None:
 
 
 def _is_service_link(name: str, value: str) -> bool:
-    """A variable Kubernetes (or a Docker link) sets for a Service whose name starts with `alerting`."""
+    """A variable Kubernetes sets for a Service whose name starts with `alerting`."""
     if _SERVICE_LINK_VARIABLE.match(name):
         return True
     return bool(_SERVICE_LINK_PORT_VARIABLE.match(name) and _SERVICE_LINK_PORT_VALUE.match(value))
