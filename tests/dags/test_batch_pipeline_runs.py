@@ -295,10 +295,8 @@ def test_a_missing_connection_fails_the_first_task_at_once_naming_it(
 
 
 def test_a_date_whose_input_is_gone_is_retried_then_fails_keeping_its_loaded_rows(
-    fresh_dags, landing, airflow_db, results_db, capfd, monkeypatch
+    fresh_dags, landing, airflow_db, results_db, capfd
 ):
-    # Three retries whose waits this test is not about: 1 s each (the floor) instead of 1-2, 2-4 and 4-8 s.
-    monkeypatch.setenv("BATCH_PIPELINE_RETRY_DELAY_SECONDS", "0.1")
     day = date(2026, 1, 22)
     landing.put_sample_day(day, rows=20)
     assert run_for_date(fresh_dags, day).state == "success"
