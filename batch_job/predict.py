@@ -4,8 +4,7 @@ Each batch is retried with exponential backoff (plus jitter, and at least the se
 timeouts, connection errors, HTTP 408, 429 and 5xx, at most `BATCH_ML_MAX_RETRIES` times; if the API is still
 unavailable the job fails with a `TransientError` (exit 1) so the DAG retries it later. Any other 4xx is not
 retried: it is a `ConfigError` (exit 78), since a wrong URL or API key will not fix itself; so is a redirect
-(not followed). The wire format is
-in `batch_job.ml_contract`.
+(not followed). The wire format is in `batch_job.ml_contract`.
 """
 
 from __future__ import annotations
