@@ -109,7 +109,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> PipelineSettings:
         docker_network=get("DOCKER_NETWORK"),
         mem_limit=_mem_limit(get("MEM_LIMIT") or "2g"),
         auto_remove=_auto_remove(get("AUTO_REMOVE") or "success"),
-        reports_dir=_absolute_dir("REPORTS_DIR", get("REPORTS_DIR") or str(airflow_home / "reports")),
+        reports_dir=_absolute_path("REPORTS_DIR", get("REPORTS_DIR") or str(airflow_home / "reports")),
         retry_delay=_seconds("RETRY_DELAY_SECONDS", get("RETRY_DELAY_SECONDS") or "300"),
         max_retry_delay=_seconds("MAX_RETRY_DELAY_SECONDS", get("MAX_RETRY_DELAY_SECONDS") or "1800"),
         execution_timeout=_seconds("EXECUTION_TIMEOUT_SECONDS", get("EXECUTION_TIMEOUT_SECONDS") or "3600"),
@@ -156,7 +156,7 @@ def _docker_tls(files: Mapping[str, str | None]) -> DockerTls | None:
     if len(given) < len(files):
         missing = ", ".join(PREFIX + name for name in files if name not in given)
         raise PipelineConfigError(f"the engine's TLS needs {missing} too (all three files, or none)")
-    paths = {name: _absolute_dir(name, str(value)) for name, value in files.items()}
+    paths = {name: _absolute_path(name, str(value)) for name, value in files.items()}
     return DockerTls(*(paths[name] for name in _DOCKER_TLS_VARIABLES))
 
 
@@ -228,7 +228,7 @@ def _auto_remove(value: str) -> Literal["never", "success", "force"]:
     return value  # type: ignore[return-value]  # checked against the choices just above
 
 
-def _absolute_dir(name: str, value: str) -> Path:
+def _absolute_path(name: str, value: str) -> Path:
     path = Path(value).expanduser()
     if not path.is_absolute():
         raise PipelineConfigError(f"{PREFIX}{name}={value!r} must be an absolute path")
