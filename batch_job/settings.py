@@ -92,6 +92,28 @@ class JobSettings(BaseSettings):
         parse_source_uri(uri)
         return uri
 
+    @field_validator("s3_access_key_id", "s3_secret_access_key", "ml_api_key")
+    @classmethod
+    def _credential_is_sendable(cls, credential: SecretStr | None) -> SecretStr | None:
+        # An HTTP library refuses a header holding a newline with an error that quotes the whole header.
+        value = credential.get_secret_value() if credential is not None else ""
+        if not (value.isascii() and value.isprintable() and value == value.strip()):
+            raise ValueError(
+                "holds whitespace at an end, a control character (a newline pasted with the value?) or a "
+                "non-ASCII character"
+            )
+        return credential
+
+    @field_validator("s3_endpoint_url", "ml_api_url")
+    @classmethod
+    def _url_holds_no_credentials(cls, url: HttpUrl | None) -> HttpUrl | None:
+        # The URL is named in log lines and errors: credentials there would be printed with it.
+        if url is not None and (url.username or url.password or url.query or url.fragment):
+            raise ValueError(
+                "must not hold credentials, a query or a fragment: the key goes in its own variable"
+            )
+        return url
+
     @field_validator("database_url")
     @classmethod
     def _database_url_is_supported(cls, raw: str) -> str:

@@ -146,8 +146,12 @@ def summarize_exception(
     """`Type: message`, cut to `limit` characters: enough to triage, short enough for a pager."""
     if error is None:
         return None
-    text = error if isinstance(error, str) else f"{type(error).__name__}: {error}".rstrip(": ")
+    text = error if isinstance(error, str) else exception_text(error)
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def exception_text(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}".rstrip(": ")
 
 
 def next_retry_time(

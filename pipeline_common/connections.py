@@ -150,6 +150,7 @@ def _source_environment(minio: Connection) -> dict[str, str]:
             )
         return {"BATCH_SOURCE_URI": path.as_uri()}
     _require(minio, "host", "login", "password")
+    _require_header_safe(minio, "login", "password")
     _require_extra(minio, extra, "bucket")
     prefix = str(extra.get("prefix", "")).strip("/")
     source_uri = f"s3://{extra['bucket']}/{prefix}" if prefix else f"s3://{extra['bucket']}"
@@ -166,6 +167,8 @@ def _database_environment(postgres: Connection) -> dict[str, str]:
 
 def _ml_api_environment(ml_api: Connection) -> dict[str, str]:
     _require(ml_api, "host")
+    if ml_api.password:
+        _require_header_safe(ml_api, "password")
     extra = connection_extra(ml_api)
     tuning = {f"BATCH_ML_{key.upper()}": str(extra[key]) for key in ML_TUNING_EXTRAS if key in extra}
     return {"BATCH_ML_API_URL": _base_url(ml_api, _http_scheme(ml_api)), **tuning}
@@ -233,6 +236,21 @@ def _require(connection: Connection, *fields: str) -> None:
         raise ConnectionConfigError(
             f"connection {connection.conn_id!r} is missing required field(s): {', '.join(missing)}"
         )
+
+
+def _require_header_safe(connection: Connection, *fields: str) -> None:
+    """Credentials that go into HTTP requests must be sendable: an HTTP library refuses a header holding a
+    newline (pasted from a file, say) with an error that quotes the whole header, credential included."""
+    unsendable = [name for name in fields if not is_header_safe(getattr(connection, name))]
+    if unsendable:
+        raise ConnectionConfigError(
+            f"connection {connection.conn_id!r}: field(s) {', '.join(unsendable)} hold whitespace at an end, "
+            "a control character (a newline pasted with the value?) or a non-ASCII character"
+        )
+
+
+def is_header_safe(value: str) -> bool:
+    return value.isascii() and value.isprintable() and value == value.strip()
 
 
 def _require_extra(connection: Connection, extra: dict[str, Any], *keys: str) -> None:

@@ -10,6 +10,8 @@ import os
 import re
 from collections.abc import Iterable
 
+from airflow.sdk._shared.secrets_masker import redact
+
 
 class RetryCannotHelp(Exception):
     """A failure that will be the same on every retry: fail the task now."""
@@ -63,7 +65,8 @@ def batch_job_failure(exit_code: int, reason: str | None = None) -> BatchJobFail
     the job's own error line, goes into the message: it is what the failure alert shows the operator."""
     error_type, detail = _PERMANENT_EXIT_CODES.get(exit_code, (BatchJobFailed, _TRANSIENT_DETAIL))
     if reason:
-        detail = f"{detail}: {reason[:REASON_LIMIT]}"
+        # Redacted before it is cut: a secret cut in two is no longer recognised.
+        detail = f"{detail}: {redact(reason)[:REASON_LIMIT]}"
     return error_type(exit_code, detail)
 
 

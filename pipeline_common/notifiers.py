@@ -24,7 +24,7 @@ import asyncio
 import json
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -35,7 +35,14 @@ from airflow.sdk._shared.secrets_masker import redact
 from airflow.sdk.configuration import conf
 from airflow.sdk.exceptions import AirflowNotFoundException
 
-from pipeline_common.alert_events import AlertEvent, EventType, build_event, fallback_email_html
+from pipeline_common.alert_events import (
+    AlertEvent,
+    EventType,
+    build_event,
+    exception_text,
+    fallback_email_html,
+)
+from pipeline_common.connections import is_header_safe
 
 if TYPE_CHECKING:
     import jinja2
@@ -70,6 +77,11 @@ class AlertServiceEndpoint:
         if not connection.password:
             raise AlertServiceUnavailable(
                 f"connection {connection.conn_id!r} has no password (the ingest API key)"
+            )
+        if not is_header_safe(connection.password):
+            raise AlertServiceUnavailable(
+                f"connection {connection.conn_id!r}: the password (the ingest API key) holds whitespace at "
+                "an end, a control character (a newline pasted with it?) or a non-ASCII character"
             )
         base = (
             connection.host
@@ -172,7 +184,7 @@ class AlertServiceNotifier(BaseNotifier):
     def _event_or_none(self, context: Context) -> AlertEvent | None:
         try:
             event = build_event(
-                context,
+                _with_exception_redacted(context),
                 event_type=self.event_type,
                 severity=self.severity,
                 labels=self.labels,
@@ -181,8 +193,7 @@ class AlertServiceNotifier(BaseNotifier):
         except Exception:
             self.log.exception("No alert sent: the event could not be built from the callback context")
             return None
-        # An exception message can quote a credential (a database URL, a header): mask what Airflow knows.
-        return replace(event, exception=redact(event.exception)) if event.exception else event
+        return event
 
     # --- the attempt ------------------------------------------------------------------------------------
 
@@ -341,6 +352,17 @@ def _call_within(seconds: float, work: Callable[[], T]) -> T:
     if not succeeded:
         raise value
     return value
+
+
+def _with_exception_redacted(context: Context) -> Mapping[str, Any]:
+    """The context with its exception as text Airflow's masker has redacted: an exception message can quote a
+    credential (a database URL, a header). Redacted whole, before the event's summary cuts it: a secret cut in
+    two is no longer recognised."""
+    error = context.get("exception")
+    if error is None:
+        return context
+    text = exception_text(error) if isinstance(error, BaseException) else str(error)
+    return {**context, "exception": redact(text)}
 
 
 def _describe(error: BaseException) -> str:

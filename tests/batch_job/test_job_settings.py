@@ -152,3 +152,36 @@ def test_the_predict_url_is_appended_to_the_base_url_path(
 ) -> None:
     monkeypatch.setenv("BATCH_ML_API_URL", "http://ml-api:8000/v1/")
     assert load_settings().predict_url == "http://ml-api:8000/v1/predict"
+
+
+@pytest.mark.parametrize(
+    "variable", ["BATCH_ML_API_KEY", "BATCH_S3_ACCESS_KEY_ID", "BATCH_S3_SECRET_ACCESS_KEY"]
+)
+@pytest.mark.parametrize("value", [SECRET + "\n", " " + SECRET, SECRET + "\x1bx", SECRET + "é"])
+def test_a_credential_an_http_request_cannot_carry_is_refused_without_echoing_it(
+    job_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    # An HTTP library refuses a header holding a newline with an error quoting it whole.
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError, match=f"{variable}: holds whitespace at an end") as raised:
+        load_settings()
+    assert SECRET not in str(raised.value)
+
+
+@pytest.mark.parametrize("variable", ["BATCH_ML_API_URL", "BATCH_S3_ENDPOINT_URL"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"http://svc:{SECRET}@ml-api:8000",
+        f"http://{SECRET}@ml-api:8000",
+        f"http://ml-api:8000/?code={SECRET}",
+    ],
+    ids=["user-and-password", "user", "query"],
+)
+def test_credentials_in_a_service_url_are_refused_without_echoing_them(
+    job_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, variable: str, url: str
+) -> None:
+    monkeypatch.setenv(variable, url)
+    with pytest.raises(ConfigError, match=f"{variable}: must not hold credentials, a query") as raised:
+        load_settings()
+    assert SECRET not in str(raised.value)

@@ -11,7 +11,13 @@ from airflow.providers.docker.exceptions import DockerContainerFailedException
 
 from pipeline_common.batch_job_operators import LocalBatchJobOperator, scored_event_extra, summary_from_output
 from pipeline_common.docker_batch_job_operator import docker_exit_code, summary_line
-from pipeline_common.errors import BatchJobFailed, BatchJobSummaryError, job_failure_reason
+from pipeline_common.errors import (
+    REASON_LIMIT,
+    BatchJobFailed,
+    BatchJobSummaryError,
+    batch_job_failure,
+    job_failure_reason,
+)
 from pipeline_common.settings import load_settings
 
 SUMMARY = {
@@ -105,6 +111,16 @@ def test_the_reason_is_read_from_a_containers_log_lines():
     ]
     assert job_failure_reason(lines) == "ML API at http://ml/predict refused"
     assert job_failure_reason(["Killed"]) is None
+
+
+def test_a_secret_in_the_failure_reason_is_masked_before_the_reason_is_cut():
+    from airflow.sdk.log import mask_secret
+
+    mask_secret("ml-key-cut-in-two")
+    # The key starts just before the cut: masked only if masked before cutting.
+    reason = "x" * (REASON_LIMIT - 5) + "ml-key-cut-in-two"
+
+    assert str(batch_job_failure(1, reason)).endswith("x" * (REASON_LIMIT - 5) + "***")
 
 
 def test_an_unexpected_failure_is_named_even_when_its_traceback_is_longer_than_the_kept_lines():

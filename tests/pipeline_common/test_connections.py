@@ -146,6 +146,26 @@ def test_credentials_in_the_host_are_refused_without_quoting_them(port):
     assert "T0pS3cretT0ken" not in str(raised.value)
 
 
+@pytest.mark.parametrize(
+    ("conns", "field"),
+    [
+        (connections(ml=ml_api(password=ML_KEY + "\n")), "password"),
+        (connections(minio=s3_source(login=" pipeline-reader")), "login"),
+        (connections(minio=s3_source(password=S3_SECRET + "\r")), "password"),
+    ],
+    ids=["ml-api-key", "s3-access-key-id", "s3-secret"],
+)
+def test_a_credential_an_http_header_cannot_carry_is_refused_without_quoting_it(conns, field):
+    # An HTTP library refuses such a header with an error quoting it whole, credential included.
+    with pytest.raises(
+        ConnectionConfigError, match=f"field\\(s\\) {field} hold whitespace at an end"
+    ) as raised:
+        job_environment(conns)
+
+    for secret in (ML_KEY, S3_SECRET, "pipeline-reader"):
+        assert secret not in str(raised.value)
+
+
 def test_a_port_in_the_host_alone_is_kept():
     env = job_environment(connections(ml=ml_api(host="https://ml-api:8443/", port=None)))
     assert env["BATCH_ML_API_URL"] == "https://ml-api:8443"
