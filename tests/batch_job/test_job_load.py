@@ -15,6 +15,7 @@ from sqlalchemy.exc import DataError
 from batch_job.errors import ConfigError, TransientError
 from batch_job.load import (
     LOAD_LOCK_KEY,
+    ROWS_PER_STATEMENT,
     build_engine,
     check_database,
     load_day,
@@ -169,10 +170,12 @@ def test_an_id_loaded_for_another_date_is_rejected_not_moved(engine: Engine) -> 
 def test_a_failed_load_leaves_the_previous_rows(clean_postgres_database: str) -> None:
     engine = create_engine(clean_postgres_database)
     load_day(engine, DAY, [scored("T-1")], [])
-    # Longer than the column: PostgreSQL refuses it half-way through the load (SQLite does not check lengths).
+    # Longer than the column: PostgreSQL refuses it half-way through the load (SQLite does not check lengths),
+    # in the statement after a whole one of good rows, which only the load's one transaction takes back.
+    good_rows = [scored(f"T-3-{n}") for n in range(ROWS_PER_STATEMENT)]
     too_long_id = "T-" + "9" * 100 + "-2"
     with pytest.raises(DataError, match="value too long"):
-        load_day(engine, DAY, [scored("T-3"), scored(too_long_id)], [])
+        load_day(engine, DAY, [*good_rows, scored(too_long_id)], [])
     assert [row[0] for row in scored_rows(engine)] == ["T-1"]
     engine.dispose()
 

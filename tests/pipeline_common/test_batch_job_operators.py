@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+import signal
+import socket
 import subprocess
 import sys
+from datetime import date, timedelta
 
 import pytest
 from airflow.providers.docker.exceptions import DockerContainerFailedException
+from airflow.sdk.exceptions import AirflowTaskTimeout
+from airflow.sdk.execution_time.task_runner import _run_execute_callable
 
+from batch_job.sample_data import write_day
 from pipeline_common.batch_job_operators import LocalBatchJobOperator, scored_event_extra, summary_from_output
 from pipeline_common.docker_batch_job_operator import docker_exit_code, summary_line
 from pipeline_common.errors import (
@@ -121,6 +127,35 @@ def test_a_secret_in_the_failure_reason_is_masked_before_the_reason_is_cut():
     reason = "x" * (REASON_LIMIT - 5) + "ml-key-cut-in-two"
 
     assert str(batch_job_failure(1, reason)).endswith("x" * (REASON_LIMIT - 5) + "***")
+
+
+def test_a_try_past_its_execution_timeout_stops_the_job_process(tmp_path, monkeypatch):
+    # A job left running after its try ended would go on writing to the database beside the retry.
+    write_day(tmp_path / "landing", date(2026, 1, 14), rows=5)
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_MINIO_DEFAULT",
+        json.dumps({"conn_type": "generic", "extra": {"path": str(tmp_path / "landing")}}),
+    )
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_POSTGRES_DEFAULT", json.dumps({"conn_type": "sqlite", "host": str(tmp_path / "r.db")})
+    )
+    with socket.create_server(("127.0.0.1", 0)) as silent_ml_api:  # accepts, never answers
+        ml_api = {"host": f"http://127.0.0.1:{silent_ml_api.getsockname()[1]}", "conn_type": "http"}
+        # Without the stop the job would wait its own 20 s, then exit 1 by itself.
+        ml_api["extra"] = {"timeout_seconds": 20, "max_retries": 0}
+        monkeypatch.setenv("AIRFLOW_CONN_ML_API_DEFAULT", json.dumps(ml_api))
+        operator = LocalBatchJobOperator(
+            settings=load_settings({}),
+            environment={"BATCH_RUN_DATE": "2026-01-14"},
+            task_id="t",
+            execution_timeout=timedelta(seconds=3),
+        )
+
+        with pytest.raises(AirflowTaskTimeout):
+            _run_execute_callable({}, operator.execute, operator)  # as the task runner runs a try
+
+    assert operator._process is not None
+    assert operator._process.returncode == -signal.SIGTERM
 
 
 def test_an_unexpected_failure_is_named_even_when_its_traceback_is_longer_than_the_kept_lines():
