@@ -20,7 +20,8 @@ import re
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from urllib.parse import urlsplit
 
 import yaml
@@ -505,17 +506,73 @@ def _format_location(location: tuple[int | str, ...], root: str = "") -> str:
     return text
 
 
-def describe_validation_error(error: ValidationError, *, env: bool = False) -> str:
-    """One line per problem, `key: message`; the offending values are left out (they may be secrets)."""
+def describe_validation_error(error: ValidationError, model: type[BaseModel], *, env: bool = False) -> str:
+    """One line per problem, `key: message`, for `model`'s validation error; the offending values are left
+    out (they may be secrets)."""
     lines = []
     for problem in error.errors(include_input=False, include_url=False):
         location = problem["loc"]
+        if problem["type"] == "extra_forbidden":
+            lines.append(_describe_unknown_key(model, location))
+            continue
         if env and location:
             location = (ENV_PREFIX + str(location[0]).upper(), *location[1:])
         key = _format_location(location)
         message = problem["msg"].removeprefix("Value error, ")
         lines.append(f"{key}: {message}" if key else message)
     return "\n".join(lines)
+
+
+def _describe_unknown_key(model: type[BaseModel], location: tuple[int | str, ...]) -> str:
+    """The key is named only when it is a likely typo of a setting: a value indented one level too deep
+    (a whsec_ secret, a password) is read as a key, and would be printed. (Settings gets unknown keys from
+    keyword arguments only: pydantic-settings ignores unknown variables.)"""
+    parent, key = location[:-1], str(location[-1])
+    known = _known_keys(model, parent)
+    closest = difflib.get_close_matches(key, known, n=1, cutoff=0.8)
+    if closest:
+        return f"{_format_location(location)}: not a setting (did you mean '{closest[0]}'?)"
+    where = _format_location(parent) or "the top level"
+    # Should a location ever lead to no model, the message still says where the key is.
+    settings = f"; the settings there are: {', '.join(known)}" if known else ""
+    return f"{where}: a key there is not a setting (not shown, in case it is a misplaced value){settings}"
+
+
+def _known_keys(model: type[BaseModel], location: tuple[int | str, ...]) -> list[str]:
+    """The keys the model found at `location` (a pydantic error location) accepts, as spelled in YAML."""
+    annotation: Any = model
+    for part in location:
+        annotation = _inner_annotation(annotation, part)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [field.alias or name for name, field in annotation.model_fields.items()]
+    return []
+
+
+def _inner_annotation(annotation: Any, part: int | str) -> Any:
+    """The type of what `part` (a field, a list index, a dict key or a union's tag) selects in `annotation`;
+    None when it selects nothing typed."""
+    if get_origin(annotation) is Annotated:
+        annotation = get_args(annotation)[0]
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin in (Union, UnionType):
+        arms = [arm for arm in args if arm is not type(None)]
+        tagged = [arm for arm in arms if _union_tag(arm) == part]
+        if tagged:  # a tagged union's location names the arm, before the arm's own fields
+            return tagged[0]
+        return _inner_annotation(arms[0], part) if len(arms) == 1 else None
+    if origin is list and isinstance(part, int):
+        return args[0]
+    if origin is dict and isinstance(part, str):
+        return args[1]
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        fields = annotation.model_fields.items()
+        return next((field.annotation for name, field in fields if part in (name, field.alias)), None)
+    return None
+
+
+def _union_tag(arm: Any) -> str | None:
+    metadata = get_args(arm)[1:] if get_origin(arm) is Annotated else ()
+    return next((item.tag for item in metadata if isinstance(item, Tag)), None)
 
 
 def _refuse_unknown_variables(environ: Mapping[str, str]) -> None:
@@ -551,16 +608,68 @@ def load_settings(**overrides: Any) -> Settings:
     try:
         return Settings(**overrides)
     except ValidationError as exc:
-        raise ConfigError(describe_validation_error(exc, env=True)) from None
+        raise ConfigError(describe_validation_error(exc, Settings, env=True)) from None
 
 
-def parse_alerting_config(text: str, source: str) -> AlertingConfig:
+_UNREADABLE_TAGGED_VALUE = "a value that its tag (such as !!int or !!bool) cannot read: remove the tag"
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """yaml.SafeLoader, except that a date stays text, and a value its explicit tag cannot read (`!!int x`)
+    is a YAML error at its line: PyYAML raised a bare ValueError or KeyError, naming no line."""
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, LookupError):
+            raise yaml.constructor.ConstructorError(
+                None, None, _UNREADABLE_TAGGED_VALUE, node.start_mark
+            ) from None
+
+
+# No setting is a date: an unquoted date (`password: 2026-02-30`) stays the text written, where PyYAML made a
+# date of it (refused as "not a valid string"), or raised a bare ValueError for a day that does not exist.
+_ConfigLoader.add_constructor("tag:yaml.org,2002:timestamp", _ConfigLoader.construct_yaml_str)
+
+# PyYAML problems that quote the document: an unquoted value starting with '*', '&' or '!' is read as an
+# alias, an anchor or a tag, and a password written so would be printed. Explained without the value.
+_READ_AS_A_TAG = (
+    "an unquoted value starting with '!' (read as a tag that YAML does not know): quote the value"
+)
+_PROBLEMS_QUOTING_THE_DOCUMENT = {
+    "found undefined alias": (
+        "an unquoted value starting with '*' (read as an alias of an anchor not defined): quote the value"
+    ),
+    "found duplicate anchor": (
+        "an unquoted value starting with '&' (read as an anchor, here defined twice): quote the value"
+    ),
+    "could not determine a constructor for the tag": _READ_AS_A_TAG,
+    "found undefined tag handle": _READ_AS_A_TAG,
+}
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """PyYAML's problem, unless it quotes the document (a duplicate anchor is told in the context)."""
+    context = getattr(error, "context", None) or ""
+    problem = getattr(error, "problem", None) or str(error)
+    for start, explanation in _PROBLEMS_QUOTING_THE_DOCUMENT.items():
+        if context.startswith(start) or problem.startswith(start):
+            return explanation
+    return problem
+
+
+def _read_yaml(text: str, source: str) -> Any:
     try:
-        document = yaml.safe_load(text)
+        # _ConfigLoader is a yaml.SafeLoader, which ruff cannot tell.
+        return yaml.load(text, Loader=_ConfigLoader)  # ruff: ignore[unsafe-yaml-load]
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{source}:{where} not valid YAML: {getattr(exc, 'problem', exc)}") from None
+        raise ConfigError(f"{source}:{where} not valid YAML: {_yaml_problem(exc)}") from None
+
+
+def parse_alerting_config(text: str, source: str) -> AlertingConfig:
+    document = _read_yaml(text, source)
     if document is None:
         document = {}
     if not isinstance(document, dict):
@@ -568,7 +677,7 @@ def parse_alerting_config(text: str, source: str) -> AlertingConfig:
     try:
         return AlertingConfig.model_validate(document)
     except ValidationError as exc:
-        raise ConfigError(describe_validation_error(exc)) from None
+        raise ConfigError(describe_validation_error(exc, AlertingConfig)) from None
 
 
 def load_alerting_config(settings: Settings) -> AlertingConfig:

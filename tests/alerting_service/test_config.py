@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from pathlib import Path
 
@@ -88,7 +89,11 @@ def test_the_design_documents_example_is_valid() -> None:
         ({"retry": {"horizon": "99999999999d"}}, "retry.horizon: too long: a duration is at most 999999999d"),
         ({"retry": {"horizon": "31d"}}, "retry.horizon: must be at most 30d"),
         ({"retry": {"horizon": "1h", "max_backoff": "2h"}}, "retry: max_backoff must not be longer"),
-        ({"surprise": 1}, "surprise: Extra inputs are not permitted"),
+        ({"surprise": 1}, "the top level: a key there is not a setting"),
+        (
+            {"receivers": [{"name": "x", "email": {"to": ["a@bank.example"], "smarthost": {"host": "h"}}}]},
+            "receivers[0].email.from: Field required",
+        ),
         (
             {
                 "expectations": [
@@ -275,6 +280,96 @@ def test_a_match_value_yaml_reads_as_no_string_is_refused_saying_to_quote_it(
 def test_invalid_yaml_names_the_file_and_line() -> None:
     with pytest.raises(ConfigError, match=r"alerting.yaml: line 2 column \d+ not valid YAML"):
         parse_alerting_config("receivers: []\nroute: receivers: x\n", "alerting.yaml")
+
+
+SMTP_BLOCK = """\
+receivers:
+  - name: oncall-email
+    email:
+      to: [oncall@bank.example]
+      from: af@bank.example
+      smarthost: {host: smtp.bank.example}
+      username: alerts
+      password: PASSWORD
+"""
+
+
+@pytest.mark.parametrize(
+    ("password", "explanation"),
+    [
+        ("*Kx9pQ2smtp", "an unquoted value starting with '*' (read as an alias of an anchor not defined)"),
+        ("!Kx9pQ2smtp", "an unquoted value starting with '!' (read as a tag that YAML does not know)"),
+        ("!Kx9!pQ2smtp", "an unquoted value starting with '!' (read as a tag that YAML does not know)"),
+        (
+            "&Kx9pQ2smtp [&Kx9pQ2smtp x]",
+            "an unquoted value starting with '&' (read as an anchor",
+        ),
+    ],
+)
+def test_a_value_yaml_reads_as_an_alias_anchor_or_tag_is_explained_at_its_line_without_quoting_it(
+    password: str, explanation: str
+) -> None:
+    # PyYAML's own message quoted the name: an unquoted password starting with '*' was printed.
+    with pytest.raises(ConfigError) as raised:
+        parse_alerting_config(SMTP_BLOCK.replace("PASSWORD", password), "alerting.yaml")
+
+    assert re.search(r"alerting.yaml: line 8 column \d+ not valid YAML: ", str(raised.value))
+    assert explanation in str(raised.value)
+    assert "quote the value" in str(raised.value)
+    assert "Kx9" not in str(raised.value)
+
+
+@pytest.mark.parametrize("value", ["!!int Kx9pQ2smtp", "!!bool Kx9pQ2smtp", '!!float ""'])
+def test_a_value_its_explicit_tag_cannot_read_is_a_yaml_error_at_its_line(value: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse_alerting_config(SMTP_BLOCK.replace("PASSWORD", value), "alerting.yaml")
+
+    assert "alerting.yaml: line 8 column 17 not valid YAML: a value that its tag" in str(raised.value)
+    assert "Kx9" not in str(raised.value)
+
+
+@pytest.mark.parametrize("password", ["2026-02-30", "2026-02-28", "2026-02-28 04:00:00"])
+def test_an_unquoted_date_is_read_as_the_text_written(password: str) -> None:
+    # A day that cannot exist stopped the start with a ValueError traceback naming no key.
+    config = parse_alerting_config(SMTP_BLOCK.replace("PASSWORD", password), "alerting.yaml")
+
+    assert config.receivers[0].email.password.get_secret_value() == password
+
+
+def test_an_unknown_key_is_not_shown_but_its_place_and_the_settings_there_are() -> None:
+    # A secret indented one level too deep is read as a key, which the message used to print.
+    whsec = new_whsec()
+    with pytest.raises(ConfigError) as raised:
+        parse({"receivers": [{"name": "w", "webhook": WEBHOOK | {whsec: None}}]})
+
+    assert (
+        "receivers[0].webhook: a key there is not a setting (not shown, in case it is a misplaced value);"
+        " the settings there are: url, url_file, format, secrets," in str(raised.value)
+    )
+    assert whsec not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"retry": {"horizn": "1h"}}, "retry.horizn: not a setting (did you mean 'horizon'?)"),
+        (
+            {"receivers": [{"name": "m", "email": EMAIL | {"usrname": "alerts"}}]},
+            "receivers[0].email.usrname: not a setting (did you mean 'username'?)",
+        ),
+        (
+            {"route": {"routes": [{"recievers": []}]}},
+            "route.routes[0].recievers: not a setting (did you mean",
+        ),
+    ],
+)
+def test_an_unknown_key_resembling_a_setting_is_named_with_the_setting_it_resembles(
+    change: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse(GOOD | change)
+
+    assert message in str(raised.value)
 
 
 def test_a_missing_config_file_names_the_variable(tmp_path: Path) -> None:
