@@ -22,7 +22,7 @@ from datetime import timedelta
 from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import yaml
 from pydantic import (
@@ -205,6 +205,11 @@ class WebhookConfig(_Strict):
             parts = urlsplit(url.get_secret_value().strip())
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise ValueError("must be an http(s) URL with a host")
+            if not _port_is_valid(parts):
+                raise ValueError(
+                    "must be an http(s) URL with a valid port (1-65535); in a user or password,"
+                    " percent-encode '?', '#' and '/'"
+                )
         return url
 
     @field_validator("secrets_file")
@@ -238,6 +243,16 @@ class WebhookConfig(_Strict):
         """scheme://host[:port] only: safe for logs and error messages."""
         parts = urlsplit(self.url.get_secret_value() if self.url else "")
         return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}/<redacted>"
+
+
+def _port_is_valid(parts: SplitResult) -> bool:
+    """No port, or one from 1 to 65535: the sender could connect to no other, and failed every delivery.
+    urllib raises, quoting it, for a port that is no number, which is also what an unencoded '?', '#' or '/'
+    in the password makes of the password's start."""
+    try:
+        return parts.port != 0
+    except ValueError:
+        return False
 
 
 def _check_whsec(secrets: list[str]) -> None:

@@ -242,6 +242,41 @@ def test_smtp_credentials_without_tls_are_accepted_for_a_loopback_relay(host: st
     assert receiver.email.username == "a"
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://hooks.slack.com:8o8o/services/T0k3n/B/X",
+        "https://hooks.slack.com:99999/services/T0k3n/B/X",
+        "https://hooks.slack.com:0/services/T0k3n/B/X",
+        "https://alerts:T0k3n?x@hooks.bank.example/airflow",
+        "https://alerts:T0k3n#x@hooks.bank.example/airflow",
+        "https://alerts:T0k3n/x@hooks.bank.example/airflow",
+    ],
+)
+def test_a_webhook_url_without_a_valid_port_is_refused_naming_the_field_without_the_url(url: str) -> None:
+    # Accepted, it failed every delivery as an internal error, retried for the whole horizon.
+    with pytest.raises(ConfigError) as raised:
+        parse({"receivers": [{"name": "w", "webhook": WEBHOOK | {"url": url}}]})
+
+    assert "receivers[0].webhook.url: must be an http(s) URL with a valid port (1-65535)" in str(raised.value)
+    assert "T0k3n" not in str(raised.value)
+
+
+def test_check_config_refuses_a_webhook_url_file_with_a_bad_port_naming_the_field_without_the_url(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "hook_url").write_text("https://hooks.slack.com:8o8o/services/T0k3n/B/X\n")
+    config_file = tmp_path / "alerting.yaml"
+    webhook = {"url_file": str(tmp_path / "hook_url"), "format": "slack"}
+    config_file.write_text(yaml.safe_dump({"receivers": [{"name": "slack", "webhook": webhook}]}))
+    monkeypatch.setenv("ALERTING_DATA_DIR", str(tmp_path))
+
+    assert main(["check-config", "--config", str(config_file)]) == EX_CONFIG
+    error = capsys.readouterr().err
+    assert "receivers[0].webhook.url_file: must be an http(s) URL with a valid port" in error
+    assert "T0k3n" not in error and "8o8o" not in error
+
+
 def test_secrets_never_appear_in_errors_or_in_the_printed_config() -> None:
     whsec = new_whsec()
     document = {
