@@ -171,7 +171,13 @@ def _ml_api_environment(ml_api: Connection) -> dict[str, str]:
         _require_header_safe(ml_api, "password")
     extra = connection_extra(ml_api)
     tuning = {f"BATCH_ML_{key.upper()}": str(extra[key]) for key in ML_TUNING_EXTRAS if key in extra}
-    return {"BATCH_ML_API_URL": _base_url(ml_api, _http_scheme(ml_api)), **tuning}
+    return {"BATCH_ML_API_URL": http_base_url(ml_api), **tuning}
+
+
+def http_base_url(connection: Connection) -> str:
+    """The base URL of an HTTP service's connection: `host` (a URL or a host name), the scheme of the
+    HttpHook's convention, and `port` (refused when `host` has one too)."""
+    return _base_url(connection, _http_scheme(connection))
 
 
 def _http_scheme(connection: Connection) -> str:

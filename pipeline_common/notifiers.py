@@ -42,7 +42,8 @@ from pipeline_common.alert_events import (
     exception_text,
     fallback_email_html,
 )
-from pipeline_common.connections import is_header_safe
+from pipeline_common.connections import http_base_url, is_header_safe
+from pipeline_common.errors import ConnectionConfigError
 
 if TYPE_CHECKING:
     import jinja2
@@ -83,13 +84,10 @@ class AlertServiceEndpoint:
                 f"connection {connection.conn_id!r}: the password (the ingest API key) holds whitespace at "
                 "an end, a control character (a newline pasted with it?) or a non-ASCII character"
             )
-        base = (
-            connection.host
-            if "://" in connection.host
-            else f"{connection.schema or 'http'}://{connection.host}"
-        )
-        if connection.port:
-            base = f"{base.rstrip('/')}:{connection.port}"
+        try:
+            base = http_base_url(connection)
+        except ConnectionConfigError as error:
+            raise AlertServiceUnavailable(str(error)) from None
         return cls(events_url=base.rstrip("/") + EVENTS_PATH, api_key=connection.password)
 
     @property

@@ -93,6 +93,11 @@ def create_app_from_environment() -> FastAPI:
 def create_app(settings: Settings, *, freeze_heap_once_started: bool = False) -> FastAPI:
     """`freeze_heap_once_started` for an app that owns its process (heap.py), not one among a test's many."""
     config = load_alerting_config(settings)
+    if not config.receivers:
+        log.warning(
+            "no receivers configured (ALERTING_CONFIG_FILE unset, or its YAML has none): events are stored "
+            "and answered 202, but delivered to no one"
+        )
     app = FastAPI(
         title="Airflow alert service",
         version=__version__,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import logging
 import os
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
@@ -16,7 +17,15 @@ from sqlalchemy import make_url, text
 
 from alerting_service.api.app import create_app
 from alerting_service.config import load_settings
-from tests.alerting_service.conftest import API_KEYS, INGEST, Api, SettingsFactory, running_api, samples
+from tests.alerting_service.conftest import (
+    API_KEYS,
+    INGEST,
+    TWO_RECEIVERS,
+    Api,
+    SettingsFactory,
+    running_api,
+    samples,
+)
 from tests.alerting_service.delivery_fixtures import (
     Database,
     _create_postgres_database,
@@ -197,3 +206,23 @@ async def test_every_notification_series_is_exported_before_the_first_notificati
                 "alerting_notification_latency_seconds_bucket",
                 (("integration", integration), ("le", bucket)),
             ) in exposed
+
+
+def test_a_service_without_receivers_warns_at_start_that_it_delivers_to_no_one(
+    make_settings: SettingsFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="alerting_service.api.app")
+
+    create_app(make_settings())
+
+    assert "no receivers configured" in caplog.text
+
+
+def test_a_service_with_receivers_does_not_warn_about_them(
+    make_settings: SettingsFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="alerting_service.api.app")
+
+    create_app(make_settings(routing=TWO_RECEIVERS))
+
+    assert "no receivers configured" not in caplog.text

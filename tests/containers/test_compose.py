@@ -275,6 +275,8 @@ def test_the_alert_service_accepts_the_compose_routing_config(tmp_path):
     config = parse_alerting_config(text, "docker/alerting-service/config.yaml")
 
     assert sorted(receiver.name for receiver in config.receivers) == ["incident-webhook", "oncall-email"]
+    # The dead man's switch: without an expectation, a run killed without callbacks pages nobody.
+    assert [expectation.dag_id for expectation in config.expectations] == ["batch_pipeline_dag"]
 
 
 def test_the_pipeline_settings_of_the_compose_stack_pass_the_dags_validation(resolved):

@@ -14,10 +14,16 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from airflow.sdk import Connection
 from structlog.testing import capture_logs
 
 from pipeline_common.alert_events import EXCEPTION_SUMMARY_LIMIT, EventType
-from pipeline_common.notifiers import AlertServiceNotifier, missed_run_deadline
+from pipeline_common.notifiers import (
+    AlertServiceEndpoint,
+    AlertServiceNotifier,
+    AlertServiceUnavailable,
+    missed_run_deadline,
+)
 from tests.alerting_service.delivery_fixtures import (  # ruff: ignore[unused-import]
     HttpReceiver,
     Reply,
@@ -240,6 +246,50 @@ def test_an_api_key_with_a_trailing_newline_is_refused_by_name_not_sent(
     assert http_receiver.received("/v1/events") == []
     assert "the password (the ingest API key) holds whitespace at an end" in undelivered_reason(logs)
     assert API_KEY not in json.dumps(logs)
+
+
+@pytest.mark.parametrize(
+    ("fields", "events_url"),
+    [
+        ({"host": "alerts.internal", "port": 9095}, "http://alerts.internal:9095/v1/events"),
+        (
+            {"host": "alerts.internal", "port": 443, "schema": "https"},
+            "https://alerts.internal:443/v1/events",
+        ),
+        (
+            {"host": "https://alerts.example/prefix", "port": 8443},
+            "https://alerts.example:8443/prefix/v1/events",
+        ),
+        ({"host": "https://alerts.example:8443/prefix/"}, "https://alerts.example:8443/prefix/v1/events"),
+    ],
+    ids=["host-name", "schema", "url-with-path-and-port-field", "url-with-port"],
+)
+def test_the_events_url_puts_the_port_after_the_host_whatever_form_host_takes(
+    fields: dict[str, Any], events_url: str
+) -> None:
+    connection = Connection(conn_id="alert_service_default", conn_type="http", password=API_KEY, **fields)
+    assert AlertServiceEndpoint.from_connection(connection).events_url == events_url
+
+
+def test_a_port_in_the_host_url_and_in_the_port_field_is_refused_naming_both() -> None:
+    connection = Connection(
+        conn_id="alert_service_default", conn_type="http", host="http://alerts:9095", port=9095, password="k"
+    )
+    with pytest.raises(AlertServiceUnavailable, match="already has a port and field 'port' \\(9095\\)"):
+        AlertServiceEndpoint.from_connection(connection)
+
+
+def test_a_service_behind_a_path_with_a_port_field_is_reached(
+    monkeypatch: pytest.MonkeyPatch, http_receiver: HttpReceiver
+) -> None:
+    host = "http://127.0.0.1/alerts"  # a reverse proxy's prefix, say
+    connection = {"conn_type": "http", "host": host, "port": http_receiver.port, "password": API_KEY}
+    monkeypatch.setenv("AIRFLOW_CONN_ALERT_SERVICE_DEFAULT", json.dumps(connection))
+    http_receiver.script("/alerts/v1/events", Reply(202))
+
+    notifier()(task_context(state="failed"))
+
+    assert len(http_receiver.received("/alerts/v1/events")) == 1
 
 
 def test_a_missing_alert_service_connection_falls_back(
