@@ -186,6 +186,27 @@ class DeliveryList(BaseModel):
     count: int
 
 
+class ReceiverOut(BaseModel):
+    name: str
+    integration: Integration
+    destination: str = Field(
+        description="Where it sends: a webhook URL as scheme://host/<redacted> (URLs carry tokens), or the "
+        "email smarthost as host:port."
+    )
+    disabled_at: datetime | None = Field(
+        description="When the dispatcher disabled it (a 410 Gone); else null."
+    )
+    disabled_reason: str | None
+    unsent: dict[DeliveryStatus, int] = Field(
+        description="Its deliveries not sent, by status (waiting, pending, in_flight, dead); sent ones are "
+        "not counted."
+    )
+
+
+class ReceiverList(BaseModel):
+    data: list[ReceiverOut]
+
+
 class ReceiverEnabled(BaseModel):
     name: str
     was_disabled: bool

@@ -30,7 +30,7 @@ does not read receiver state, which another process may change); the dispatcher 
 from __future__ import annotations
 
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -584,6 +584,25 @@ def disable_receiver(connection: Connection, name: str, *, reason: str, now: dat
             index_elements=[ReceiverState.name], set_={"disabled_at": now, "disabled_reason": reason}
         )
     )
+
+
+async def unsent_by_receiver(session: AsyncSession) -> dict[str, Counter[DeliveryStatus]]:
+    """Per receiver, how many of its deliveries are in each status other than `sent` (the index's status
+    column keeps this off the sent history)."""
+    rows = await session.execute(
+        select(Delivery.receiver, Delivery.status, func.count())
+        .where(Delivery.status != DeliveryStatus.SENT)
+        .group_by(Delivery.receiver, Delivery.status)
+    )
+    unsent: defaultdict[str, Counter[DeliveryStatus]] = defaultdict(Counter)
+    for receiver, status, count in rows:
+        unsent[receiver][DeliveryStatus(status)] = count
+    return unsent
+
+
+async def receiver_states(session: AsyncSession) -> dict[str, ReceiverState]:
+    """The receivers disabled at run time, by name."""
+    return {state.name: state for state in await session.scalars(select(ReceiverState))}
 
 
 async def enable_receiver(session: AsyncSession, name: str) -> bool:

@@ -10,7 +10,7 @@ from sqlalchemy import Connection, update
 
 from alerting_service.models import Delivery, DeliveryStatus
 from alerting_service.store import deliveries as delivery_store
-from tests.alerting_service.conftest import ADMIN, Api, SettingsFactory, running_api, samples
+from tests.alerting_service.conftest import ADMIN, INGEST, Api, SettingsFactory, running_api, samples
 from tests.alerting_service.delivery_fixtures import Database, new_whsec
 
 LEASE = timedelta(seconds=30)
@@ -312,3 +312,31 @@ async def test_a_resolved_notice_in_flight_is_followed_by_a_new_one_behind_the_r
 
     notices = (await api.event(success))["deliveries"]
     assert sorted(d["status"] for d in notices) == ["in_flight", "waiting"]
+
+
+async def test_receivers_are_listed_with_their_destination_state_and_unsent_deliveries(
+    two_receivers: Api,
+) -> None:
+    await dead_letter(two_receivers, "given-up", "client_error")
+    await two_receivers.post_event(idempotency_key="still-pending")
+    await two_receivers.database.write(
+        delivery_store.disable_receiver, "pager", reason="HTTP 410", now=datetime.now(UTC)
+    )
+
+    answer = await two_receivers.client.get("/v1/receivers", headers=ADMIN)
+
+    assert answer.status_code == 200, answer.text
+    hook, pager = answer.json()["data"]
+    assert (hook["name"], hook["integration"], hook["destination"]) == (
+        "hook",
+        "webhook",
+        "http://127.0.0.1:9/<redacted>",
+    )
+    assert (hook["disabled_at"], hook["disabled_reason"]) == (None, None)
+    assert (pager["name"], pager["disabled_reason"]) == ("pager", "HTTP 410")
+    assert pager["disabled_at"] is not None
+    assert hook["unsent"] == pager["unsent"] == {"dead": 1, "pending": 1}
+
+
+async def test_receivers_are_listed_for_the_admin_scope_only(two_receivers: Api) -> None:
+    assert (await two_receivers.client.get("/v1/receivers", headers=INGEST)).status_code == 403

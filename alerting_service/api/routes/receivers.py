@@ -1,4 +1,4 @@
-"""Receivers (admin scope): re-enabling one the dispatcher disabled, replaying its dead letters."""
+"""Receivers (admin scope): their state, re-enabling one the dispatcher disabled, replaying dead letters."""
 
 from __future__ import annotations
 
@@ -16,10 +16,48 @@ from alerting_service.api.deps import (
     ServicesDep,
     SessionDep,
 )
-from alerting_service.schemas import DeadLettersReplayed, ErrorResponse, ReceiverEnabled
+from alerting_service.config import EmailReceiver, WebhookReceiver
+from alerting_service.schemas import (
+    DeadLettersReplayed,
+    ErrorResponse,
+    ReceiverEnabled,
+    ReceiverList,
+    ReceiverOut,
+)
 from alerting_service.store import deliveries as delivery_store
 
 router = APIRouter(prefix="/v1/receivers", tags=["receivers"])
+
+
+@router.get(
+    "",
+    response_model=ReceiverList,
+    responses=AUTH_ERRORS,
+    summary="The configured receivers: where each sends, whether it is disabled, what it has not sent",
+)
+async def list_receivers(_key: AdminKey, session: SessionDep, services: ServicesDep) -> ReceiverList:
+    states = await delivery_store.receiver_states(session)
+    unsent = await delivery_store.unsent_by_receiver(session)
+    return ReceiverList(
+        data=[
+            ReceiverOut(
+                name=receiver.name,
+                integration=receiver.integration,
+                destination=_destination(receiver),
+                disabled_at=states[receiver.name].disabled_at if receiver.name in states else None,
+                disabled_reason=states[receiver.name].disabled_reason if receiver.name in states else None,
+                unsent=dict(unsent.get(receiver.name, {})),
+            )
+            for receiver in services.config.receivers
+        ]
+    )
+
+
+def _destination(receiver: EmailReceiver | WebhookReceiver) -> str:
+    if isinstance(receiver, WebhookReceiver):
+        return receiver.webhook.redacted_url
+    smarthost = receiver.email.smarthost
+    return f"{smarthost.host}:{smarthost.port}"
 
 
 @router.post(
