@@ -129,14 +129,19 @@ async def test_a_429_retry_after_is_waited_for(database: Database, http_receiver
 async def test_a_retry_after_beyond_the_horizon_is_retried_at_the_horizon(
     database: Database, http_receiver: HttpReceiver
 ) -> None:
+    horizon = timedelta(seconds=1)
     http_receiver.script("/hook", Reply(429, {"Retry-After": "300000000000"}))
     webhook = http_receiver.receiver("/hook")
-    async with dispatching(database, webhook, horizon=timedelta(seconds=1)):
+    async with dispatching(database, webhook, horizon=horizon):
         [delivery_id] = await database.add_event(webhook)
         # Before its lease (25 s) ends: the 429 was recorded as a retry, not lost with the delivery in flight.
         await database.until_status(delivery_id, DeliveryStatus.SENT)
 
+    delivery = await database.delivery(delivery_id)
     assert len(http_receiver.received("/hook")) == 2
+    # Scheduled at the horizon's end, not after its own backoff (milliseconds), and not tried before it.
+    assert delivery.next_attempt_at == delivery.horizon_starts_at + horizon
+    assert delivery.last_attempt_at is not None and delivery.last_attempt_at >= delivery.next_attempt_at
 
 
 async def test_a_410_disables_the_receiver_and_dead_letters_the_delivery(
