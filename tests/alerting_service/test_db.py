@@ -18,17 +18,37 @@ from alerting_service.db import create_engine, create_schema
 from alerting_service.store.writer import Writer, sync_url
 from tests.alerting_service.delivery_fixtures import database_url
 
+DURABILITY_PRAGMAS = ("journal_mode", "synchronous", "busy_timeout")
 
-async def test_sqlite_runs_in_wal_mode_with_full_sync_and_a_busy_timeout(tmp_path: Path) -> None:
+
+async def test_the_api_engines_sqlite_connection_runs_in_wal_mode_with_full_sync_and_a_busy_timeout(
+    tmp_path: Path,
+) -> None:
     engine = create_engine(load_settings(data_dir=tmp_path))
     try:
         async with engine.connect() as connection:
             pragmas = [
-                (await connection.execute(text(f"PRAGMA {name}"))).scalar()
-                for name in ("journal_mode", "synchronous", "busy_timeout")
+                (await connection.execute(text(f"PRAGMA {name}"))).scalar() for name in DURABILITY_PRAGMAS
             ]
     finally:
         await engine.dispose()
+
+    assert pragmas == ["wal", 2, 10_000]  # synchronous 2 = FULL
+
+
+def _pragmas(connection: Connection) -> list[object]:
+    return [connection.execute(text(f"PRAGMA {name}")).scalar() for name in DURABILITY_PRAGMAS]
+
+
+async def test_the_writers_sqlite_connection_runs_in_wal_mode_with_full_sync_and_a_busy_timeout(
+    tmp_path: Path,
+) -> None:
+    # The connection that commits every event before its 202, not the API's engine.
+    writer = Writer(load_settings(data_dir=tmp_path))
+    try:
+        pragmas = await writer.transaction(_pragmas)
+    finally:
+        writer.close()
 
     assert pragmas == ["wal", 2, 10_000]  # synchronous 2 = FULL
 
