@@ -72,12 +72,18 @@ async def test_a_failed_delivery_is_logged_with_its_receiver_reason_and_error(
     assert "HTTP 500" in line
 
 
+EVENTS = 300
+
+
 @pytest.mark.postgres
 async def test_several_workers_on_postgresql_deliver_each_notification_exactly_once(
     start_service: StartService, http_receiver: HttpReceiver, tmp_path: Path
 ) -> None:
+    # One send slot: a worker has room for 9 claimed deliveries and claims again as soon as 2 are sent, so
+    # the three workers claim a few at a time, over and over, from the same oldest due deliveries.
+    webhook = http_receiver.receiver("/hook", max_concurrency=1)
     config_file = tmp_path / "alerting.yaml"
-    config_file.write_text(yaml.safe_dump(service_routing(http_receiver.receiver("/hook"))), encoding="utf-8")
+    config_file.write_text(yaml.safe_dump(service_routing(webhook)), encoding="utf-8")
     async with database_url("postgresql", tmp_path) as url:
         settings = load_settings(
             database_url=url,
@@ -88,19 +94,20 @@ async def test_several_workers_on_postgresql_deliver_each_notification_exactly_o
         )
         service = start_service(settings)
         await service.until_ready()
+        # Committed before the workers start: all three begin on the same backlog at once.
+        acknowledged = await post_failure_events(service.url, EVENTS)
         workers = [start_service(settings, "worker") for _ in range(3)]
         for worker in workers:  # all three compete for the deliveries, and each can stop gracefully
             await worker.until_logged("worker started")
-        acknowledged = await post_failure_events(service.url, 60)
         await eventually(
-            lambda: set(acknowledged) <= set(delivered_event_ids(http_receiver.received("/hook"))), within=30
+            lambda: set(acknowledged) <= set(delivered_event_ids(http_receiver.received("/hook"))), within=60
         )
         worker_exit_codes = [worker.stop() for worker in workers]
         service.stop()
 
     assert worker_exit_codes == [0, 0, 0]
     by_webhook_id = Counter(receipt.headers["webhook-id"] for receipt in http_receiver.received("/hook"))
-    assert len(by_webhook_id) == 60
+    assert len(by_webhook_id) == EVENTS
     assert set(by_webhook_id.values()) == {1}
 
 
