@@ -138,27 +138,6 @@ async def test_concurrent_claims_never_take_the_same_delivery(
     assert sorted(taken) == sorted(ids)
 
 
-async def test_an_outcome_after_the_lease_was_taken_over_is_not_recorded(
-    database: Database, smtp_server: SmtpServer
-) -> None:
-    [delivery_id] = await pending(database, smtp_server, 1)
-    now = datetime.now(UTC)
-    await claim(database, now)
-    await database.write(
-        delivery_store.mark_retry,
-        delivery_id,
-        lease_until=now + LEASE,
-        next_attempt_at=now,
-        reason="timeout",
-        error="timed out",
-    )
-
-    recorded = await database.write(delivery_store.record_outcomes, [sent(delivery_id, now + LEASE)], now=now)
-
-    assert recorded == set()
-    assert (await database.delivery(delivery_id)).status == DeliveryStatus.PENDING
-
-
 def sent(delivery_id: str, lease_until: datetime) -> delivery_store.Outcome:
     return delivery_store.Outcome(delivery_id, lease_until, DeliveryStatus.SENT)
 
@@ -185,6 +164,30 @@ async def test_an_outcome_under_an_expired_lease_does_not_undo_the_claim_that_fo
     assert recorded == set()
     delivery = await database.delivery(delivery_id)
     assert (delivery.status, delivery.lease_until) == (DeliveryStatus.IN_FLIGHT, second_lease)
+
+
+async def test_a_retry_under_an_expired_lease_does_not_undo_the_claim_that_followed(
+    database: Database, smtp_server: SmtpServer
+) -> None:
+    delivery_id, first_lease, second_lease = await reclaimed(database, smtp_server)
+    retry = delivery_store.Outcome(
+        delivery_id,
+        first_lease,
+        DeliveryStatus.PENDING,
+        reason="timeout",
+        error="timed out",
+        next_attempt_at=second_lease + timedelta(minutes=5),
+    )
+
+    recorded = await database.write(delivery_store.record_outcomes, [retry], now=first_lease)
+
+    assert recorded == set()
+    delivery = await database.delivery(delivery_id)
+    assert (delivery.status, delivery.lease_until, delivery.last_error) == (
+        DeliveryStatus.IN_FLIGHT,
+        second_lease,
+        None,
+    )
 
 
 async def test_a_hand_back_under_an_expired_lease_does_not_undo_the_claim_that_followed(
