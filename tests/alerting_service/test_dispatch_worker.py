@@ -1,6 +1,7 @@
 """The dispatcher in-process, against the real database (SQLite and PostgreSQL) and real peers on loopback."""
 
 import asyncio
+import itertools
 import json
 import logging
 import threading
@@ -44,11 +45,13 @@ async def dispatching(
     *receivers: Receiver,
     horizon: timedelta = timedelta(hours=1),
     tuning: DispatchTuning = FAST,
+    backoff: tuple[timedelta, timedelta] = (10 * MS, 50 * MS),
 ) -> AsyncGenerator[Dispatcher]:
-    """A running dispatcher with millisecond backoffs; stopped gracefully on exit."""
+    """A running dispatcher with millisecond backoffs (initial, max); stopped gracefully on exit."""
+    initial_backoff, max_backoff = backoff
     config = AlertingConfig(
         receivers=list(receivers),
-        retry=RetryConfig(initial_backoff=10 * MS, max_backoff=50 * MS, horizon=horizon),
+        retry=RetryConfig(initial_backoff=initial_backoff, max_backoff=max_backoff, horizon=horizon),
     )
     async with database.writer() as writer, running(Dispatcher(writer, config, tuning)) as dispatcher:
         yield dispatcher
@@ -113,6 +116,26 @@ async def test_an_smtp_server_that_was_down_gets_the_mail_once_it_is_back(
         await database.until_status(delivery_id, DeliveryStatus.SENT)
 
     assert len(smtp_server.mails) == 1
+
+
+async def test_successive_failures_of_a_delivery_are_retried_after_growing_waits(
+    database: Database, http_receiver: HttpReceiver
+) -> None:
+    http_receiver.script("/hook", *[Reply(500)] * 4)
+    webhook = http_receiver.receiver("/hook")
+    initial = 100 * MS  # long beside a send on loopback, so the waits are the backoffs
+    async with dispatching(database, webhook, backoff=(initial, 10 * initial)):
+        [delivery_id] = await database.add_event(webhook)
+        await database.until_status(delivery_id, DeliveryStatus.SENT)
+
+    receipts = http_receiver.received("/hook")
+    waits = [later.at - earlier.at for earlier, later in itertools.pairwise(receipts)]
+    # After the n-th failure the backoff is initial * 2^(n-1), and the jitter keeps at least half of it: the
+    # last wait is at least 0.4 s, when a backoff that did not grow would be at most 0.1 s.
+    least = [(initial * 2**n / 2).total_seconds() for n in range(4)]
+    assert len(waits) == 4
+    too_short = [(wait, bound) for wait, bound in zip(waits, least, strict=True) if wait < bound]
+    assert too_short == []
 
 
 async def test_a_429_retry_after_is_waited_for(database: Database, http_receiver: HttpReceiver) -> None:
