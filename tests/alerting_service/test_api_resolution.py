@@ -130,6 +130,18 @@ async def test_a_muted_failure_is_resolved_without_a_resolved_notice(api: Api) -
     assert targets(await api.event(success)) == []
 
 
+async def test_a_muted_success_closes_a_notified_failure_without_a_resolved_notice(api: Api) -> None:
+    failure = await post(api, "f", "task_failure", task_id="load")  # not muted: notified to both receivers
+    silence = {"matchers": [{"name": "type", "value": "task_success"}], "ends_at": "2999-01-01T00:00:00Z"}
+    assert (await api.client.post("/v1/silences", json=silence, headers=ADMIN)).status_code == 201
+
+    success = await post(api, "s", "task_success", task_id="load")
+
+    assert targets(await api.event(failure)) == [("hook", "firing"), ("mail", "firing")]
+    assert (await api.event(failure))["resolved_by"] == success
+    assert targets(await api.event(success)) == []
+
+
 async def test_a_resolved_notice_is_stored_waiting_while_the_failures_notice_is_unsent(api: Api) -> None:
     await post(api, "f", "task_failure", task_id="load")  # its notices stay pending: no dispatcher here
 
