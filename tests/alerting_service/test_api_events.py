@@ -14,7 +14,7 @@ import pytest
 from alerting_service.api.app import create_app
 from alerting_service.config import load_settings
 from tests.alerting_service.conftest import ADMIN, API_KEYS, INGEST, Api, SettingsFactory, running_api
-from tests.alerting_service.delivery_fixtures import Database, new_whsec
+from tests.alerting_service.delivery_fixtures import Database, eventually, new_whsec
 
 ROUTING = {
     "receivers": [
@@ -312,27 +312,42 @@ async def test_an_unknown_event_id_is_a_404(api: Api) -> None:
 async def test_events_beyond_the_queue_limit_are_refused_at_once_while_the_database_is_stuck(
     tmp_path: Path,
 ) -> None:
-    settings = load_settings(data_dir=tmp_path, api_keys=API_KEYS, run_dispatcher=False, ingest_queue_max=5)
+    queue_max = 5
+    settings = load_settings(
+        data_dir=tmp_path,
+        api_keys=API_KEYS,
+        run_dispatcher=False,
+        ingest_queue_max=queue_max,
+        writer_stall_seconds=0.2,  # /readyz says when the writer is stuck
+    )
     app = create_app(settings)
     transport = httpx.ASGITransport(app=app)
     async with (
         app.router.lifespan_context(app),
         httpx.AsyncClient(transport=transport, base_url="http://t") as client,
     ):
-        blocker = sqlite3.connect(tmp_path / "alerts.db")
-        blocker.execute("BEGIN IMMEDIATE")  # another writer holds the database
-        posting = asyncio.gather(
-            *(
-                client.post("/v1/events", json=VALID | {"idempotency_key": f"q{n}"}, headers=INGEST)
-                for n in range(30)
-            )
-        )
-        await asyncio.sleep(0.5)
-        blocker.rollback()
-        answers = await posting
-        stored = (await client.get("/v1/events", headers=ADMIN)).json()["count"]
-        blocker.close()
 
-    refused = [answer for answer in answers if answer.status_code == 503]
-    assert refused and all("overloaded" in answer.json()["detail"] for answer in refused)
-    assert stored == sum(answer.status_code == 202 for answer in answers) == 30 - len(refused)
+        def post(key: str) -> asyncio.Task[httpx.Response]:
+            body = VALID | {"idempotency_key": key}
+            return asyncio.create_task(client.post("/v1/events", json=body, headers=INGEST))
+
+        async def writer_stuck() -> bool:
+            return (await client.get("/readyz")).json()["writer"] is False
+
+        blocker = sqlite3.connect(tmp_path / "alerts.db")
+        try:
+            blocker.execute("BEGIN IMMEDIATE")  # another writer holds the database
+            first = post("first")
+            await eventually(writer_stuck)  # on the first event's transaction: none is queued
+            posting = [post(f"q{n}") for n in range(30)]
+            # `queue_max` of them queue behind the first; every other one is answered without waiting.
+            await eventually(lambda: sum(task.done() for task in posting) == 30 - queue_max)
+            answered_while_stuck = [task.result() for task in posting if task.done()]
+        finally:
+            blocker.close()  # rolled back: the database is free again
+        answers = [await first, *await asyncio.gather(*posting)]
+        stored = (await client.get("/v1/events", headers=ADMIN)).json()["count"]
+
+    assert all(answer.status_code == 503 for answer in answered_while_stuck)
+    assert all("overloaded" in answer.json()["detail"] for answer in answered_while_stuck)
+    assert stored == sum(answer.status_code == 202 for answer in answers) == 1 + queue_max
