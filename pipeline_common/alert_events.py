@@ -94,8 +94,15 @@ class AlertEvent:
     def headline(self) -> str:
         """One line naming what happened, used as the fallback email's subject and the log line."""
         where = f"{self.dag_id}.{self.task_id}" if self.task_id else self.dag_id
-        tries = f" (try {self.try_number} of {self.max_tries})" if self.try_number and self.max_tries else ""
-        return f"[{self.severity}] {self.type} {where}{tries}"
+        return f"[{self.severity}] {self.type} {where}{self._tries}"
+
+    @property
+    def _tries(self) -> str:
+        """` (try 2 of 4)`; a failure before its last try, failed at once by the retry policy, says so."""
+        if not (self.try_number and self.max_tries):
+            return ""
+        final_early = self.type == EventType.TASK_FAILURE and self.try_number < self.max_tries
+        return f" (try {self.try_number} of {self.max_tries}{', not retried' if final_early else ''})"
 
 
 def infer_event_type(context: Mapping[str, Any]) -> EventType:

@@ -85,6 +85,17 @@ class AlertEvent:
     next_retry_at: datetime | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
 
+    @property
+    def tries(self) -> str | None:
+        """`try 2 of 4`. A failure before its last try says so: a retry policy failed it at once (invalid
+        input, bad configuration), and "try 1 of 4" alone reads as if three more were coming."""
+        if not self.try_number:
+            return None
+        text = f"try {self.try_number} of {self.max_tries}" if self.max_tries else f"try {self.try_number}"
+        if self.type == "task_failure" and self.max_tries and self.try_number < self.max_tries:
+            text += ", not retried"
+        return text
+
     def as_json(self) -> dict[str, Any]:
         """The event as JSON-ready values (datetimes in ISO 8601 UTC)."""
         return {

@@ -181,3 +181,24 @@ async def test_starttls_is_never_skipped_when_the_server_does_not_offer_it(smtp_
         await EmailNotifier().send(notification_for(smtp_server.receiver(tls="starttls")))
     assert caught.value.retryable
     assert smtp_server.mails == []
+
+
+async def test_a_failure_before_its_last_try_says_in_the_subject_it_was_not_retried(
+    smtp_server: SmtpServer,
+) -> None:
+    # A retry policy fails invalid input at once: "try 1 of 4" alone reads as if three more were coming.
+    await EmailNotifier().send(notification_for(smtp_server.receiver(), failure_event(try_number=1)))
+
+    assert "(try 1 of 4, not retried)" in smtp_server.mails[0].message["Subject"]
+
+
+@pytest.mark.parametrize(
+    ("event_type", "try_number"), [("task_retry", 1), ("task_failure", 4)], ids=["retry", "last-try"]
+)
+async def test_a_retry_or_a_failure_at_the_last_try_names_only_the_try(
+    smtp_server: SmtpServer, event_type: str, try_number: int
+) -> None:
+    event = failure_event(type=event_type, try_number=try_number)
+    await EmailNotifier().send(notification_for(smtp_server.receiver(), event))
+
+    assert f"(try {try_number} of 4)" in smtp_server.mails[0].message["Subject"]

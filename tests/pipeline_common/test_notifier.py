@@ -147,12 +147,12 @@ def test_a_refusal_by_the_service_falls_back_to_email(
     set_smtp(monkeypatch, smtp_server)
     service.script("/v1/events", Reply(status))
 
-    notifier()(task_context(state="failed"))
+    notifier()(task_context(state="failed", try_number=4))
 
     (mail,) = smtp_server.mails
     assert mail.recipients == [FALLBACK_TO]
     assert (
-        mail.message["Subject"] == "[error] task_failure batch_pipeline_dag.run_batch_processing (try 2 of 4)"
+        mail.message["Subject"] == "[error] task_failure batch_pipeline_dag.run_batch_processing (try 4 of 4)"
     )
     assert "ConnectionError: ml-api:8000 refused" in mail.part("text/html")
 

@@ -138,6 +138,13 @@ def test_the_final_failure_says_try_n_of_n_and_has_no_next_retry() -> None:
     assert "(try 4 of 4)" in event.headline
 
 
+def test_a_failure_before_the_last_try_says_it_was_not_retried() -> None:
+    # The retry policy fails invalid input at once: "try 1 of 4" alone reads as if three more were coming.
+    event = event_for(task_context(state="failed", try_number=1))
+
+    assert event.headline.endswith("(try 1 of 4, not retried)")
+
+
 @pytest.mark.parametrize(
     ("context", "alarm"),
     [
