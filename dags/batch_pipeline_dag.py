@@ -9,7 +9,7 @@ from airflow.sdk import Param, dag
 from pipeline_common.batch_job_operators import run_batch_processing
 from pipeline_common.defaults import alert_notifier, default_args, run_deadline
 from pipeline_common.environment import prepare_environment
-from pipeline_common.run_date import RUN_DATE_PARAM
+from pipeline_common.run_date import RUN_DATE_PARAM, business_date_label
 from pipeline_common.settings import load_settings
 
 DAG_ID = "batch_pipeline_dag"
@@ -17,7 +17,7 @@ SCHEDULE = "0 2 * * *"  # 02:00 UTC daily; each run processes the previous UTC d
 START_DATE = datetime(2026, 1, 1, tzinfo=UTC)
 TAGS = ["batch", "transactions", "fraud-scoring", "data-engineering"]
 SETTINGS = load_settings()
-ALERTS = alert_notifier()
+ALERTS = alert_notifier(context_labels=business_date_label)  # alerts name the date the run processes
 
 DOC_MD = """
 ### Daily batch transaction pipeline
@@ -59,7 +59,7 @@ See docs/dags.md.
     start_date=START_DATE,
     catchup=False,
     max_active_runs=1,
-    default_args=default_args(SETTINGS),
+    default_args=default_args(SETTINGS, ALERTS),
     on_failure_callback=ALERTS,
     on_success_callback=ALERTS,
     deadline=run_deadline(SETTINGS),

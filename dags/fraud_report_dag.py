@@ -40,7 +40,7 @@ event triggers a new report. A manual run of this DAG has no event and is skippe
     start_date=START_DATE,
     catchup=False,
     max_active_runs=1,
-    default_args=default_args(SETTINGS),
+    default_args=default_args(SETTINGS, ALERTS),
     on_failure_callback=ALERTS,
     on_success_callback=ALERTS,
     tags=TAGS,

@@ -7,13 +7,17 @@ that has not finished in time (Deadline Alert).
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import DeadlineAlert, ExceptionRetryPolicy, RetryAction, RetryRule
 
 from pipeline_common.errors import RetryCannotHelp
 from pipeline_common.notifiers import AlertServiceNotifier, missed_run_deadline
 from pipeline_common.settings import PipelineSettings
+
+if TYPE_CHECKING:
+    from airflow.sdk.definitions.context import Context
 
 OWNER = "data-engineering"
 RETRIES = 3
@@ -31,8 +35,8 @@ RETRY_POLICY = ExceptionRetryPolicy(
 )
 
 
-def default_args(settings: PipelineSettings) -> dict[str, Any]:
-    alerts = alert_notifier()
+def default_args(settings: PipelineSettings, alerts: AlertServiceNotifier) -> dict[str, Any]:
+    """`alerts`: the DAG's notifier (`alert_notifier`), for its tasks' retries, failures and successes."""
     return {
         "owner": OWNER,
         "depends_on_past": False,
@@ -48,10 +52,13 @@ def default_args(settings: PipelineSettings) -> dict[str, Any]:
     }
 
 
-def alert_notifier() -> AlertServiceNotifier:
+def alert_notifier(
+    context_labels: Callable[[Context], Mapping[str, str]] | None = None,
+) -> AlertServiceNotifier:
     """The pipeline's notifier; as a DAG's on_success_callback it also resolves the run's alerts and feeds
-    the service's dead man's switch (a day without dag_run_success is an alert)."""
-    return AlertServiceNotifier(labels=ALERT_LABELS)
+    the service's dead man's switch (a day without dag_run_success is an alert). `context_labels`: see
+    AlertServiceNotifier."""
+    return AlertServiceNotifier(labels=ALERT_LABELS, context_labels=context_labels)
 
 
 def run_deadline(settings: PipelineSettings) -> DeadlineAlert | None:

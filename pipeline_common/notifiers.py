@@ -105,7 +105,8 @@ class AlertServiceNotifier(BaseNotifier):
 
     As a task or DAG callback: `on_failure_callback=AlertServiceNotifier(labels={"team": "data"})`; the event
     type comes from the context (retry, failure, success, DAG run failure/success) unless `event_type`
-    is given.
+    is given; `context_labels(context)` adds labels worked out from the callback's context (the business
+    date a run processes, say).
     As a Deadline Alert: `missed_run_deadline(timedelta(minutes=90))` (runs `async_notify` in the triggerer).
     """
 
@@ -122,6 +123,7 @@ class AlertServiceNotifier(BaseNotifier):
         smtp_conn_id: str = DEFAULT_SMTP_CONN_ID,
         fallback_to: str | list[str] | None = None,
         fallback_timeout: float = DEFAULT_FALLBACK_TIMEOUT_SECONDS,
+        context_labels: Callable[[Context], Mapping[str, str]] | None = None,
         context: Context | None = None,
     ) -> None:
         # `context`: how the triggerer hands a Deadline Alert's context to the notifier class it instantiates.
@@ -134,6 +136,7 @@ class AlertServiceNotifier(BaseNotifier):
         self.smtp_conn_id = smtp_conn_id
         self.fallback_to = fallback_to
         self.fallback_timeout = fallback_timeout
+        self.context_labels = context_labels
         _check_bounds(timeout, fallback_timeout)
 
     # --- Airflow's entry points -----------------------------------------------------------------------------
@@ -185,13 +188,23 @@ class AlertServiceNotifier(BaseNotifier):
                 _with_exception_redacted(context),
                 event_type=self.event_type,
                 severity=self.severity,
-                labels=self.labels,
+                labels={**self.labels, **self._labels_from(context)},
                 api_base_url=conf.get("api", "base_url", fallback="http://localhost:8080/"),
             )
         except Exception:
             self.log.exception("No alert sent: the event could not be built from the callback context")
             return None
         return event
+
+    def _labels_from(self, context: Context) -> Mapping[str, str]:
+        """`context_labels`' labels; none if it fails: a label must not cost the alert."""
+        if self.context_labels is None:
+            return {}
+        try:
+            return self.context_labels(context)
+        except Exception:
+            self.log.exception("Labels from the callback context failed; the alert goes without them")
+            return {}
 
     # --- the attempt ------------------------------------------------------------------------------------
 

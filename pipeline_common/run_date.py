@@ -10,11 +10,14 @@ trigger, not that date); else the day before `run_after`, when it was triggered.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 from pipeline_common.errors import PipelineConfigError
 
 RUN_DATE_PARAM = "run_date"
+BUSINESS_DATE_LABEL = "business_date"
 BACKFILL_RUN_TYPE = "backfill"  # DagRunType.BACKFILL's value: the Task SDK gives the run type as that enum
 _ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
@@ -35,6 +38,21 @@ def business_date(*, logical_date: datetime | None, run_after: datetime, run_dat
         logical_date=logical_date, run_after=run_after, run_date_param=run_date_param
     )
     return day
+
+
+def business_date_label(context: Mapping[str, Any]) -> dict[str, str]:
+    """The label `business_date` of the pipeline's alerts: the date the run processes, which the operator
+    needs to re-run it and which the event's logical date (the next day, for a scheduled run) is not. None
+    when the context has no run (a DAG callback given only the run's id)."""
+    dag_run = context.get("dag_run")
+    if dag_run is None:
+        return {}
+    day = business_date(
+        logical_date=context.get("logical_date"),
+        run_after=dag_run.run_after,
+        run_date_param=(context.get("params") or {}).get(RUN_DATE_PARAM),
+    )
+    return {BUSINESS_DATE_LABEL: day.isoformat()}
 
 
 def refuse_run_date_on_backfill(*, run_type: str, run_date_param: str | None) -> None:

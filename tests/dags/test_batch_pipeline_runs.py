@@ -280,6 +280,27 @@ def test_invalid_input_data_fails_after_exactly_one_try(fresh_dags, landing, air
     assert "the batch job exited with code 65" in capfd.readouterr().out
 
 
+def test_the_alerts_of_a_failed_run_name_its_business_date(fresh_dags, landing, tmp_path, capfd):
+    # No alert service here: the notifier logs each event it could not deliver, as JSON.
+    day = date(2026, 1, 19)
+    malformed = tmp_path / "transactions.csv"
+    malformed.write_text("transaction_id;amount\nt-1;12.50\n", encoding="utf-8")
+    landing.put_file(day, malformed)
+
+    assert run_for_date(fresh_dags, day).state == "failed"
+
+    logged = [
+        json.JSONDecoder().raw_decode(line[line.index("{") :])[0]  # the log line goes on after the JSON
+        for line in capfd.readouterr().out.splitlines()
+        if "ALERT NOT DELIVERED" in line
+    ]
+    failures = {event["type"]: event["labels"] for event in logged if event["type"].endswith("failure")}
+    assert failures == {
+        "task_failure": {"team": "data-engineering", "business_date": "2026-01-19"},
+        "dag_run_failure": {"team": "data-engineering", "business_date": "2026-01-19"},
+    }
+
+
 def test_a_missing_connection_fails_the_first_task_at_once_naming_it(
     fresh_dags, airflow_db, monkeypatch, capfd
 ):

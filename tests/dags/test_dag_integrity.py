@@ -16,6 +16,7 @@ from pipeline_common.errors import (
     ConnectionConfigError,
     batch_job_failure,
 )
+from pipeline_common.run_date import business_date_label
 from pipeline_common.settings import DEFAULT_IMAGE
 from tests.dags.conftest import DAGS_FOLDER
 
@@ -112,6 +113,16 @@ def test_the_retry_policy_fails_at_once_only_what_retrying_cannot_fix(dags, erro
 def test_exit_65_is_an_input_error_and_exit_1_a_retryable_failure():
     assert isinstance(batch_job_failure(65), BatchJobRejectedInput)
     assert type(batch_job_failure(1)) is BatchJobFailed
+
+
+def test_the_pipelines_alerts_carry_the_business_date_its_run_processes(dags):
+    dag = dags[PRODUCER]
+    names = ("on_retry_callback", "on_failure_callback", "on_success_callback")
+    callbacks = [dag.on_failure_callback, dag.on_success_callback]
+    callbacks += [getattr(task, name) for task in dag.tasks for name in names]
+    notifiers = [one for found in callbacks for one in (found if isinstance(found, list) else [found])]
+    assert len(notifiers) == 2 + 3 * len(dag.tasks)
+    assert {notifier.context_labels for notifier in notifiers} == {business_date_label}
 
 
 def test_the_batch_job_reads_the_incoming_prefix_and_emits_scored_transactions(dags):

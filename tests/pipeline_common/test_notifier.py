@@ -372,6 +372,29 @@ def test_templated_labels_are_rendered_from_the_context(service: HttpReceiver) -
     assert posted_bodies(service)[0]["labels"] == {"business_date": "2026-01-14"}
 
 
+def test_labels_worked_out_from_the_context_join_the_notifiers_labels(service: HttpReceiver) -> None:
+    service.script("/v1/events", Reply(202))
+
+    notifier(labels={"team": "data"}, context_labels=lambda context: {"business_date": "2026-01-14"})(
+        task_context(state="failed")
+    )
+
+    assert posted_bodies(service)[0]["labels"] == {"team": "data", "business_date": "2026-01-14"}
+
+
+def test_labels_that_cannot_be_worked_out_do_not_cost_the_alert(service: HttpReceiver) -> None:
+    service.script("/v1/events", Reply(202))
+
+    def broken(context: Any) -> dict[str, str]:
+        raise KeyError("dag_run")
+
+    with capture_logs() as logs:
+        notifier(labels={"team": "data"}, context_labels=broken)(task_context(state="failed"))
+
+    assert posted_bodies(service)[0]["labels"] == {"team": "data"}
+    assert any("the alert goes without them" in entry["event"] for entry in logs)
+
+
 def test_a_secret_airflow_knows_is_masked_in_the_exception(service: HttpReceiver) -> None:
     from airflow.sdk.log import mask_secret
 

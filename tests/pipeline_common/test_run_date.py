@@ -11,7 +11,7 @@ from airflow.sdk.api.datamodels._generated import DagRunType
 
 from pipeline_common.environment import environment_for_run
 from pipeline_common.errors import PipelineConfigError
-from pipeline_common.run_date import business_date, parse_run_date
+from pipeline_common.run_date import business_date, business_date_label, parse_run_date
 
 RUN_AFTER = datetime(2026, 3, 10, 9, 30, tzinfo=UTC)
 
@@ -109,3 +109,26 @@ def test_a_run_date_param_on_a_backfill_run_is_refused(embedded_connections):
 def test_a_backfill_run_processes_the_day_before_its_logical_date(embedded_connections):
     context = run_context("backfill", datetime(2026, 1, 12, 2, tzinfo=UTC))
     assert environment_for_run(context) == {"BATCH_RUN_DATE": "2026-01-11"}
+
+
+@pytest.mark.parametrize(
+    ("context", "label"),
+    [
+        (
+            {
+                "dag_run": SimpleNamespace(run_after=datetime(2026, 1, 15, 2, tzinfo=UTC)),
+                "logical_date": datetime(2026, 1, 15, 2, tzinfo=UTC),
+                "params": {"run_date": None},
+            },
+            {"business_date": "2026-01-14"},
+        ),
+        (
+            {"dag_run": SimpleNamespace(run_after=RUN_AFTER), "params": {"run_date": "2025-12-31"}},
+            {"business_date": "2025-12-31"},
+        ),
+        ({"dag": object(), "run_id": "r", "reason": "task_failure"}, {}),
+    ],
+    ids=["scheduled-run", "run-date-param", "no-run-in-the-context"],
+)
+def test_the_alerts_business_date_label_is_the_date_the_run_processes(context, label):
+    assert business_date_label(context) == label

@@ -44,7 +44,7 @@ def alerting_dag(dag_id: str, **dag_options: Any) -> Any:
         start_date=datetime(2026, 1, 1),
         catchup=False,
         tags=["alert-tests"],
-        default_args=default_args(load_settings())
+        default_args=default_args(load_settings(), notifier)
         | {
             "on_retry_callback": bracketed,
             "on_failure_callback": bracketed,
