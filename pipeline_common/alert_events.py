@@ -277,7 +277,11 @@ def _dag_run_fields(context: Mapping[str, Any], kind: EventType, api_base_url: s
 def _dag_run_failure_summary(context: Mapping[str, Any], failed_task: Any) -> str | None:
     if failed_task is None:
         return None
-    return summarize_exception(f"{context['reason']} at task {failed_task.task_id}")
+    # The run's alert has no exception of its own: it points the on-call operator at the one that has.
+    return summarize_exception(
+        f"{context['reason']} at task {failed_task.task_id}: the cause is in that task's task_failure alert "
+        "and log"
+    )
 
 
 def _deadline_fields(context: Mapping[str, Any], api_base_url: str) -> dict[str, Any]:

@@ -1,10 +1,11 @@
 """`AlertServiceNotifier`: Airflow callbacks and Deadline Alerts -> the alert service, never holding a task.
 
 An Airflow callback fires once and nothing re-sends it, so the notifier makes one short attempt and, when
-the alert service does not accept the event, falls back at once: the event goes to the task log at ERROR level
-and, when the `smtp_default` connection and a recipient are configured, straight to an inbox through the SMTP
-provider. Only alarms are emailed (failures and missed deadlines); a retry or a success during an outage is
-logged, not mailed to a person who would get one email per task.
+the alert service does not accept the event, falls back at once: the event goes to the task log (at ERROR
+level for an alarm, WARNING for a retry or a success) and, when the `smtp_default` connection and a
+recipient are configured, straight to an inbox through the SMTP provider. Only alarms are emailed (failures
+and missed deadlines); a retry or a success during an outage is logged, not mailed to a person who would get
+one email per task.
 
 Bounds. Airflow kills a task callback after 20 s (`[core] task_success_overtime`) and a DAG callback that
 hangs can take other callbacks of its file down with it, so the attempt (`timeout`) and the fallback email
@@ -234,7 +235,9 @@ class AlertServiceNotifier(BaseNotifier):
     # --- the fallback -----------------------------------------------------------------------------------
 
     def _log_fallback(self, event: AlertEvent, error: BaseException) -> None:
-        self.log.error(
+        # A warning for a retry or a success: the first ERROR of a failed run's log is then its failure's.
+        log = self.log.error if event.is_alarm else self.log.warning
+        log(
             "ALERT NOT DELIVERED to the alert service (%s); the event follows: %s %s",
             _describe(error),
             event.headline,

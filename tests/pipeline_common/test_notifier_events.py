@@ -183,7 +183,9 @@ def test_a_dag_run_failure_names_the_task_that_failed_and_links_its_log() -> Non
     event = event_for(dag_run_context("task_failure"))
 
     assert event.type is EventType.DAG_RUN_FAILURE
-    assert event.exception == "task_failure at task run_batch_processing"
+    assert event.exception == (
+        "task_failure at task run_batch_processing: the cause is in that task's task_failure alert and log"
+    )
     assert event.log_url.endswith("tasks/run_batch_processing?try_number=2")
 
 
