@@ -32,20 +32,33 @@ the batch job: a Docker container when `BATCH_PIPELINE_DOCKER_URL` is set, else 
 
 **Connections.** `minio_default` (landing bucket, or extra `path` for a local directory), `postgres_default`
 (results database, or conn_type `sqlite`), `ml_api_default` (ML API URL, API key as password). A missing
-connection or field fails the run at once, naming it: fix the connection, then clear the task.
+connection or field fails the run at once, naming it: fix the connection, then *Clear* `prepare_environment`
+with its downstream task, the UI's default (CLI: `airflow tasks clear batch_pipeline_dag -t
+prepare_environment -d -f -y`, `-f` for failed tasks only): cleared alone, `run_batch_processing` would stay
+`upstream_failed`.
 
-**Re-run a date.** Trigger with the `run_date` param (YYYY-MM-DD): UI *Trigger DAG* and fill `run_date`, or
+**Alerts** name the date a run processes in their label `business_date` (the logical date is the next day
+for a scheduled run). They are resolved per run: the success of a cleared run resolves its failure alerts; a
+new run of the same date does not.
+
+**Re-run a failed run.** Fix the cause, then *Clear* the failed task of that run: it keeps its run id, so its
+success resolves its alerts.
+
+**Re-run a date** that has no failed run to clear: trigger with the `run_date` param (YYYY-MM-DD), UI
+*Trigger DAG* and fill `run_date`, or
 `airflow dags trigger batch_pipeline_dag --conf '{"run_date": "2026-01-14"}'`. Without it, a manual run
 processes the day before its logical date if it was given one (as a scheduled run does: logical date
 2026-01-15 processes 2026-01-14), else the day before it was triggered. The log of `prepare_environment`
 says which date and why.
 
 **Failures.**
-* Exit 65: the day's input data is invalid as a whole (unreadable CSV, missing columns). Not retried: ask the
-  data provider for a corrected file, then re-run the date.
-* Exit 78: the job's configuration is wrong (connection fields, credentials refused). Not retried.
+* Exit 65: the day's input data is invalid as a whole (unreadable CSV, missing columns). Not retried ("try 1
+  of 4, not retried"): get a corrected file from the data provider, then clear the failed task.
+* Exit 78: the job's configuration is wrong (connection fields, credentials refused; the message names which).
+  Not retried: fix the connection, then clear the failed task.
 * Anything else (ML API or database unreachable, no input objects for the date yet) is retried 3 times with
-  exponential backoff. A date without input never replaces the rows already loaded for it.
+  exponential backoff. When the tries are spent, fix the cause (or wait for the input), then clear the failed
+  task. A date without input never replaces the rows already loaded for it.
 
 **Output.** Rows in `scored_transactions`/`rejected_transactions` of `postgres_default`; an asset event on
 `scored_transactions` with extras `run_date`, `counts`, `table`, `source`, which triggers `fraud_report_dag`.
