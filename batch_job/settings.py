@@ -92,7 +92,9 @@ class JobSettings(BaseSettings):
         parse_source_uri(uri)
         return uri
 
-    @field_validator("s3_access_key_id", "s3_secret_access_key", "ml_api_key")
+    @field_validator(
+        "s3_access_key_id", "ml_api_key"
+    )  # not the S3 secret key: it only signs, it is never sent
     @classmethod
     def _credential_is_sendable(cls, credential: SecretStr | None) -> SecretStr | None:
         # An HTTP library refuses a header holding a newline with an error that quotes the whole header.

@@ -33,13 +33,14 @@ the batch job: a Docker container when `BATCH_PIPELINE_DOCKER_URL` is set, else 
 **Connections.** `minio_default` (landing bucket, or extra `path` for a local directory), `postgres_default`
 (results database, or conn_type `sqlite`), `ml_api_default` (ML API URL, API key as password). A missing
 connection or field fails the run at once, naming it: fix the connection, then *Clear* `prepare_environment`
-with its downstream task, the UI's default (CLI: `airflow tasks clear batch_pipeline_dag -t
-prepare_environment -d -f -y`, `-f` for failed tasks only): cleared alone, `run_batch_processing` would stay
-`upstream_failed`.
+of that run with its downstream task, the UI's default (cleared alone, `run_batch_processing` would stay
+`upstream_failed`). CLI, for a run with a logical date: `airflow tasks clear batch_pipeline_dag -t
+prepare_environment -d -s <logical date> -e <logical date> -y`; without `-s`/`-e` it clears that task in
+every run of the DAG.
 
-**Alerts** name the date a run processes in their label `business_date` (the logical date is the next day
-for a scheduled run). They are resolved per run: the success of a cleared run resolves its failure alerts; a
-new run of the same date does not.
+**Alerts** of the tasks and the run name the date the run processes in their label `business_date` (the
+logical date is the next day for a scheduled run). They are resolved per run: the success of a cleared run
+resolves its failure alerts; a new run of the same date does not.
 
 **Re-run a failed run.** Fix the cause, then *Clear* the failed task of that run: it keeps its run id, so its
 success resolves its alerts.

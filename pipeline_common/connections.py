@@ -150,7 +150,7 @@ def _source_environment(minio: Connection) -> dict[str, str]:
             )
         return {"BATCH_SOURCE_URI": path.as_uri()}
     _require(minio, "host", "login", "password")
-    _require_header_safe(minio, "login", "password")
+    _require_header_safe(minio, "login")  # the access key id; the secret key only signs
     _require_extra(minio, extra, "bucket")
     prefix = str(extra.get("prefix", "")).strip("/")
     source_uri = f"s3://{extra['bucket']}/{prefix}" if prefix else f"s3://{extra['bucket']}"
@@ -175,8 +175,11 @@ def _ml_api_environment(ml_api: Connection) -> dict[str, str]:
 
 
 def http_base_url(connection: Connection) -> str:
-    """The base URL of an HTTP service's connection: `host` (a URL or a host name), the scheme of the
-    HttpHook's convention, and `port` (refused when `host` has one too)."""
+    """The base URL of an HTTP service's connection: `host` (a URL or a host name), and `port` (refused when
+    `host` has one too). A host name takes the scheme of the HttpHook's convention; a URL keeps its own, and
+    `schema` is not read."""
+    if "://" in connection.host:
+        return _base_url(connection, default_scheme="http")  # unused: the URL has a scheme
     return _base_url(connection, _http_scheme(connection))
 
 
@@ -185,12 +188,13 @@ def _http_scheme(connection: Connection) -> str:
     the API key in clear), else conn_type `https` or `http`."""
     if not connection.schema:
         return "https" if connection.conn_type == "https" else "http"
-    if connection.schema not in HTTP_SCHEMES:
+    scheme = connection.schema.lower()
+    if scheme not in HTTP_SCHEMES:
         raise ConnectionConfigError(
             f"connection {connection.conn_id!r}: field 'schema' must be http or https, "
             f"got {connection.schema!r}"
         )
-    return connection.schema
+    return scheme
 
 
 def _base_url(connection: Connection, default_scheme: str) -> str:

@@ -42,7 +42,7 @@ def business_date(*, logical_date: datetime | None, run_after: datetime, run_dat
 
 def business_date_label(context: Mapping[str, Any]) -> dict[str, str]:
     """The label `business_date` of the pipeline's alerts: the date the run processes, which the operator
-    needs to re-run it and which the event's logical date (the next day, for a scheduled run) is not. None
+    needs to re-run it and which the event's logical date (the next day, for a scheduled run) is not. Empty
     when the context has no run (a DAG callback given only the run's id)."""
     dag_run = context.get("dag_run")
     if dag_run is None:

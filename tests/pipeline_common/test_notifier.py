@@ -261,8 +261,17 @@ def test_an_api_key_with_a_trailing_newline_is_refused_by_name_not_sent(
             "https://alerts.example:8443/prefix/v1/events",
         ),
         ({"host": "https://alerts.example:8443/prefix/"}, "https://alerts.example:8443/prefix/v1/events"),
+        ({"host": "http://alerts:9095", "schema": "alerts"}, "http://alerts:9095/v1/events"),
+        ({"host": "alerts", "port": 443, "schema": "HTTPS"}, "https://alerts:443/v1/events"),
     ],
-    ids=["host-name", "schema", "url-with-path-and-port-field", "url-with-port"],
+    ids=[
+        "host-name",
+        "schema",
+        "url-with-path-and-port-field",
+        "url-with-port",
+        "a-url-ignores-schema",
+        "upper-case-schema",
+    ],
 )
 def test_the_events_url_puts_the_port_after_the_host_whatever_form_host_takes(
     fields: dict[str, Any], events_url: str

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import UTC, datetime
 
 from fastapi import APIRouter, HTTPException
@@ -17,6 +18,7 @@ from alerting_service.api.deps import (
     SessionDep,
 )
 from alerting_service.config import EmailReceiver, WebhookReceiver
+from alerting_service.models import DeliveryStatus, ReceiverState
 from alerting_service.schemas import (
     DeadLettersReplayed,
     ErrorResponse,
@@ -40,16 +42,22 @@ async def list_receivers(_key: AdminKey, session: SessionDep, services: Services
     unsent = await delivery_store.unsent_by_receiver(session)
     return ReceiverList(
         data=[
-            ReceiverOut(
-                name=receiver.name,
-                integration=receiver.integration,
-                destination=_destination(receiver),
-                disabled_at=states[receiver.name].disabled_at if receiver.name in states else None,
-                disabled_reason=states[receiver.name].disabled_reason if receiver.name in states else None,
-                unsent=dict(unsent.get(receiver.name, {})),
-            )
+            _receiver_out(receiver, states.get(receiver.name), unsent.get(receiver.name, Counter()))
             for receiver in services.config.receivers
         ]
+    )
+
+
+def _receiver_out(
+    receiver: EmailReceiver | WebhookReceiver, state: ReceiverState | None, unsent: Counter[DeliveryStatus]
+) -> ReceiverOut:
+    return ReceiverOut(
+        name=receiver.name,
+        integration=receiver.integration,
+        destination=_destination(receiver),
+        disabled_at=state.disabled_at if state else None,
+        disabled_reason=state.disabled_reason if state else None,
+        unsent=dict(unsent),
     )
 
 
