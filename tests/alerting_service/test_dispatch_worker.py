@@ -295,11 +295,13 @@ async def test_deliveries_queued_for_a_busy_receiver_are_handed_back_at_a_gracef
 async def test_a_delivery_that_waited_for_a_slot_longer_than_its_lease_allows_is_handed_back_unsent(
     database: Database, http_receiver: HttpReceiver
 ) -> None:
-    http_receiver.script("/hook", Reply(delay=1.0))
+    http_receiver.script("/hook", Reply(delay=2.0))
     webhook = http_receiver.receiver("/hook", max_concurrency=1, timeout_seconds=5)
-    # The lease outlasts a send by 0.3 s: a delivery that waits 1 s for the slot could be cut off by it.
+    # The lease outlasts a send by 1.2 s: a delivery may start up to 0.6 s after its claim, so one that waits
+    # 2 s for the slot could be cut off by it. (The first delivery has those 0.6 s between its claim and its
+    # start: with 0.15 s, a slow claim on a loaded machine had it handed back for the 5 minutes.)
     tuning = DispatchTuning(
-        poll_interval=0.05, lease_margin=timedelta(milliseconds=300), hand_back_delay=timedelta(minutes=5)
+        poll_interval=0.05, lease_margin=timedelta(seconds=1.2), hand_back_delay=timedelta(minutes=5)
     )
     async with dispatching(database, webhook, tuning=tuning):
         [slow_id] = await database.add_event(webhook)
