@@ -92,12 +92,11 @@ class JobSettings(BaseSettings):
         parse_source_uri(uri)
         return uri
 
-    @field_validator(
-        "s3_access_key_id", "ml_api_key"
-    )  # not the S3 secret key: it only signs, it is never sent
+    @field_validator("s3_access_key_id", "ml_api_key")
     @classmethod
     def _credential_is_sendable(cls, credential: SecretStr | None) -> SecretStr | None:
-        # An HTTP library refuses a header holding a newline with an error that quotes the whole header.
+        # An HTTP library refuses a header holding a newline with an error that quotes the whole header. (Not
+        # the S3 secret key: it only signs, it is never sent.)
         value = credential.get_secret_value() if credential is not None else ""
         if not (value.isascii() and value.isprintable() and value == value.strip()):
             raise ValueError(
