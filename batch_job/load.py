@@ -156,7 +156,9 @@ class LoadResult:
 
 
 def build_engine(settings: JobSettings) -> Engine:
-    """An engine for `BATCH_DATABASE_URL` with `BATCH_DATABASE_PASSWORD`; nothing connects yet."""
+    """An engine for `BATCH_DATABASE_URL` with `BATCH_DATABASE_PASSWORD`; nothing connects yet. A database
+    error's text leaves out the values bound to its statement (`hide_parameters`): they are customers'
+    transactions, and the error goes to the task log."""
     url = settings.sqlalchemy_url()
     if url.drivername == SQLITE_DRIVER:
         directory = Path(url.database or "").parent
@@ -164,9 +166,12 @@ def build_engine(settings: JobSettings) -> Engine:
             raise ConfigError(
                 f"BATCH_DATABASE_URL: the directory {directory} of the SQLite file does not exist"
             )
-        return create_engine(url)
+        return create_engine(url, hide_parameters=True)
     return create_engine(
-        url, pool_pre_ping=True, connect_args={"connect_timeout": POSTGRES_CONNECT_TIMEOUT_SECONDS}
+        url,
+        pool_pre_ping=True,
+        connect_args={"connect_timeout": POSTGRES_CONNECT_TIMEOUT_SECONDS},
+        hide_parameters=True,
     )
 
 

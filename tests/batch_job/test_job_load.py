@@ -181,6 +181,19 @@ def test_a_failed_load_leaves_the_previous_rows(clean_postgres_database: str) ->
 
 
 @pytest.mark.postgres
+def test_a_database_error_leaves_the_transactions_out_of_its_text(
+    job_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, clean_postgres_database: str
+) -> None:
+    # The error reaches the task log through the job's traceback: the rows bound to the statement stay out.
+    monkeypatch.setenv("BATCH_DATABASE_URL", clean_postgres_database)
+    too_long_id = "T-" + "9" * 100 + "-2"
+    with pytest.raises(DataError) as raised:
+        load_day(build_engine(load_settings()), DAY, [scored("T-CUSTOMER-1"), scored(too_long_id)], [])
+    assert "T-CUSTOMER-1" not in str(raised.value)
+    assert "ACC1" not in str(raised.value)
+
+
+@pytest.mark.postgres
 def test_an_unreachable_database_is_transient(
     job_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
