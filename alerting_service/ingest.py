@@ -162,6 +162,8 @@ class Ingestor:
         self._queue: asyncio.Queue[_Submission | object] = asyncio.Queue()
         self._accepting = False
         self._tasks: list[asyncio.Task[None]] = []
+        # The error of the last batch while batches fail (a database outage), to log each error once.
+        self._failing: str | None = None
 
     async def start(self) -> None:
         await self.reload_silences()
@@ -223,22 +225,39 @@ class Ingestor:
             plan = await self._commit(batch)
         except Exception as error:
             if not retrying_alone:
-                # Once per batch with the traceback; the retries of its events then log one line each.
-                log.exception("a batch of %d events was not stored", len(batch), extra={"action": "ingest"})
+                self._log_batch_failure(len(batch), error)
             if len(batch) > 1:
                 for submission in batch:
                     await self._write([submission], retrying_alone=True)
                 return
-            if retrying_alone:
+            if retrying_alone and _summary(error) != self._failing:  # not what the whole batch failed on
                 log.error("event not stored: %s", error, extra={"action": "ingest"})
             _answer(batch[0], IngestUnavailable("the event could not be stored"))
             return
+        if self._failing is not None:
+            log.info("events are stored again", extra={"action": "ingest"})
+            self._failing = None
         for submission, outcome in zip(batch, plan.outcomes, strict=True):
             _answer(submission, outcome)
         self._handoff.take_over(plan.claimed, plan.slots)
         if plan.created_pending:
             self._handoff.wake()
         self._count(plan)
+
+    def _log_batch_failure(self, size: int, error: Exception) -> None:
+        """With the traceback when the error is new, one line while it repeats: in a database outage every
+        batch fails, and a traceback each would bury the log."""
+        summary = _summary(error)
+        if summary == self._failing:
+            log.error(
+                "a batch of %d events was not stored (%s, as the batch before)",
+                size,
+                summary,
+                extra={"action": "ingest"},
+            )
+        else:
+            log.exception("a batch of %d events was not stored", size, extra={"action": "ingest"})
+        self._failing = summary
 
     async def _commit(self, batch: list[_Submission]) -> _BatchPlan:
         reserved = self._handoff.reserve(len(batch))
@@ -425,6 +444,11 @@ def _closed_by(submission: _Submission) -> tuple[str, ...]:
     """The fingerprints of the open alerts this event would close."""
     event = submission.event
     return resolved_fingerprints(event.type, dag_id=event.dag_id, own_fingerprint=_fingerprint(submission))
+
+
+def _summary(error: Exception) -> str:
+    """The error's type and first line (a database error goes on with the statement)."""
+    return f"{type(error).__name__}: {next(iter(str(error).splitlines()), '')}"
 
 
 def _alerts_touched(batch: list[_Submission]) -> Iterator[str]:

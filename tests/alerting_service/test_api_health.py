@@ -11,9 +11,11 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from pathlib import Path
 
+import asyncpg
 import httpx
 import pytest
 from sqlalchemy import make_url, text
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from alerting_service.api.app import create_app
 from alerting_service.config import load_settings
@@ -27,9 +29,11 @@ from tests.alerting_service.conftest import (
     samples,
 )
 from tests.alerting_service.delivery_fixtures import (
+    POSTGRES_ADMIN_DSN,
     Database,
     _create_postgres_database,
     _drop_postgres_database,
+    create_tables,
     eventually,
     new_whsec,
 )
@@ -56,6 +60,23 @@ class DroppableDatabase:
 
     async def drop(self) -> None:
         await _drop_postgres_database(self.name)
+
+    async def recreate(self) -> None:
+        """The database back, with the service's schema: as after a restore."""
+        connection = await asyncpg.connect(POSTGRES_ADMIN_DSN)
+        try:
+            await connection.execute(f'CREATE DATABASE "{self.name}"')
+        finally:
+            await connection.close()
+        engine = create_async_engine(f"postgresql+asyncpg://postgres@127.0.0.1:5432/{self.name}")
+        try:
+            await create_tables(engine)
+        finally:
+            await engine.dispose()
+
+    async def post_event(self, key: str) -> httpx.Response:
+        body = {"idempotency_key": key, "type": "task_failure", "dag_id": "d"}
+        return await self.client.post("/v1/events", json=body, headers=INGEST)
 
 
 @pytest.fixture
@@ -102,6 +123,35 @@ async def test_an_event_that_cannot_be_stored_is_a_503_asking_to_send_it_again(
     assert answer.status_code == 503
     assert answer.headers["retry-after"] == "1"
     assert "could not be stored" in answer.json()["detail"]
+
+
+@pytest.mark.postgres
+async def test_a_database_outage_logs_its_error_once_with_the_traceback_then_a_line_per_batch(
+    droppable: DroppableDatabase, caplog: pytest.LogCaptureFixture
+) -> None:
+    await droppable.drop()
+
+    with caplog.at_level(logging.ERROR, logger="alerting_service.ingest"):
+        for n in range(3):
+            assert (await droppable.post_event(f"k{n}")).status_code == 503
+
+    failures = [record for record in caplog.records if record.getMessage().startswith("a batch of")]
+    assert [record.exc_info is not None for record in failures] == [True, False, False]
+    assert "as the batch before" in failures[1].getMessage()
+
+
+@pytest.mark.postgres
+async def test_events_stored_again_after_an_outage_say_so(
+    droppable: DroppableDatabase, caplog: pytest.LogCaptureFixture
+) -> None:
+    await droppable.drop()
+    assert (await droppable.post_event("during")).status_code == 503
+    await droppable.recreate()
+
+    with caplog.at_level(logging.INFO, logger="alerting_service.ingest"):
+        assert (await droppable.post_event("after")).status_code == 202
+
+    assert "events are stored again" in caplog.text
 
 
 @contextlib.asynccontextmanager
