@@ -44,15 +44,19 @@ def business_date_label(context: Mapping[str, Any]) -> dict[str, str]:
     """The label `business_date` of the pipeline's alerts: the date the run processes, which the operator
     needs to re-run it and which the event's logical date (the next day, for a scheduled run) is not. Empty
     when the context has no run (a DAG callback given only the run's id)."""
-    dag_run = context.get("dag_run")
-    if dag_run is None:
+    if context.get("dag_run") is None:
         return {}
-    day = business_date(
+    day, _ = business_date_of_run(context)
+    return {BUSINESS_DATE_LABEL: day.isoformat()}
+
+
+def business_date_of_run(context: Mapping[str, Any]) -> tuple[date, str]:
+    """`business_date_and_rule` of the run a task or callback context is about."""
+    return business_date_and_rule(
         logical_date=context.get("logical_date"),
-        run_after=dag_run.run_after,
+        run_after=context["dag_run"].run_after,
         run_date_param=(context.get("params") or {}).get(RUN_DATE_PARAM),
     )
-    return {BUSINESS_DATE_LABEL: day.isoformat()}
 
 
 def refuse_run_date_on_backfill(*, run_type: str, run_date_param: str | None) -> None:
