@@ -10,7 +10,8 @@ not moved; it is rejected with that reason instead (the first date loaded keeps 
 
 `check_database()` connects before the job reads the day. A database refusing the login, the database name
 or a privilege (`CONFIG_SQLSTATES`) is a `ConfigError` (exit 78, not retried), an unavailable one a
-`TransientError`.
+`TransientError`. So is a table the load cannot write because something else made it with another layout
+(`SCHEMA_SQLSTATES`): the job only creates missing tables, it never alters one.
 
 Tables are created when missing. PostgreSQL (`postgresql+psycopg2`) and SQLite are supported; on PostgreSQL
 concurrent loads take turns on an advisory lock.
@@ -87,6 +88,13 @@ CONNECT_MESSAGE_SQLSTATES = (
     (re.compile(r'database "[^"]*" does not exist'), "3D000"),
     (re.compile(r"permission denied for database"), "42501"),
 )
+# The load's statements are fixed, so a column or constraint the database says is missing belongs to a table
+# made with another layout (an older version, by hand): retrying cannot help, so these are ConfigErrors too.
+SCHEMA_SQLSTATES = {
+    "42703": "undefined column",
+    "42P10": "no unique constraint matching the upsert key",
+}
+SQLITE_SCHEMA_MESSAGE = re.compile(r"has no column named|no such column|ON CONFLICT clause does not match")
 
 
 class _DecimalText(TypeDecorator[Decimal]):
@@ -235,6 +243,12 @@ def _database_error(exc: DBAPIError, engine: Engine) -> JobError | None:
         return ConfigError(
             f"database {engine.url.render_as_string(hide_password=True)} refused the configuration: "
             f"{CONFIG_SQLSTATES[sqlstate]} (SQLSTATE {sqlstate}): {_first_line(exc.orig)}"
+        )
+    if sqlstate in SCHEMA_SQLSTATES or SQLITE_SCHEMA_MESSAGE.search(str(exc.orig)):
+        return ConfigError(
+            f"database {engine.url.render_as_string(hide_password=True)} holds a table the load cannot write "
+            f"(made with another layout): {_first_line(exc.orig)}; move it aside so that the load creates "
+            "it, or migrate it to the layout in docs/architecture.md"
         )
     if isinstance(exc, OperationalError | InterfaceError):
         return TransientError(f"database unavailable: {_first_line(exc.orig)}")

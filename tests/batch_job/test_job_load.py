@@ -256,6 +256,27 @@ def test_a_user_without_the_privilege_to_create_the_tables_is_a_config_error(
     engine.dispose()
 
 
+def test_a_table_made_without_a_column_the_load_writes_is_a_config_error_naming_it(engine: Engine) -> None:
+    with engine.begin() as connection:
+        connection.execute(text("CREATE TABLE scored_transactions (transaction_id VARCHAR(64) PRIMARY KEY)"))
+    with pytest.raises(ConfigError, match=r"holds a table the load cannot write .*run_date"):
+        load_day(engine, DAY, [scored("T-1")], [])
+
+
+def test_a_table_made_without_the_upsert_key_is_a_config_error(engine: Engine) -> None:
+    # rejected_transactions as it would be without its unique position: the upsert has no key to land on.
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "CREATE TABLE rejected_transactions (id INTEGER PRIMARY KEY, run_date DATE, "
+                "source_file TEXT, line_number INTEGER, transaction_id TEXT, raw_record TEXT, reasons TEXT, "
+                "load_id TEXT, loaded_at TIMESTAMP)"
+            )
+        )
+    with pytest.raises(ConfigError, match="holds a table the load cannot write"):
+        load_day(engine, DAY, [], [rejected(2)])
+
+
 def test_a_missing_sqlite_directory_is_a_config_error(
     job_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -118,6 +118,18 @@ def test_the_wait_before_a_retry_is_at_least_the_retry_after(
     assert "attempt 1/3 failed (HTTP 503); retrying in 1.0 s" in caplog.text
 
 
+def test_a_retry_after_longer_than_the_cap_waits_only_the_cap(
+    scripted_ml_api: ScriptedMLApi, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A server asking for a day must not hold the task past its timeout: the wait is capped (lowered here so
+    # that the test does not sleep the real cap).
+    monkeypatch.setattr("batch_job.predict.MAX_RETRY_AFTER_SECONDS", 0.2)
+    scripted_ml_api.script(Status(503, headers={"Retry-After": "86400"}))
+    with caplog.at_level(logging.WARNING, logger="batch_job.predict"):
+        assert len(score(scripted_ml_api.url)) == 3
+    assert "attempt 1/3 failed (HTTP 503); retrying in 0.2 s" in caplog.text
+
+
 def test_a_server_error_that_persists_is_transient_after_the_retries(scripted_ml_api: ScriptedMLApi) -> None:
     scripted_ml_api.script(*[Status(502)] * (MAX_RETRIES + 1))
     with pytest.raises(TransientError, match=f"unavailable after {MAX_RETRIES + 1} attempts: HTTP 502"):
