@@ -12,6 +12,7 @@ default).
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
 import string
@@ -28,6 +29,8 @@ from pipeline_common.errors import PipelineConfigError
 PREFIX = "BATCH_PIPELINE_"
 DEFAULT_IMAGE = "batch-orchestration/batch-job:0.1.0"
 AUTO_REMOVE_CHOICES = ("never", "success", "force")
+# The longest delay, timeout or deadline taken: longer is a typo (a number of milliseconds, say).
+LONGEST = timedelta(days=366)
 # A memory limit as Docker takes it: bytes, or a number with a b/k/m/g unit.
 _MEM_LIMIT = re.compile(r"^\d+[bkmg]?$", re.IGNORECASE)
 # Docker URL schemes that reach the engine over unencrypted TCP unless the TLS files are given.
@@ -236,20 +239,27 @@ def _absolute_path(name: str, value: str) -> Path:
 
 
 def _seconds(name: str, value: str) -> timedelta:
-    try:
-        seconds = float(value)
-    except ValueError:
-        raise PipelineConfigError(f"{PREFIX}{name}={value!r} is not a number of seconds") from None
-    if seconds <= 0:
+    seconds = _duration(name, value, "seconds")
+    if seconds <= timedelta(0):
         raise PipelineConfigError(f"{PREFIX}{name}={value!r} must be positive")
-    return timedelta(seconds=seconds)
+    return seconds
 
 
 def _minutes_or_off(name: str, value: str) -> timedelta | None:
-    try:
-        minutes = float(value)
-    except ValueError:
-        raise PipelineConfigError(f"{PREFIX}{name}={value!r} is not a number of minutes") from None
-    if minutes < 0:
+    minutes = _duration(name, value, "minutes")
+    if minutes < timedelta(0):
         raise PipelineConfigError(f"{PREFIX}{name}={value!r} must be 0 (off) or a positive number of minutes")
-    return timedelta(minutes=minutes) if minutes else None
+    return minutes or None
+
+
+def _duration(name: str, value: str, unit: Literal["seconds", "minutes"]) -> timedelta:
+    # float() also takes "nan" and "inf", which timedelta refuses with an error naming no variable.
+    try:
+        amount = float(value)
+    except ValueError:
+        amount = math.nan
+    if math.isnan(amount):
+        raise PipelineConfigError(f"{PREFIX}{name}={value!r} is not a number of {unit}")
+    if abs(amount) > LONGEST.total_seconds() / (60 if unit == "minutes" else 1):
+        raise PipelineConfigError(f"{PREFIX}{name}={value!r} is longer than {LONGEST.days} days")
+    return timedelta(**{unit: amount})

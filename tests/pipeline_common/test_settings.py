@@ -75,6 +75,12 @@ def test_the_latest_tag_is_refused():
         ("BATCH_PIPELINE_RETRY_DELAY_SECONDS", "five", "is not a number of seconds"),
         ("BATCH_PIPELINE_MAX_RETRY_DELAY_SECONDS", "-1", "must be positive"),
         ("BATCH_PIPELINE_EXECUTION_TIMEOUT_SECONDS", "0", "must be positive"),
+        ("BATCH_PIPELINE_RETRY_DELAY_SECONDS", "nan", "is not a number of seconds"),
+        ("BATCH_PIPELINE_RETRY_DELAY_SECONDS", "inf", "is longer than 366 days"),
+        ("BATCH_PIPELINE_EXECUTION_TIMEOUT_SECONDS", "1e300", "is longer than 366 days"),
+        ("BATCH_PIPELINE_DEADLINE_MINUTES", "NaN", "is not a number of minutes"),
+        ("BATCH_PIPELINE_DEADLINE_MINUTES", "600000", "is longer than 366 days"),
+        ("BATCH_PIPELINE_DEADLINE_MINUTES", "-5", "must be 0 \\(off\\) or a positive number of minutes"),
     ],
 )
 def test_a_bad_value_is_refused_naming_the_variable(variable, value, message):
