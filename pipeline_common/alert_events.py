@@ -59,6 +59,10 @@ _TASK_STATE_EVENTS = {
 }
 
 
+# DagRunType.BACKFILL_JOB's value, as the triggerer's JSON context of a Deadline Alert gives a run's type.
+BACKFILL_RUN_TYPE = "backfill"
+
+
 class UnknownCallbackContext(ValueError):
     """The context fits none of the three callback shapes, or names a state that has no event type."""
 
@@ -121,6 +125,17 @@ def infer_event_type(context: Mapping[str, Any]) -> EventType:
             f"no alert event for a task in state {state!r}: pass event_type explicitly"
         )
     return _TASK_STATE_EVENTS[state]
+
+
+def is_backfill_deadline(context: Mapping[str, Any]) -> bool:
+    """A missed deadline of a backfill run: `airflow backfill create` queues all its runs at once and runs
+    them a few at a time, so every run's "finished within N minutes of being queued" deadline measures the
+    length of the whole backfill, not the run: a backfill of more days than fit in N minutes would page once
+    per remaining day. A backfill run's real failures still alert through its task and run callbacks."""
+    if "deadline" not in context:
+        return False
+    dag_run = context.get("dag_run")
+    return isinstance(dag_run, Mapping) and dag_run.get("run_type") == BACKFILL_RUN_TYPE
 
 
 def build_event(

@@ -42,6 +42,7 @@ from pipeline_common.alert_events import (
     build_event,
     exception_text,
     fallback_email_html,
+    is_backfill_deadline,
 )
 from pipeline_common.connections import http_base_url, is_header_safe
 from pipeline_common.errors import ConnectionConfigError
@@ -184,6 +185,13 @@ class AlertServiceNotifier(BaseNotifier):
     # --- the event --------------------------------------------------------------------------------------
 
     def _event_or_none(self, context: Context) -> AlertEvent | None:
+        if is_backfill_deadline(context):
+            self.log.warning(
+                "No deadline_missed alert for backfill run %s: its deadline counts from when the backfill "
+                "queued all its runs, not from when this one could start",
+                context["dag_run"].get("dag_run_id"),
+            )
+            return None
         try:
             event = build_event(
                 _with_exception_redacted(context),

@@ -469,6 +469,34 @@ class TestAsDeadlineAlert:
             {"team": "data"},
         )
 
+    async def test_a_backfill_runs_missed_deadline_pages_nobody(
+        self, service: HttpReceiver, monkeypatch: pytest.MonkeyPatch, smtp_server: SmtpServer
+    ) -> None:
+        # `airflow backfill create` queues every run at once (measured: 20 runs, 20 deadlines within 0.5 s
+        # of each other), so a backfill longer than the interval would page once per remaining day.
+        service.script("/v1/events", Reply(202))
+        set_smtp(monkeypatch, smtp_server)
+        context = deadline_context()
+        context["dag_run"] |= {"run_type": "backfill", "dag_run_id": "backfill__2026-01-15T02:00:00+00:00"}
+        alert = missed_run_deadline(timedelta(minutes=90), labels={"team": "data"})
+
+        with capture_logs() as logs:
+            await AlertServiceNotifier(**alert.callback.kwargs, context=context)
+
+        assert posted_bodies(service) == []
+        assert smtp_server.mails == []
+        assert any("backfill__2026-01-15T02:00:00+00:00" in entry["event"] for entry in logs)
+
+    async def test_a_scheduled_runs_missed_deadline_is_alerted(self, service: HttpReceiver) -> None:
+        service.script("/v1/events", Reply(202))
+        context = deadline_context()
+        context["dag_run"] |= {"run_type": "scheduled"}
+        alert = missed_run_deadline(timedelta(minutes=90))
+
+        await AlertServiceNotifier(**alert.callback.kwargs, context=context)
+
+        assert [body["type"] for body in posted_bodies(service)] == ["deadline_missed"]
+
     async def test_a_service_that_trickles_its_answer_falls_back_to_email_at_the_deadline(
         self, monkeypatch: pytest.MonkeyPatch, trickling_port: int, smtp_server: SmtpServer
     ) -> None:
