@@ -31,6 +31,9 @@ POSTGRES_CONN_TYPES = ("postgres", "postgresql")
 HTTP_SCHEMES = ("http", "https")
 # Optional ML tuning read from the ml_api_default extra, passed to the job as BATCH_ML_<KEY>.
 ML_TUNING_EXTRAS = ("timeout_seconds", "batch_size", "max_retries", "retry_backoff_seconds")
+# The words the extra `secure` may hold as text (a UI form or a URI gives every extra value as a string).
+_TRUE_WORDS = ("true", "1", "yes")
+_FALSE_WORDS = ("false", "0", "no")
 # A database host as the URL takes it: a host name or an IPv4 address (IPv6 is bracketed in the URL).
 _HOST_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
 
@@ -158,7 +161,21 @@ def _source_environment(minio: Connection) -> dict[str, str]:
 
 
 def _s3_endpoint(minio: Connection, extra: dict[str, Any]) -> str:
-    return _base_url(minio, "https" if _truthy(extra.get("secure", False)) else "http")
+    return _base_url(minio, "https" if _secure(minio, extra) else "http")
+
+
+def _secure(minio: Connection, extra: dict[str, Any]) -> bool:
+    """The extra `secure` as a boolean. Anything else is refused: read as false, a typo ("ture", "on") would
+    send the day's transactions and the access key id over plain HTTP without a word."""
+    value = extra.get("secure")
+    if value is None:
+        return False  # the default: http
+    text = str(value).strip().lower()
+    if isinstance(value, bool) or text in _TRUE_WORDS + _FALSE_WORDS:
+        return value is True or text in _TRUE_WORDS
+    raise ConnectionConfigError(
+        f"connection {minio.conn_id!r}: extra 'secure' must be true or false (https or http), got {value!r}"
+    )
 
 
 def _database_environment(postgres: Connection) -> dict[str, str]:
@@ -269,7 +286,3 @@ def _require_extra(connection: Connection, extra: dict[str, Any], *keys: str) ->
         raise ConnectionConfigError(
             f"connection {connection.conn_id!r} is missing required extra key(s): {', '.join(missing)}"
         )
-
-
-def _truthy(value: object) -> bool:
-    return value is True or str(value).strip().lower() in ("true", "1", "yes")

@@ -313,6 +313,14 @@ def test_secure_given_as_text_in_the_extra_is_read_as_a_boolean(secure, scheme):
     assert env["BATCH_S3_ENDPOINT_URL"] == f"{scheme}://minio:9000"
 
 
+@pytest.mark.parametrize("secure", ["ture", "on", "https", "y", 2, ""])
+def test_a_secure_extra_that_is_no_boolean_is_refused_naming_it(secure):
+    # Read as false, a typo would reach the object store over plain HTTP without a word.
+    minio = s3_source(extra=json.dumps({"bucket": "transactions", "secure": secure}))
+    with pytest.raises(ConnectionConfigError, match=r"'minio_default': extra 'secure' must be true or false"):
+        job_environment(connections(minio=minio))
+
+
 def test_an_ml_api_of_conn_type_https_without_schema_is_reached_over_https():
     # The HttpHook's convention: conn_type https must not fall back to http, which sends the key in clear.
     env = job_environment(connections(ml=ml_api(conn_type="https", port=8443, password=ML_KEY)))
