@@ -34,9 +34,10 @@ the batch job: a Docker container when `BATCH_PIPELINE_DOCKER_URL` is set, else 
 (results database, or conn_type `sqlite`), `ml_api_default` (ML API URL, API key as password). A missing
 connection or field fails the run at once, naming it: fix the connection, then *Clear* `prepare_environment`
 of that run with its downstream task, the UI's default (cleared alone, `run_batch_processing` would stay
-`upstream_failed`). CLI, for a run with a logical date: `airflow tasks clear batch_pipeline_dag -t
-prepare_environment -d -s <logical date> -e <logical date> -y`; without `-s`/`-e` it clears that task in
-every run of the DAG.
+`upstream_failed`). CLI, for a run with a logical date, given with its time (the scheduled run of
+2026-01-15): `airflow tasks clear batch_pipeline_dag -t prepare_environment -d -s 2026-01-15T02:00:00+00:00
+-e 2026-01-15T02:00:00+00:00 -y`. A bare date is midnight, before that run: `-s 2026-01-15 -e 2026-01-15`
+clears nothing and says nothing. Without `-s`/`-e` it clears that task in every run of the DAG.
 
 **Alerts** of the tasks and the run name the date the run processes in their label `business_date` (the
 logical date is the next day for a scheduled run). They are resolved per run: the success of a cleared run

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -170,3 +171,16 @@ def test_every_dag_has_tags_and_operator_docs(dags, dag_id):
     dag = dags[dag_id]
     assert "data-engineering" in dag.tags
     assert "Re-run" in dag.doc_md and "Connections" in dag.doc_md
+
+
+def test_the_docs_clear_command_gives_the_logical_date_of_a_scheduled_run_with_its_time(dags):
+    # The CLI reads a bare date as midnight: `-s 2026-01-15 -e 2026-01-15` matches no 02:00 run and clears
+    # nothing, exit 0. The example must be a moment a scheduled run has.
+    from airflow.sdk.timezone import parse as parse_cli_date  # as the CLI's -s/-e
+
+    doc = dags[PRODUCER].doc_md
+    found = re.search(r"airflow tasks clear batch_pipeline_dag .*?-s (\S+)\s+-e (\S+)", doc, re.DOTALL)
+    assert found, "the DAG doc shows the clear command"
+    start, end = (parse_cli_date(value.rstrip("`")) for value in found.groups())
+    assert start == end
+    assert (start.hour, start.minute, start.utcoffset()) == (2, 0, timedelta(0)), "02:00 UTC, the schedule's"
