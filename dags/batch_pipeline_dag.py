@@ -48,7 +48,8 @@ success resolves its alerts.
 
 **Re-run a date** that has no failed run to clear: trigger with the `run_date` param (YYYY-MM-DD), UI
 *Trigger DAG* and fill `run_date`, or
-`airflow dags trigger batch_pipeline_dag --conf '{"run_date": "2026-01-14"}'`. Without it, a manual run
+`airflow dags trigger batch_pipeline_dag --conf '{"run_date": "2026-01-14"}'` (a day that is over: today or
+later is refused). Without it, a manual run
 processes the day before its logical date if it was given one (as a scheduled run does: logical date
 2026-01-15 processes 2026-01-14), else the day before it was triggered. The log of `prepare_environment`
 says which date and why.

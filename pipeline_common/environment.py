@@ -14,7 +14,12 @@ from typing import Any
 from airflow.sdk import Context, get_current_context, task
 
 from pipeline_common.connections import job_environment, read_pipeline_connections
-from pipeline_common.run_date import business_date_of_run, refuse_run_date_on_backfill, run_date_param_of
+from pipeline_common.run_date import (
+    business_date_of_run,
+    refuse_a_day_not_over,
+    refuse_run_date_on_backfill,
+    run_date_param_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +29,9 @@ def environment_for_run(context: Context) -> dict[str, str]:
         run_type=_value(context["dag_run"].run_type), run_date_param=run_date_param_of(context)
     )
     run_date, rule = business_date_of_run(context)
+    refuse_a_day_not_over(
+        day=run_date, run_after=context["dag_run"].run_after, run_date_param=run_date_param_of(context)
+    )
     job_environment(read_pipeline_connections())  # validation only: raises naming a bad connection or field
     log.info("BATCH_RUN_DATE=%s (%s); the connections are complete", run_date.isoformat(), rule)
     return {"BATCH_RUN_DATE": run_date.isoformat()}

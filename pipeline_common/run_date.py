@@ -67,6 +67,17 @@ def refuse_run_date_on_backfill(*, run_type: str, run_date_param: str | None) ->
         )
 
 
+def refuse_a_day_not_over(*, day: date, run_after: datetime, run_date_param: str | None) -> None:
+    """A `run_date` of the day the run was triggered, or later, names a day whose transactions are not all
+    delivered: it would load part of a day, and announce it to the fraud report as the day's rows."""
+    if run_date_param and day >= _utc_day(run_after):
+        raise PipelineConfigError(
+            f"param {RUN_DATE_PARAM}={run_date_param!r} is not over: the run was triggered at "
+            f"{run_after.isoformat()} and a day can be processed from the next UTC day on (the scheduled run "
+            "processes it at 02:00 UTC the day after)"
+        )
+
+
 def business_date_and_rule(
     *, logical_date: datetime | None, run_after: datetime, run_date_param: str | None
 ) -> tuple[date, str]:

@@ -137,3 +137,21 @@ def test_a_backfill_run_processes_the_day_before_its_logical_date(embedded_conne
 )
 def test_the_alerts_business_date_label_is_the_date_the_run_processes(context, label):
     assert business_date_label(context) == label
+
+
+@pytest.mark.parametrize(
+    "run_date", ["2026-03-10", "2026-03-11", "2027-01-01"], ids=["today", "tomorrow", "next-year"]
+)
+def test_a_run_date_param_of_a_day_not_over_when_triggered_is_refused(embedded_connections, run_date):
+    # RUN_AFTER is 2026-03-10 09:30 UTC: that day's transactions are still arriving; the run would load part
+    # of the day and announce it to the fraud report as the day's rows.
+    context = run_context("manual", None, run_date=run_date)
+
+    with pytest.raises(PipelineConfigError, match=rf"param run_date='{run_date}' is not over: the run was"):
+        environment_for_run(context)
+
+
+def test_a_run_date_param_of_the_day_before_the_trigger_is_processed(embedded_connections):
+    assert environment_for_run(run_context("manual", None, run_date="2026-03-09")) == {
+        "BATCH_RUN_DATE": "2026-03-09"
+    }
