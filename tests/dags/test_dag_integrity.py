@@ -184,3 +184,13 @@ def test_the_docs_clear_command_gives_the_logical_date_of_a_scheduled_run_with_i
     start, end = (parse_cli_date(value.rstrip("`")) for value in found.groups())
     assert start == end
     assert (start.hour, start.minute, start.utcoffset()) == (2, 0, timedelta(0)), "02:00 UTC, the schedule's"
+
+
+def test_the_docs_backfill_command_keeps_the_dags_one_active_run(dags):
+    # A backfill's runs obey its own max_active_runs (10 by default), never the DAG's: measured, a backfill
+    # created as the docs said ran with max_active_runs=10 although the DAG has 1.
+    docs = (DAGS_FOLDER.parent / "docs" / "dags.md").read_text(encoding="utf-8")
+    found = re.search(r"`(airflow backfill create [^`]*)`", docs)
+    assert found, "docs/dags.md shows the backfill command"
+    command = " ".join(found.group(1).split())
+    assert f"--max-active-runs {dags[PRODUCER].max_active_runs}" in command
