@@ -109,6 +109,19 @@ def load_key_ring(settings: Settings) -> KeyRing:
     if keys is not None:
         return KeyRing(keys)
     path = settings.data_dir / GENERATED_KEYS_FILE
+    try:
+        return KeyRing(parse_api_keys(_generated_keys(path), str(path)))
+    except OSError as exc:
+        # A data dir that is a file, not writable by the service's user, or a keys file it cannot read: a
+        # setting to fix, said as one, not a traceback.
+        raise ConfigError(
+            f"{ENV_PREFIX}DATA_DIR: cannot use the generated API keys file {path}: {exc.strerror}"
+            f" (set {ENV_PREFIX}API_KEYS, or a data dir the service can write)"
+        ) from None
+
+
+def _generated_keys(path: Path) -> str:
+    """The generated keys file's content, written first if this is the first start."""
     if not path.exists():
         try:
             _write_generated_keys(path)
@@ -116,7 +129,7 @@ def load_key_ring(settings: Settings) -> KeyRing:
             pass  # another process started at the same moment and wrote them: use its keys
         else:
             log.warning("no API key configured: generated an ingest and an admin key in %s", path)
-    return KeyRing(parse_api_keys(path.read_text(encoding="utf-8"), str(path)))
+    return path.read_text(encoding="utf-8")
 
 
 def _write_generated_keys(path: Path) -> None:

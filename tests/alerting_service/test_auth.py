@@ -125,3 +125,17 @@ def test_a_malformed_key_list_names_the_entry_but_never_the_key(
 
     assert problem in str(raised.value)
     assert "0123456789abcdef" not in str(raised.value) and "short" not in str(raised.value)
+
+
+@pytest.mark.parametrize("make_unusable", ["data_dir_is_a_file", "keys_file_is_a_directory"])
+def test_a_data_dir_where_the_keys_cannot_be_generated_is_a_configuration_error(
+    make_unusable: str, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "data"
+    if make_unusable == "data_dir_is_a_file":
+        data_dir.write_text("")
+    else:
+        (data_dir / "api-keys").mkdir(parents=True)
+
+    with pytest.raises(ConfigError, match="ALERTING_DATA_DIR: cannot use the generated API keys file"):
+        load_key_ring(load_settings(data_dir=data_dir))
