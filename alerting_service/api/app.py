@@ -214,10 +214,11 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
             routes=app.routes,
             tags=app.openapi_tags,
         )
-        # POST /v1/events is a plain ASGI endpoint (see IngestEndpoint): document it by hand.
+        # POST /v1/events is a plain ASGI endpoint (see IngestEndpoint): document it by hand; and the bodies
+        # parsed only after their key is checked (silences.BODY_MODELS).
         schema["paths"].setdefault(events.INGEST_PATH, {})["post"] = events.INGEST_OPERATION
         components = schema.setdefault("components", {}).setdefault("schemas", {})
-        for model in events.INGEST_MODELS:
+        for model in (*events.INGEST_MODELS, *silences.BODY_MODELS):
             model_schema = model.model_json_schema(ref_template=COMPONENT_REF)
             components.update(model_schema.pop("$defs", {}))
             components[model.__name__] = model_schema

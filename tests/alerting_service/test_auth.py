@@ -139,3 +139,11 @@ def test_a_data_dir_where_the_keys_cannot_be_generated_is_a_configuration_error(
 
     with pytest.raises(ConfigError, match="ALERTING_DATA_DIR: cannot use the generated API keys file"):
         load_key_ring(load_settings(data_dir=data_dir))
+
+
+@pytest.mark.parametrize("body", [b"{not json", b""], ids=["malformed", "empty"])
+async def test_a_silence_without_a_key_is_a_401_whatever_its_body(api: Api, body: bytes) -> None:
+    answer = await api.client.post("/v1/silences", content=body, headers={"content-type": "application/json"})
+
+    assert answer.status_code == 401
+    assert (await api.row_counts())["silences"] == 0

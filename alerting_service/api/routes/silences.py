@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel
 
 from alerting_service import schemas
 from alerting_service.api.deps import (
@@ -17,10 +19,26 @@ from alerting_service.api.deps import (
     ServicesDep,
     SessionDep,
 )
+from alerting_service.api.routes.events import parse_body
 from alerting_service.schemas import ErrorResponse, SilenceIn, SilenceList, SilenceOut
 from alerting_service.store import silences as silence_store
 
 router = APIRouter(prefix="/v1/silences", tags=["silences"])
+
+# Documented by hand (app.py adds them to the schema's components): see `_silence_in`.
+BODY_MODELS: tuple[type[BaseModel], ...] = (SilenceIn,)
+_SILENCE_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/SilenceIn"}}},
+    }
+}
+
+
+async def _silence_in(_key: AdminKey, request: Request) -> SilenceIn:
+    """The body, read once the key is checked. FastAPI parses a declared body before it runs any dependency:
+    malformed JSON from a caller without a key was answered 422, not 401."""
+    return parse_body(SilenceIn, await request.body())
 
 
 @router.post(
@@ -29,9 +47,13 @@ router = APIRouter(prefix="/v1/silences", tags=["silences"])
     response_model=SilenceOut,
     responses={**AUTH_ERRORS, 422: {"model": ErrorResponse, "description": "Invalid matchers or times."}},
     summary="Create a silence",
+    openapi_extra=_SILENCE_BODY,
 )
 async def create_silence(
-    silence: SilenceIn, key: AdminKey, session: SessionDep, services: ServicesDep
+    key: AdminKey,
+    silence: Annotated[SilenceIn, Depends(_silence_in)],
+    session: SessionDep,
+    services: ServicesDep,
 ) -> SilenceOut:
     now = datetime.now(UTC)
     if silence.ends_at <= now:
