@@ -132,9 +132,14 @@ class _Strict(BaseModel):
 # --- receivers --------------------------------------------------------------------------------------------
 
 
+SUBMISSION_PORT = 587  # STARTTLS (RFC 6409)
+IMPLICIT_TLS_PORT = 465  # submissions (RFC 8314)
+
+
 class SmartHost(_Strict):
     host: str = Field(min_length=1)
-    port: int = Field(default=587, ge=1, le=65535)
+    # Left out: 465 for `tls: implicit` (EmailConfig), the submission port otherwise.
+    port: int = Field(default=SUBMISSION_PORT, ge=1, le=65535)
 
     @property
     def is_loopback(self) -> bool:
@@ -163,6 +168,9 @@ class EmailConfig(_Strict):
     @model_validator(mode="after")
     def _credentials_complete(self) -> EmailConfig:
         _merge_secret_file(self, "password")
+        # A TLS handshake on the STARTTLS port fails every time: implicit TLS has its own port.
+        if self.tls == "implicit" and "port" not in self.smarthost.model_fields_set:
+            self.smarthost.port = IMPLICIT_TLS_PORT
         # aiosmtplib logs in only when a username is set: a password alone would go unused (530 per mail).
         if self.username is None and self.password is not None:
             raise PydanticCustomError("credentials", "password (or password_file) needs a username")

@@ -225,6 +225,27 @@ def test_smtp_credentials_in_clear_text_over_the_network_are_refused() -> None:
     assert SECRET not in str(raised.value)
 
 
+@pytest.mark.parametrize(
+    ("tls", "smarthost", "port"),
+    [
+        ("implicit", {"host": "smtp.bank.example"}, 465),
+        ("starttls", {"host": "smtp.bank.example"}, 587),
+        ("none", {"host": "smtp.bank.example"}, 587),
+        ("implicit", {"host": "smtp.bank.example", "port": 587}, 587),
+    ],
+)
+def test_a_smarthost_without_a_port_gets_the_port_of_its_tls_mode(
+    tls: str, smarthost: dict[str, object], port: int
+) -> None:
+    email = {**EMAIL, "smarthost": smarthost, "tls": tls}
+
+    (receiver,) = parse_alerting_config(
+        yaml.safe_dump({"receivers": [{"name": "m", "email": email}]}), "a.yaml"
+    ).receivers
+
+    assert receiver.email.smarthost.port == port
+
+
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "[::1]", "::ffff:127.0.0.1", "localhost."])
 def test_smtp_credentials_without_tls_are_accepted_for_a_loopback_relay(host: str) -> None:
     email = {
