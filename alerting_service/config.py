@@ -210,7 +210,10 @@ class WebhookConfig(_Strict):
     @classmethod
     def _url_is_http(cls, url: SecretStr | None) -> SecretStr | None:
         if url is not None:
-            parts = urlsplit(url.get_secret_value().strip())
+            # Stripped for good, not only for the check: a trailing space (a url_file edited by hand) was sent
+            # percent-encoded, to a path that does not exist.
+            url = SecretStr(url.get_secret_value().strip())
+            parts = urlsplit(url.get_secret_value())
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise ValueError("must be an http(s) URL with a host")
             if not _port_is_valid(parts):

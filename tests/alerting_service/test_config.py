@@ -161,6 +161,18 @@ def test_a_secret_read_from_a_file_is_used(tmp_path: Path) -> None:
     assert config.receivers[0].email.password.get_secret_value() == SECRET
 
 
+@pytest.mark.parametrize("content", [" https://h.example/x \n", "https://h.example/x\t\r\n"])
+def test_a_webhook_url_file_is_used_without_surrounding_whitespace(content: str, tmp_path: Path) -> None:
+    (tmp_path / "url").write_text(content)
+    webhook = {"url_file": str(tmp_path / "url"), "secrets": [new_whsec()]}
+
+    config = parse_alerting_config(
+        yaml.safe_dump({"receivers": [{"name": "w", "webhook": webhook}]}), "a.yaml"
+    )
+
+    assert config.receivers[0].webhook.url.get_secret_value() == "https://h.example/x"
+
+
 def test_webhook_secrets_from_a_file_are_one_per_line(tmp_path: Path) -> None:
     rotated = [new_whsec(), new_whsec()]
     (tmp_path / "secrets").write_text("\n".join(rotated) + "\n")
