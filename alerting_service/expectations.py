@@ -11,6 +11,11 @@ any other. It has no run_id, which makes its fingerprint `dag:<dag_id>` (see res
 Its idempotency key `expectation/<dag_id>/<local date>` makes it fire once per day, also across restarts and
 with several service processes running the watcher.
 
+Any success of the DAG counts unless `business_date_label` is set: then only a success whose label of that
+name is the day `business_date_lag_days` before the deadline's local date does, so a backfill or a re-run of
+an old date succeeding during the window does not hide that the day's own run never happened; the missed event
+carries that label too.
+
 A day's deadline counts once the whole of its window falls after the moment the service first watched the
 DAG's expectation (`expectation_watches`, kept across restarts: the DAG's oldest stored event, else the moment
 the expectation was first seen), so a window that began before the service could see a success is not judged.
@@ -26,6 +31,8 @@ Configuration (YAML key `expectations:`):
         severity: critical         # default critical
         window_hours: 24           # default 24
         labels: {team: data-engineering}   # as an event's labels, less `source` (set to `expectation`)
+        business_date_label: business_date # optional: only a success for the day before counts
+        business_date_lag_days: 1          # default 1: the deadline of the 15th expects the 14th
 """
 
 from __future__ import annotations
@@ -34,13 +41,13 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Iterable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import TYPE_CHECKING, Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -75,6 +82,8 @@ class Expectation(BaseModel):
     # Validated as an event's labels are, less the one `source` takes: an expectation whose event the ingest
     # would refuse could never fire.
     labels: dict[LabelName, LabelValue] = Field(default_factory=dict, max_length=MAX_LABELS - 1)
+    business_date_label: LabelName | None = None
+    business_date_lag_days: int = Field(default=1, ge=0, le=31)
 
     @field_validator("labels")
     @classmethod
@@ -82,6 +91,17 @@ class Expectation(BaseModel):
         if SOURCE_LABEL in labels:
             raise ValueError(f"{SOURCE_LABEL!r} is set by the service ({SOURCE_LABEL}: {EXPECTATION_LABEL})")
         return labels
+
+    @model_validator(mode="after")
+    def _business_date_label_left_to_the_service(self) -> Expectation:
+        # The missed event carries the expected business date under that name (missed_event), and the
+        # ingest's label count must leave it room.
+        name = self.business_date_label
+        if name in (SOURCE_LABEL, *self.labels):
+            raise ValueError(f"business_date_label {name!r} is also in labels, or is {SOURCE_LABEL!r}")
+        if name is not None and len(self.labels) >= MAX_LABELS - 2:
+            raise ValueError(f"with business_date_label, at most {MAX_LABELS - 2} labels")
+        return self
 
     @field_validator("succeed_by", mode="before")
     @classmethod
@@ -148,6 +168,15 @@ class Check:
     def idempotency_key(self) -> str:
         return f"expectation/{self.expectation.dag_id}/{self.local_date.isoformat()}"
 
+    @property
+    def business_date_labels(self) -> dict[str, str]:
+        """{business_date_label: the date a success must be for}, or {} when any success counts."""
+        name = self.expectation.business_date_label
+        if name is None:
+            return {}
+        day = self.local_date - timedelta(days=self.expectation.business_date_lag_days)
+        return {name: day.isoformat()}
+
 
 def deadline_on(expectation: Expectation, day: date) -> datetime:
     """The deadline of `day` (a date in the expectation's time zone), in UTC."""
@@ -175,6 +204,7 @@ def missed_event(check: Check) -> dict[str, Any]:
     """The `deadline_missed` body for a check that found no success; the same check gives the same body."""
     expectation = check.expectation
     by = f"{expectation.succeed_by.strftime('%H:%M')} {expectation.timezone}"
+    of_the_day = "".join(f" for {name}={day}" for name, day in check.business_date_labels.items())
     return {
         "idempotency_key": check.idempotency_key,
         "type": EventType.DEADLINE_MISSED.value,
@@ -182,20 +212,25 @@ def missed_event(check: Check) -> dict[str, Any]:
         "dag_id": expectation.dag_id,
         "occurred_at": iso_utc(check.deadline),
         "exception": (
-            f"no successful run of {expectation.dag_id} since {iso_utc(check.window_start)}: "
+            f"no successful run of {expectation.dag_id}{of_the_day} since {iso_utc(check.window_start)}: "
             f"expected to succeed by {by} on {check.local_date.isoformat()}"
         ),
-        "labels": {**expectation.labels, SOURCE_LABEL: EXPECTATION_LABEL},
+        "labels": {**expectation.labels, **check.business_date_labels, SOURCE_LABEL: EXPECTATION_LABEL},
     }
 
 
-async def dag_succeeded_since(session: AsyncSession, dag_id: str, since: datetime) -> bool:
-    found = await session.scalar(
-        select(Event.id)
-        .where(Event.dag_id == dag_id, Event.type == EventType.DAG_RUN_SUCCESS, Event.occurred_at >= since)
-        .limit(1)
+async def dag_succeeded_since(
+    session: AsyncSession, dag_id: str, since: datetime, labels: Mapping[str, str]
+) -> bool:
+    """Whether a `dag_run_success` of the DAG since `since` carries every one of `labels`."""
+    successes = await session.scalars(
+        select(Event.labels).where(
+            Event.dag_id == dag_id, Event.type == EventType.DAG_RUN_SUCCESS, Event.occurred_at >= since
+        )
     )
-    return found is not None
+    # Filtered here, not in SQL: JSON queries differ between SQLite and PostgreSQL, and a DAG has a few
+    # successes a day (a backfill some hundreds).
+    return any(labels.items() <= stored.items() for stored in successes)
 
 
 async def record_first_watches(
@@ -300,7 +335,9 @@ class ExpectationWatcher:
 
     async def _succeeded(self, check: Check) -> bool:
         async with self._session_factory() as session:
-            return await dag_succeeded_since(session, check.expectation.dag_id, check.window_start)
+            return await dag_succeeded_since(
+                session, check.expectation.dag_id, check.window_start, check.business_date_labels
+            )
 
 
 def record_through(ingestor: Ingestor) -> RecordEvent:

@@ -129,7 +129,9 @@ async def watched(session_factory: async_sessionmaker[AsyncSession]) -> async_se
     return session_factory
 
 
-async def add_success(session_factory: Any, dag_id: str, occurred_at: datetime) -> None:
+async def add_success(
+    session_factory: Any, dag_id: str, occurred_at: datetime, labels: dict[str, str] | None = None
+) -> None:
     async with session_factory() as session, session.begin():
         session.add(
             Event(
@@ -141,7 +143,7 @@ async def add_success(session_factory: Any, dag_id: str, occurred_at: datetime) 
                 dag_id=dag_id,
                 occurred_at=occurred_at,
                 received_at=occurred_at,
-                labels={},
+                labels=labels or {},
                 fingerprint=f"dag:{dag_id}",
             )
         )
@@ -168,9 +170,11 @@ class Recorder:
         await asyncio.wait_for(self.called.wait(), timeout=5)
 
 
-def watcher_at(now: str, session_factory: Any, recorder: Recorder) -> ExpectationWatcher:
+def watcher_at(
+    now: str, session_factory: Any, recorder: Recorder, expectation: Expectation = PIPELINE
+) -> ExpectationWatcher:
     return ExpectationWatcher(
-        [PIPELINE], session_factory=session_factory, record_event=recorder, clock=lambda: utc(now)
+        [expectation], session_factory=session_factory, record_event=recorder, clock=lambda: utc(now)
     )
 
 
@@ -196,6 +200,41 @@ async def test_a_success_of_another_dag_does_not_count(watched: Any) -> None:
     recorder = Recorder()
 
     assert len(await watcher_at("2026-01-14T04:01:00", watched, recorder).check_once()) == 1
+
+
+PIPELINE_OF_THE_DAY = PIPELINE.model_copy(update={"business_date_label": "business_date"})
+
+
+async def test_with_a_business_date_label_a_success_for_an_older_date_does_not_count(watched: Any) -> None:
+    # A backfill of an old date succeeding in the night must not hide that the day's own run never ran.
+    await add_success(watched, PIPELINE.dag_id, utc("2026-01-14T02:30:00"), {"business_date": "2025-12-01"})
+    recorder = Recorder()
+
+    await watcher_at("2026-01-14T04:01:00", watched, recorder, PIPELINE_OF_THE_DAY).check_once()
+
+    (missed,) = recorder.bodies
+    assert missed["labels"]["business_date"] == "2026-01-13"
+    assert "no successful run of batch_pipeline_dag for business_date=2026-01-13 since" in missed["exception"]
+
+
+async def test_with_a_business_date_label_a_success_for_the_day_before_counts(watched: Any) -> None:
+    await add_success(watched, PIPELINE.dag_id, utc("2026-01-14T02:30:00"), {"business_date": "2026-01-13"})
+    recorder = Recorder()
+
+    watcher = watcher_at("2026-01-14T04:01:00", watched, recorder, PIPELINE_OF_THE_DAY)
+    assert await watcher.check_once() == []
+
+
+def test_the_business_date_lag_sets_the_day_a_success_must_be_for() -> None:
+    two_days_late = PIPELINE_OF_THE_DAY.model_copy(update={"business_date_lag_days": 2})
+    check = latest_passed_check(two_days_late, utc("2026-01-14T04:01:00"))
+    assert check.business_date_labels == {"business_date": "2026-01-12"}
+
+
+@pytest.mark.parametrize("name", ["team", "source"])
+def test_a_business_date_label_taken_by_another_label_is_refused(name: str) -> None:
+    with pytest.raises(ValidationError, match=f"business_date_label '{name}'"):
+        Expectation(dag_id="d", succeed_by=time(4, 0), labels={"team": "data"}, business_date_label=name)
 
 
 async def test_a_missed_day_is_recorded_once_however_often_the_watcher_checks(watched: Any) -> None:
