@@ -86,7 +86,12 @@ ReasonFilter = Annotated[
     Reason | None, Query(description="Only deliveries that failed or were given up for this.")
 ]
 
-AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
+# What every admin route may answer besides its own codes (app.py's handlers give the 503).
+ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorResponse, "description": "Missing or unknown API key."},
     403: {"model": ErrorResponse, "description": "The API key lacks the scope."},
+    503: {
+        "model": ErrorResponse,
+        "description": "The database is unavailable; try again after the Retry-After seconds.",
+    },
 }

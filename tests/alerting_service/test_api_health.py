@@ -149,6 +149,20 @@ async def test_the_admin_api_answers_a_json_503_while_the_database_is_gone(
     assert record.exc_info is None  # one line, not a traceback per request
 
 
+async def test_the_openapi_documents_the_503_of_every_admin_operation(api: Api) -> None:
+    paths = (await api.client.get("/openapi.json")).json()["paths"]
+    admin_operations = {
+        (method, path): operation
+        for path, methods in paths.items()
+        if path.startswith("/v1/")
+        for method, operation in methods.items()
+        if (method, path) != ("post", "/v1/events")  # the ingest's own 503 says to send the event again
+    }
+
+    assert len(admin_operations) == 10
+    assert [key for key, operation in admin_operations.items() if "503" not in operation["responses"]] == []
+
+
 @pytest.mark.postgres
 async def test_a_statement_the_database_refuses_as_wrong_is_a_500_with_its_traceback_not_a_503(
     droppable: DroppableDatabase, caplog: pytest.LogCaptureFixture

@@ -9,7 +9,7 @@ from fastapi import APIRouter, HTTPException, Query
 
 from alerting_service import schemas
 from alerting_service.api.deps import (
-    AUTH_ERRORS,
+    ADMIN_ERRORS,
     AdminKey,
     PageLimit,
     PageOffset,
@@ -27,7 +27,7 @@ from alerting_service.store import deliveries as delivery_store
 router = APIRouter(prefix="/v1/deliveries", tags=["deliveries"])
 
 
-@router.get("", response_model=DeliveryList, responses=AUTH_ERRORS, summary="List deliveries")
+@router.get("", response_model=DeliveryList, responses=ADMIN_ERRORS, summary="List deliveries")
 async def list_deliveries(
     _key: AdminKey,
     session: SessionDep,
@@ -47,7 +47,7 @@ async def list_deliveries(
     "/{delivery_id}/replay",
     response_model=DeliveryOut,
     responses={
-        **AUTH_ERRORS,
+        **ADMIN_ERRORS,
         404: {"model": ErrorResponse, "description": "No such delivery."},
         409: {
             "model": ErrorResponse,

@@ -11,7 +11,7 @@ from starlette.types import Receive, Scope, Send
 
 from alerting_service import schemas
 from alerting_service.api.deps import (
-    AUTH_ERRORS,
+    ADMIN_ERRORS,
     AdminKey,
     PageLimit,
     PageOffset,
@@ -110,7 +110,7 @@ INGEST_OPERATION: dict[str, Any] = {
 INGEST_MODELS: tuple[type[BaseModel], ...] = (EventIn, IngestAccepted, ErrorResponse)
 
 
-@router.get("", response_model=EventList, responses=AUTH_ERRORS, summary="List events, newest first")
+@router.get("", response_model=EventList, responses=ADMIN_ERRORS, summary="List events, newest first")
 async def list_events(
     _key: AdminKey,
     session: SessionDep,
@@ -132,7 +132,7 @@ async def list_events(
 @router.get(
     "/{event_id}",
     response_model=EventDetail,
-    responses={**AUTH_ERRORS, 404: {"model": ErrorResponse, "description": "No such event."}},
+    responses={**ADMIN_ERRORS, 404: {"model": ErrorResponse, "description": "No such event."}},
     summary="One event with the state of each of its deliveries",
 )
 async def get_event(event_id: PathText, _key: AdminKey, session: SessionDep) -> EventDetail:

@@ -9,7 +9,7 @@ from fastapi import APIRouter, HTTPException
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from alerting_service.api.deps import (
-    AUTH_ERRORS,
+    ADMIN_ERRORS,
     AdminKey,
     PathText,
     ReasonFilter,
@@ -34,7 +34,7 @@ router = APIRouter(prefix="/v1/receivers", tags=["receivers"])
 @router.get(
     "",
     response_model=ReceiverList,
-    responses=AUTH_ERRORS,
+    responses=ADMIN_ERRORS,
     summary="The configured receivers: where each sends, whether it is disabled, what it has not sent",
 )
 async def list_receivers(_key: AdminKey, session: SessionDep, services: ServicesDep) -> ReceiverList:
@@ -71,7 +71,7 @@ def _destination(receiver: EmailReceiver | WebhookReceiver) -> str:
 @router.post(
     "/{name}/enable",
     response_model=ReceiverEnabled,
-    responses={**AUTH_ERRORS, 404: {"model": ErrorResponse, "description": "No receiver of that name."}},
+    responses={**ADMIN_ERRORS, 404: {"model": ErrorResponse, "description": "No receiver of that name."}},
     summary="Re-enable a receiver the dispatcher disabled (e.g. after 410 Gone)",
 )
 async def enable_receiver(
@@ -87,7 +87,7 @@ async def enable_receiver(
     "/{name}/replay",
     response_model=DeadLettersReplayed,
     responses={
-        **AUTH_ERRORS,
+        **ADMIN_ERRORS,
         404: {"model": ErrorResponse, "description": "No receiver of that name."},
         409: {"model": ErrorResponse, "description": "The receiver is disabled: re-enable it first."},
     },

@@ -11,7 +11,7 @@ from pydantic import BaseModel
 
 from alerting_service import schemas
 from alerting_service.api.deps import (
-    AUTH_ERRORS,
+    ADMIN_ERRORS,
     AdminKey,
     PageLimit,
     PageOffset,
@@ -45,7 +45,11 @@ async def _silence_in(_key: AdminKey, request: Request) -> SilenceIn:
     "",
     status_code=201,
     response_model=SilenceOut,
-    responses={**AUTH_ERRORS, 422: {"model": ErrorResponse, "description": "Invalid matchers or times."}},
+    responses={
+        **ADMIN_ERRORS,
+        413: {"model": ErrorResponse, "description": "The body is over ALERTING_MAX_BODY_BYTES."},
+        422: {"model": ErrorResponse, "description": "Invalid matchers or times."},
+    },
     summary="Create a silence",
     openapi_extra=_SILENCE_BODY,
 )
@@ -74,7 +78,7 @@ async def create_silence(
     return schemas.silence_out(row, now)
 
 
-@router.get("", response_model=SilenceList, responses=AUTH_ERRORS, summary="List silences, newest first")
+@router.get("", response_model=SilenceList, responses=ADMIN_ERRORS, summary="List silences, newest first")
 async def list_silences(
     _key: AdminKey,
     session: SessionDep,
@@ -91,7 +95,7 @@ async def list_silences(
 @router.delete(
     "/{silence_id}",
     response_model=SilenceOut,
-    responses={**AUTH_ERRORS, 404: {"model": ErrorResponse, "description": "No such silence."}},
+    responses={**ADMIN_ERRORS, 404: {"model": ErrorResponse, "description": "No such silence."}},
     summary="Expire a silence now (it stays listed, expired)",
 )
 async def expire_silence(
