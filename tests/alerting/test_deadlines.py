@@ -17,6 +17,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import closing
+from datetime import datetime, timedelta
 from pathlib import Path
 from urllib.parse import quote
 
@@ -102,6 +103,11 @@ class Standalone:
 
         assert eventually(run_states, within=90, interval=0.2) == ["success"]
 
+    def run_after(self) -> datetime:
+        with closing(sqlite3.connect(self.runner.home / "airflow.db")) as db:
+            (stored,) = db.execute("SELECT run_after FROM dag_run WHERE dag_id = ?", (DAG_ID,)).fetchone()
+        return datetime.fromisoformat(stored)
+
     def stop(self) -> None:
         """SIGINT to the group (SIGTERM to the parent alone orphans its children), then SIGTERM, SIGKILL.
 
@@ -164,3 +170,18 @@ def test_a_run_past_its_deadline_raises_deadline_missed(
         missed["log_url"] == f"http://airflow.bank.example:8080/dags/{DAG_ID}/runs/{quote(missed['run_id'])}"
     )
     eventually(lambda: alert_stack.mails_to(ONCALL, containing=missed["id"]))
+
+
+def test_the_dag_processor_reports_the_runs_success_with_the_date_it_processed(
+    alert_stack: AlertStack, standalone: Standalone
+) -> None:
+    # The event that feeds the dead man's switch: DAG-level callbacks run in the dag-processor, which
+    # `airflow dags test` does not exercise. It follows the run of the test above.
+    standalone.release_runs()
+
+    (success,) = eventually(
+        lambda: alert_stack.events(dag_id=DAG_ID, type="dag_run_success"), within=120, interval=0.25
+    )
+
+    day_before_the_trigger = (standalone.run_after().date() - timedelta(days=1)).isoformat()
+    assert success["labels"] == {"team": "data-engineering", "business_date": day_before_the_trigger}

@@ -17,6 +17,7 @@ from airflow.sdk import dag, task
 
 from pipeline_common.defaults import default_args
 from pipeline_common.notifiers import AlertServiceNotifier, missed_run_deadline
+from pipeline_common.run_date import business_date_label
 from pipeline_common.settings import load_settings
 
 LABELS = {"team": "data-engineering"}
@@ -27,16 +28,17 @@ def stamp(context: Any) -> None:
         stamps.write(json.dumps({"task_id": context["ti"].task_id, "at": time.monotonic()}) + "\n")
 
 
-def new_notifier() -> AlertServiceNotifier:
+def new_notifier(**options: Any) -> AlertServiceNotifier:
     return AlertServiceNotifier(
+        **options,
         labels=LABELS,
         timeout=float(os.environ.get("ALERT_TEST_NOTIFIER_TIMEOUT", "1")),
         fallback_timeout=float(os.environ.get("ALERT_TEST_NOTIFIER_FALLBACK_TIMEOUT", "1")),
     )
 
 
-def alerting_dag(dag_id: str, **dag_options: Any) -> Any:
-    notifier = new_notifier()
+def alerting_dag(dag_id: str, notifier: AlertServiceNotifier | None = None, **dag_options: Any) -> Any:
+    notifier = notifier or new_notifier()
     bracketed = [stamp, notifier, stamp]
     return dag(
         dag_id=dag_id,
@@ -97,7 +99,13 @@ def alert_outage() -> None:
 
 
 # Run by a real scheduler and triggerer (`airflow standalone`): `airflow dags test` creates no deadline.
-@alerting_dag("alert_slow_run", deadline=missed_run_deadline(timedelta(seconds=2), labels=LABELS))
+# Its run's end is reported by the DAG-level callback as the pipeline's is (the business date label included):
+# under `airflow standalone`, from the real dag-processor.
+@alerting_dag(
+    "alert_slow_run",
+    notifier=new_notifier(context_labels=business_date_label),
+    deadline=missed_run_deadline(timedelta(seconds=2), labels=LABELS),
+)
 def alert_slow_run() -> None:
     @task
     def slower_than_its_deadline() -> None:
