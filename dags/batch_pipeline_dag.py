@@ -85,8 +85,8 @@ See docs/dags.md.
             type=["null", "string"],
             pattern=r"^\d{4}-\d{2}-\d{2}$",
             description=(
-                "Business date to process (YYYY-MM-DD); empty: the day before the logical date, "
-                "or before the trigger without one"
+                "Business date to process (YYYY-MM-DD), a UTC day already over; empty: the day before "
+                "the logical date, or before the trigger without one"
             ),
         )
     },

@@ -31,6 +31,20 @@ from pipeline_common.errors import BatchJobSummaryError, batch_job_failure, job_
 from pipeline_common.settings import PipelineSettings, Runner
 
 TASK_ID = "run_batch_processing"
+# The task's page in the Airflow UI (Task Instance > Details): what a failed try means and what to do.
+TASK_DOC = """
+Runs the batch job for the date `prepare_environment` returned (`BATCH_RUN_DATE`), as a container when
+`BATCH_PIPELINE_DOCKER_URL` is set, else as a local process; the connections are read again at each try.
+The job's own log lines are in this task's log, ending with its JSON summary on success.
+
+* Exit 65: the day's input is invalid as a whole. Not retried: get a corrected file, then re-run the date.
+* Exit 78: a connection or credential is wrong (the last log line names it). Not retried: fix it, then
+  clear this task.
+* Any other failure is retried with exponential backoff; once the tries are spent, fix the cause (an
+  unreachable ML API or database, the day's files not delivered yet), then clear this task.
+
+A re-run replaces the date's rows; it never duplicates them.
+"""
 # Output lines kept in memory per stream: the summary is stdout's last, the failure line among stderr's last.
 KEPT_LINES = 20
 # Variables a local job process inherits from the worker (locale, paths, proxies and CA bundles of the host);
@@ -48,8 +62,10 @@ def run_batch_processing(settings: PipelineSettings, environment: Any, **kwargs:
         # Imported only in Docker mode: the Docker SDK adds ~0.3 s to every cold parse of the DAG file.
         from pipeline_common.docker_batch_job_operator import DockerBatchJobOperator
 
-        return DockerBatchJobOperator(settings=settings, environment=environment, task_id=TASK_ID, **kwargs)
-    return LocalBatchJobOperator(environment=environment, task_id=TASK_ID, **kwargs)
+        return DockerBatchJobOperator(
+            settings=settings, environment=environment, task_id=TASK_ID, doc_md=TASK_DOC, **kwargs
+        )
+    return LocalBatchJobOperator(environment=environment, task_id=TASK_ID, doc_md=TASK_DOC, **kwargs)
 
 
 def connection_job_environment(log: Logger) -> dict[str, str]:

@@ -173,6 +173,13 @@ def test_every_dag_has_tags_and_operator_docs(dags, dag_id):
     assert "Re-run" in dag.doc_md and "Connections" in dag.doc_md
 
 
+def test_every_pipeline_task_has_a_doc_in_the_ui_with_either_runner(dags, docker_dags):
+    undocumented = [
+        task.task_id for dag in (dags, docker_dags) for task in dag[PRODUCER].tasks if not task.doc_md
+    ]
+    assert undocumented == []
+
+
 def test_the_docs_clear_command_gives_the_logical_date_of_a_scheduled_run_with_its_time(dags):
     # The CLI reads a bare date as midnight: `-s 2026-01-15 -e 2026-01-15` matches no 02:00 run and clears
     # nothing, exit 0. The example must be a moment a scheduled run has.
