@@ -8,6 +8,7 @@ Required fields per connection are in docs/architecture.md ("Connections read by
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import json
 import os
@@ -187,8 +188,21 @@ def _ml_api_environment(ml_api: Connection) -> dict[str, str]:
     if ml_api.password:
         _require_header_safe(ml_api, "password")
     extra = connection_extra(ml_api)
+    _refuse_misspelled_tuning(ml_api, extra)
     tuning = {f"BATCH_ML_{key.upper()}": str(extra[key]) for key in ML_TUNING_EXTRAS if key in extra}
     return {"BATCH_ML_API_URL": http_base_url(ml_api), **tuning}
+
+
+def _refuse_misspelled_tuning(ml_api: Connection, extra: dict[str, Any]) -> None:
+    """A key close to a tuning extra's name is a typo that would leave the default in force unnoticed
+    (`timeout_second`: the 30 s default instead). Other keys are left alone: a UI form may add its own."""
+    for key in sorted(set(extra) - set(ML_TUNING_EXTRAS)):
+        meant = difflib.get_close_matches(key.lower(), ML_TUNING_EXTRAS, n=1)
+        if meant:
+            raise ConnectionConfigError(
+                f"connection {ml_api.conn_id!r}: extra {key!r} is not read, did you mean {meant[0]!r}? "
+                f"(the tuning extras: {', '.join(ML_TUNING_EXTRAS)})"
+            )
 
 
 def http_base_url(connection: Connection) -> str:

@@ -184,6 +184,22 @@ def test_ml_tuning_extras_become_job_variables():
     assert env["BATCH_ML_MAX_RETRIES"] == "0"
 
 
+@pytest.mark.parametrize(
+    ("typo", "meant"), [("timeout_second", "timeout_seconds"), ("BATCH_SIZE", "batch_size")]
+)
+def test_a_misspelled_ml_tuning_extra_is_refused_naming_the_one_meant(typo, meant):
+    ml = ml_api(extra=json.dumps({typo: 5}))
+    with pytest.raises(
+        ConnectionConfigError, match=f"'ml_api_default': extra '{typo}' is not read, did you mean '{meant}'"
+    ):
+        job_environment(connections(ml=ml))
+
+
+def test_an_ml_api_extra_unlike_any_tuning_extra_is_left_alone():
+    ml = ml_api(extra=json.dumps({"headers": {"X-Team": "fraud"}, "batch_size": 100}))
+    assert job_environment(connections(ml=ml))["BATCH_ML_BATCH_SIZE"] == "100"
+
+
 def test_a_login_with_url_characters_is_quoted_in_the_database_url():
     env = job_environment(connections(database=postgres(login="batch@corp")))
     assert env["BATCH_DATABASE_URL"] == "postgresql+psycopg2://batch%40corp@db.internal:5433/transactions"
