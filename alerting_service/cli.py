@@ -45,8 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser(
         "serve", help="run the HTTP API (and the dispatcher unless ALERTING_RUN_DISPATCHER=false)"
     )
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=9095)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    serve.add_argument("--port", type=int, default=9095, help="port to listen on (default: %(default)s)")
     serve.add_argument(
         "--access-log", action="store_true", help="log every request (off: it costs throughput)"
     )
