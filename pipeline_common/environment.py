@@ -30,7 +30,10 @@ def environment_for_run(context: Context) -> dict[str, str]:
     )
     run_date, rule = business_date_of_run(context)
     refuse_a_day_not_over(
-        day=run_date, run_after=context["dag_run"].run_after, run_date_param=run_date_param_of(context)
+        day=run_date,
+        run_after=context["dag_run"].run_after,
+        run_date_param=run_date_param_of(context),
+        rule=rule,
     )
     job_environment(read_pipeline_connections())  # validation only: raises naming a bad connection or field
     log.info("BATCH_RUN_DATE=%s (%s); the connections are complete", run_date.isoformat(), rule)

@@ -67,15 +67,17 @@ def refuse_run_date_on_backfill(*, run_type: str, run_date_param: str | None) ->
         )
 
 
-def refuse_a_day_not_over(*, day: date, run_after: datetime, run_date_param: str | None) -> None:
-    """A `run_date` of the day the run was triggered, or later, names a day whose transactions are not all
-    delivered: it would load part of a day, and announce it to the fraud report as the day's rows."""
-    if run_date_param and day >= _utc_day(run_after):
-        raise PipelineConfigError(
-            f"param {RUN_DATE_PARAM}={run_date_param!r} is not over: the run was triggered at "
-            f"{run_after.isoformat()} and a day can be processed from the next UTC day on (the scheduled run "
-            "processes it at 02:00 UTC the day after)"
-        )
+def refuse_a_day_not_over(*, day: date, run_after: datetime, run_date_param: str | None, rule: str) -> None:
+    """A day to process (a `run_date`, or the day before a manual run's logical date) that is the day the run
+    was triggered, or later, is a day whose transactions are not all delivered: it would load part of a day,
+    and announce it to the fraud report as the day's rows."""
+    if day < _utc_day(run_after):
+        return
+    named = f"param {RUN_DATE_PARAM}={run_date_param!r}" if run_date_param else f"{day.isoformat()} ({rule})"
+    raise PipelineConfigError(
+        f"{named} is not over: the run was triggered at {run_after.isoformat()} and a day can be processed "
+        "from the next UTC day on (the scheduled run processes it at 02:00 UTC the day after)"
+    )
 
 
 def business_date_and_rule(

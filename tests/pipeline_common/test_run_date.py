@@ -155,3 +155,13 @@ def test_a_run_date_param_of_the_day_before_the_trigger_is_processed(embedded_co
     assert environment_for_run(run_context("manual", None, run_date="2026-03-09")) == {
         "BATCH_RUN_DATE": "2026-03-09"
     }
+
+
+def test_a_manual_run_given_a_logical_date_after_its_trigger_day_is_refused(embedded_connections):
+    # `airflow dags trigger --logical-date 2026-03-11` on 2026-03-10 would process 2026-03-10, a day not over.
+    context = run_context("manual", datetime(2026, 3, 11, tzinfo=UTC))
+
+    with pytest.raises(
+        PipelineConfigError, match=r"2026-03-10 \(the day before the logical date .*is not over"
+    ):
+        environment_for_run(context)
