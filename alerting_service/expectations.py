@@ -99,7 +99,7 @@ class Expectation(BaseModel):
         name = self.business_date_label
         if name in (SOURCE_LABEL, *self.labels):
             raise ValueError(f"business_date_label {name!r} is also in labels, or is {SOURCE_LABEL!r}")
-        if name is not None and len(self.labels) >= MAX_LABELS - 2:
+        if name is not None and len(self.labels) > MAX_LABELS - 2:
             raise ValueError(f"with business_date_label, at most {MAX_LABELS - 2} labels")
         return self
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, time
@@ -26,6 +27,7 @@ from alerting_service.expectations import (
 )
 from alerting_service.ingest import Ingestor, NoHandoff
 from alerting_service.models import Event, ExpectationWatch
+from alerting_service.schemas import MAX_LABELS, EventIn
 from alerting_service.store.events import IdempotencyConflict
 from alerting_service.store.writer import Writer
 from tests.alerting_service.delivery_fixtures import Database
@@ -419,3 +421,20 @@ def test_a_succeed_by_with_a_utc_offset_is_refused_naming_the_timezone_key(succe
     # The offset was dropped: "04:00+02:00" meant 04:00 in `timezone` (UTC), two hours after 02:00 UTC.
     with pytest.raises(ValidationError, match=r"succeed_by\n.*without a UTC offset.*timezone"):
         Expectation.model_validate({"dag_id": "d", "succeed_by": succeed_by})
+
+
+def test_a_business_date_label_leaves_room_for_the_labels_an_event_may_carry() -> None:
+    # The missed event carries the labels, the business date and `source`: MAX_LABELS in all is accepted.
+    labels = {f"l{number}": "v" for number in range(MAX_LABELS - 2)}
+    expectation = Expectation(
+        dag_id="d", succeed_by=time(4, 0), labels=labels, business_date_label="business_date"
+    )
+    missed = missed_event(latest_passed_check(expectation, utc("2026-01-14T04:01:00")))
+    assert len(EventIn.model_validate_json(json.dumps(missed)).labels) == MAX_LABELS
+    with pytest.raises(ValidationError, match=f"at most {MAX_LABELS - 2} labels"):
+        Expectation(
+            dag_id="d",
+            succeed_by=time(4, 0),
+            labels={**labels, "one_more": "v"},
+            business_date_label="business_date",
+        )
