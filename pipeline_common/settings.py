@@ -239,20 +239,23 @@ def _absolute_path(name: str, value: str) -> Path:
 
 
 def _seconds(name: str, value: str) -> timedelta:
-    seconds = _duration(name, value, "seconds")
-    if seconds <= timedelta(0):
+    seconds = _amount(name, value, "seconds")
+    if seconds <= 0 or not _duration(name, value, seconds, "seconds"):
         raise PipelineConfigError(f"{PREFIX}{name}={value!r} must be positive")
-    return seconds
+    return _duration(name, value, seconds, "seconds")
 
 
 def _minutes_or_off(name: str, value: str) -> timedelta | None:
-    minutes = _duration(name, value, "minutes")
-    if minutes < timedelta(0):
+    minutes = _amount(name, value, "minutes")
+    if minutes == 0:
+        return None
+    # Negative, or so small that it is no time at all (it would turn the deadline off without a word).
+    if minutes < 0 or not _duration(name, value, minutes, "minutes"):
         raise PipelineConfigError(f"{PREFIX}{name}={value!r} must be 0 (off) or a positive number of minutes")
-    return minutes or None
+    return _duration(name, value, minutes, "minutes")
 
 
-def _duration(name: str, value: str, unit: Literal["seconds", "minutes"]) -> timedelta:
+def _amount(name: str, value: str, unit: Literal["seconds", "minutes"]) -> float:
     # float() also takes "nan" and "inf", which timedelta refuses with an error naming no variable.
     try:
         amount = float(value)
@@ -260,6 +263,11 @@ def _duration(name: str, value: str, unit: Literal["seconds", "minutes"]) -> tim
         amount = math.nan
     if math.isnan(amount):
         raise PipelineConfigError(f"{PREFIX}{name}={value!r} is not a number of {unit}")
-    if abs(amount) > LONGEST.total_seconds() / (60 if unit == "minutes" else 1):
+    return amount
+
+
+def _duration(name: str, value: str, amount: float, unit: Literal["seconds", "minutes"]) -> timedelta:
+    """A positive amount as a timedelta; refused past LONGEST (a typo)."""
+    if amount > LONGEST.total_seconds() / (60 if unit == "minutes" else 1):
         raise PipelineConfigError(f"{PREFIX}{name}={value!r} is longer than {LONGEST.days} days")
     return timedelta(**{unit: amount})

@@ -81,6 +81,11 @@ def test_the_latest_tag_is_refused():
         ("BATCH_PIPELINE_DEADLINE_MINUTES", "NaN", "is not a number of minutes"),
         ("BATCH_PIPELINE_DEADLINE_MINUTES", "600000", "is longer than 366 days"),
         ("BATCH_PIPELINE_DEADLINE_MINUTES", "-5", "must be 0 \\(off\\) or a positive number of minutes"),
+        # Negative beyond the longest delay: the sign is what is wrong, not the length.
+        ("BATCH_PIPELINE_DEADLINE_MINUTES", "-1e9", "must be 0 \\(off\\) or a positive number of minutes"),
+        ("BATCH_PIPELINE_RETRY_DELAY_SECONDS", "-inf", "must be positive"),
+        # Positive, but no time at all: read as 0, it turned the deadline off without a word.
+        ("BATCH_PIPELINE_DEADLINE_MINUTES", "1e-12", "must be 0 \\(off\\) or a positive number of minutes"),
     ],
 )
 def test_a_bad_value_is_refused_naming_the_variable(variable, value, message):
