@@ -169,8 +169,9 @@ class EmailConfig(_Strict):
     def _credentials_complete(self) -> EmailConfig:
         _merge_secret_file(self, "password")
         # A TLS handshake on the STARTTLS port fails every time: implicit TLS has its own port.
+        # A copy: a SmartHost given as an instance is not copied by pydantic, and may be another receiver's.
         if self.tls == "implicit" and "port" not in self.smarthost.model_fields_set:
-            self.smarthost.port = IMPLICIT_TLS_PORT
+            self.smarthost = self.smarthost.model_copy(update={"port": IMPLICIT_TLS_PORT})
         # aiosmtplib logs in only when a username is set: a password alone would go unused (530 per mail).
         if self.username is None and self.password is not None:
             raise PydanticCustomError("credentials", "password (or password_file) needs a username")

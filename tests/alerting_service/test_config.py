@@ -10,7 +10,14 @@ import pytest
 import yaml
 
 from alerting_service.cli import EX_CONFIG, main
-from alerting_service.config import ConfigError, load_alerting_config, load_settings, parse_alerting_config
+from alerting_service.config import (
+    ConfigError,
+    EmailConfig,
+    SmartHost,
+    load_alerting_config,
+    load_settings,
+    parse_alerting_config,
+)
 from tests.alerting_service.delivery_fixtures import new_whsec
 
 SECRET = "hunter2-smtp-password"
@@ -256,6 +263,16 @@ def test_a_smarthost_without_a_port_gets_the_port_of_its_tls_mode(
     ).receivers
 
     assert receiver.email.smarthost.port == port
+
+
+def test_the_implicit_tls_port_is_not_written_into_a_smarthost_given_as_an_instance() -> None:
+    # pydantic does not copy a model instance it is given: setting its port would change it for every
+    # configuration sharing it, a STARTTLS one included.
+    shared = SmartHost(host="smtp.bank.example")
+    implicit = EmailConfig.model_validate({**EMAIL, "smarthost": shared, "tls": "implicit"})
+    starttls = EmailConfig.model_validate({**EMAIL, "smarthost": shared, "tls": "starttls"})
+
+    assert (implicit.smarthost.port, starttls.smarthost.port, shared.port) == (465, 587, 587)
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "[::1]", "::ffff:127.0.0.1", "localhost."])
