@@ -32,6 +32,12 @@ POSTGRES_CONN_TYPES = ("postgres", "postgresql")
 HTTP_SCHEMES = ("http", "https")
 # Optional ML tuning read from the ml_api_default extra, passed to the job as BATCH_ML_<KEY>.
 ML_TUNING_EXTRAS = ("timeout_seconds", "batch_size", "max_retries", "retry_backoff_seconds")
+# The HttpHook's request options, at home in an http connection's extra (the job does not read them): never
+# taken for a misspelled tuning extra, though `max_redirects` looks like `max_retries`. Its `timeout` is not
+# among them: the job does not read it, and the timeout it meant is `timeout_seconds`.
+HTTP_HOOK_OPTIONS = frozenset(
+    ("headers", "proxies", "stream", "verify", "cert", "max_redirects", "allow_redirects", "trust_env")
+)
 # The words the extra `secure` may hold as text (a UI form or a URI gives every extra value as a string).
 _TRUE_WORDS = ("true", "1", "yes")
 _FALSE_WORDS = ("false", "0", "no")
@@ -196,7 +202,7 @@ def _ml_api_environment(ml_api: Connection) -> dict[str, str]:
 def _refuse_misspelled_tuning(ml_api: Connection, extra: dict[str, Any]) -> None:
     """A key close to a tuning extra's name is a typo that would leave the default in force unnoticed
     (`timeout_second`: the 30 s default instead). Other keys are left alone: a UI form may add its own."""
-    for key in sorted(set(extra) - set(ML_TUNING_EXTRAS)):
+    for key in sorted(set(extra) - set(ML_TUNING_EXTRAS) - HTTP_HOOK_OPTIONS):
         meant = difflib.get_close_matches(key.lower(), ML_TUNING_EXTRAS, n=1)
         if meant:
             raise ConnectionConfigError(

@@ -196,7 +196,8 @@ def test_a_misspelled_ml_tuning_extra_is_refused_naming_the_one_meant(typo, mean
 
 
 def test_an_ml_api_extra_unlike_any_tuning_extra_is_left_alone():
-    ml = ml_api(extra=json.dumps({"headers": {"X-Team": "fraud"}, "batch_size": 100}))
+    extra = {"headers": {"X-Team": "fraud"}, "max_redirects": 0, "batch_size": 100}  # an HttpHook option too
+    ml = ml_api(extra=json.dumps(extra))
     assert job_environment(connections(ml=ml))["BATCH_ML_BATCH_SIZE"] == "100"
 
 
