@@ -247,8 +247,8 @@ def _database_error(exc: DBAPIError, engine: Engine) -> JobError | None:
     if sqlstate in SCHEMA_SQLSTATES or SQLITE_SCHEMA_MESSAGE.search(str(exc.orig)):
         return ConfigError(
             f"database {engine.url.render_as_string(hide_password=True)} holds a table the load cannot write "
-            f"(made with another layout): {_first_line(exc.orig)}; move it aside so that the load creates "
-            "it, or migrate it to the layout in docs/architecture.md"
+            f"(made with another layout?): {_first_line(exc.orig)}; compare it with the layout in "
+            "docs/architecture.md and, where it differs, migrate it or move it aside for the load to create"
         )
     if isinstance(exc, OperationalError | InterfaceError):
         return TransientError(f"database unavailable: {_first_line(exc.orig)}")

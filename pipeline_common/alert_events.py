@@ -23,6 +23,8 @@ from html import escape
 from typing import Any
 from urllib.parse import quote
 
+from pipeline_common.run_date import BACKFILL_RUN_TYPE
+
 # The service accepts far more, but an alert is read by a person on a phone: the first lines are what matter.
 EXCEPTION_SUMMARY_LIMIT = 500
 NO_TASK = "-"
@@ -57,10 +59,6 @@ _TASK_STATE_EVENTS = {
     "failed": EventType.TASK_FAILURE,
     "success": EventType.TASK_SUCCESS,
 }
-
-
-# DagRunType.BACKFILL_JOB's value, as the triggerer's JSON context of a Deadline Alert gives a run's type.
-BACKFILL_RUN_TYPE = "backfill"
 
 
 class UnknownCallbackContext(ValueError):

@@ -38,8 +38,8 @@ Runs the batch job for the date `prepare_environment` returned (`BATCH_RUN_DATE`
 The job's own log lines are in this task's log, ending with its JSON summary on success.
 
 * Exit 65: the day's input is invalid as a whole. Not retried: get a corrected file, then re-run the date.
-* Exit 78: a connection or credential is wrong (the last log line names it). Not retried: fix it, then
-  clear this task.
+* Exit 78: a connection or credential is wrong, or the results table has another layout (the last log
+  line names which). Not retried: fix it, then clear this task.
 * Any other failure is retried with exponential backoff; once the tries are spent, fix the cause (an
   unreachable ML API or database, the day's files not delivered yet), then clear this task.
 

@@ -18,7 +18,9 @@ from pipeline_common.errors import PipelineConfigError
 
 RUN_DATE_PARAM = "run_date"
 BUSINESS_DATE_LABEL = "business_date"
-BACKFILL_RUN_TYPE = "backfill"  # DagRunType.BACKFILL's value: the Task SDK gives the run type as that enum
+# DagRunType.BACKFILL_JOB's value: the Task SDK gives the run type as that enum, a Deadline Alert's JSON
+# context as this string.
+BACKFILL_RUN_TYPE = "backfill"
 _ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 

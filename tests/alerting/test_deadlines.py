@@ -153,12 +153,17 @@ def standalone(alert_stack: AlertStack, tmp_path_factory: pytest.TempPathFactory
             airflow.stop()
 
 
-def test_a_run_past_its_deadline_raises_deadline_missed(
-    alert_stack: AlertStack, standalone: Standalone
-) -> None:
+@pytest.fixture(scope="module")
+def slow_run(standalone: Standalone) -> Standalone:
+    """One run of `alert_slow_run`, triggered once for the tests of this module, whichever of them runs."""
     standalone.until_serialized(DAG_ID)
     standalone.airflow("dags", "trigger", DAG_ID)
+    return standalone
 
+
+def test_a_run_past_its_deadline_raises_deadline_missed(
+    alert_stack: AlertStack, slow_run: Standalone
+) -> None:
     (missed,) = eventually(
         lambda: alert_stack.events(dag_id=DAG_ID, type="deadline_missed"), within=120, interval=0.25
     )
@@ -173,15 +178,15 @@ def test_a_run_past_its_deadline_raises_deadline_missed(
 
 
 def test_the_dag_processor_reports_the_runs_success_with_the_date_it_processed(
-    alert_stack: AlertStack, standalone: Standalone
+    alert_stack: AlertStack, slow_run: Standalone
 ) -> None:
     # The event that feeds the dead man's switch: DAG-level callbacks run in the dag-processor, which
-    # `airflow dags test` does not exercise. It follows the run of the test above.
-    standalone.release_runs()
+    # `airflow dags test` does not exercise.
+    slow_run.release_runs()
 
     (success,) = eventually(
         lambda: alert_stack.events(dag_id=DAG_ID, type="dag_run_success"), within=120, interval=0.25
     )
 
-    day_before_the_trigger = (standalone.run_after().date() - timedelta(days=1)).isoformat()
+    day_before_the_trigger = (slow_run.run_after().date() - timedelta(days=1)).isoformat()
     assert success["labels"] == {"team": "data-engineering", "business_date": day_before_the_trigger}
