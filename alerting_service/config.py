@@ -497,6 +497,14 @@ class Settings(BaseSettings):
         _merge_secret_file(self, "api_keys")
         return self
 
+    @field_validator("data_dir")
+    @classmethod
+    def _a_directory_if_it_exists(cls, data_dir: Path) -> Path:
+        # Created at start when missing; an existing file there failed the start with a traceback.
+        if data_dir.exists() and not data_dir.is_dir():
+            raise ValueError(f"{data_dir} is a file, not a directory")
+        return data_dir
+
     @field_validator("database_url")
     @classmethod
     def _async_driver(cls, url: str | None) -> str | None:

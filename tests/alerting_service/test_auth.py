@@ -127,13 +127,14 @@ def test_a_malformed_key_list_names_the_entry_but_never_the_key(
     assert "0123456789abcdef" not in str(raised.value) and "short" not in str(raised.value)
 
 
-@pytest.mark.parametrize("make_unusable", ["data_dir_is_a_file", "keys_file_is_a_directory"])
+@pytest.mark.parametrize("make_unusable", ["data_dir_under_a_file", "keys_file_is_a_directory"])
 def test_a_data_dir_where_the_keys_cannot_be_generated_is_a_configuration_error(
     make_unusable: str, tmp_path: Path
 ) -> None:
     data_dir = tmp_path / "data"
-    if make_unusable == "data_dir_is_a_file":
-        data_dir.write_text("")
+    if make_unusable == "data_dir_under_a_file":
+        (tmp_path / "file").write_text("")
+        data_dir = tmp_path / "file" / "data"
     else:
         (data_dir / "api-keys").mkdir(parents=True)
 
