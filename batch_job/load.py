@@ -90,10 +90,7 @@ CONNECT_MESSAGE_SQLSTATES = (
 )
 # The load's statements are fixed, so a column or constraint the database says is missing belongs to a table
 # made with another layout (an older version, by hand): retrying cannot help, so these are ConfigErrors too.
-SCHEMA_SQLSTATES = {
-    "42703": "undefined column",
-    "42P10": "no unique constraint matching the upsert key",
-}
+SCHEMA_SQLSTATES = frozenset({"42703", "42P10"})  # undefined column; no unique key matching the upsert's
 SQLITE_SCHEMA_MESSAGE = re.compile(r"has no column named|no such column|ON CONFLICT clause does not match")
 
 

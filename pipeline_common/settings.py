@@ -239,20 +239,20 @@ def _absolute_path(name: str, value: str) -> Path:
 
 
 def _seconds(name: str, value: str) -> timedelta:
-    seconds = _amount(name, value, "seconds")
-    if seconds <= 0 or not _duration(name, value, seconds, "seconds"):
+    seconds = _duration(name, value, _amount(name, value, "seconds"), "seconds")
+    if seconds is None:
         raise PipelineConfigError(f"{PREFIX}{name}={value!r} must be positive")
-    return _duration(name, value, seconds, "seconds")
+    return seconds
 
 
 def _minutes_or_off(name: str, value: str) -> timedelta | None:
-    minutes = _amount(name, value, "minutes")
-    if minutes == 0:
+    amount = _amount(name, value, "minutes")
+    if amount == 0:
         return None
-    # Negative, or so small that it is no time at all (it would turn the deadline off without a word).
-    if minutes < 0 or not _duration(name, value, minutes, "minutes"):
+    minutes = _duration(name, value, amount, "minutes")
+    if minutes is None:
         raise PipelineConfigError(f"{PREFIX}{name}={value!r} must be 0 (off) or a positive number of minutes")
-    return _duration(name, value, minutes, "minutes")
+    return minutes
 
 
 def _amount(name: str, value: str, unit: Literal["seconds", "minutes"]) -> float:
@@ -266,8 +266,11 @@ def _amount(name: str, value: str, unit: Literal["seconds", "minutes"]) -> float
     return amount
 
 
-def _duration(name: str, value: str, amount: float, unit: Literal["seconds", "minutes"]) -> timedelta:
-    """A positive amount as a timedelta; refused past LONGEST (a typo)."""
+def _duration(name: str, value: str, amount: float, unit: Literal["seconds", "minutes"]) -> timedelta | None:
+    """The amount as a timedelta; None if it is not positive, or so small that it is no time at all (a
+    deadline of 1e-12 minutes would be off without a word); refused past LONGEST (a typo)."""
+    if amount <= 0:
+        return None
     if amount > LONGEST.total_seconds() / (60 if unit == "minutes" else 1):
         raise PipelineConfigError(f"{PREFIX}{name}={value!r} is longer than {LONGEST.days} days")
-    return timedelta(**{unit: amount})
+    return timedelta(**{unit: amount}) or None

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
-from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from starlette.types import Receive, Scope, Send
 
 from alerting_service import schemas
@@ -19,6 +18,7 @@ from alerting_service.api.deps import (
     Services,
     SessionDep,
     authorize,
+    parse_body,
 )
 from alerting_service.auth import Scope as AuthScope
 from alerting_service.ingest import IngestUnavailable
@@ -39,23 +39,6 @@ router = APIRouter(prefix="/v1/events", tags=["events"])
 
 INGEST_PATH = "/v1/events"
 
-ModelT = TypeVar("ModelT", bound=BaseModel)
-
-
-def parse_event(body: bytes) -> EventIn:
-    return parse_body(EventIn, body)
-
-
-def parse_body(model: type[ModelT], body: bytes) -> ModelT:
-    """The request body as `model`, or the 422 a declared FastAPI body would give, naming each field."""
-    try:
-        return model.model_validate_json(body)
-    except ValidationError as exc:
-        errors = exc.errors(include_url=False, include_input=False, include_context=False)
-        raise RequestValidationError(
-            [{**error, "loc": ("body", *error["loc"])} for error in errors]
-        ) from None
-
 
 class IngestEndpoint:
     """POST /v1/events as a plain ASGI endpoint: the hot path of an alert storm.
@@ -69,7 +52,7 @@ class IngestEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
         authorize(request, AuthScope.INGEST)
-        event = parse_event(await request.body())
+        event = parse_body(EventIn, await request.body())
         services: Services = request.app.state.services
         try:
             accepted = await services.ingestor.submit(event)

@@ -18,8 +18,8 @@ from alerting_service.api.deps import (
     PathText,
     ServicesDep,
     SessionDep,
+    parse_body,
 )
-from alerting_service.api.routes.events import parse_body
 from alerting_service.schemas import ErrorResponse, SilenceIn, SilenceList, SilenceOut
 from alerting_service.store import silences as silence_store
 
