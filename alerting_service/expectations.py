@@ -14,7 +14,8 @@ with several service processes running the watcher.
 Any success of the DAG counts unless `business_date_label` is set: then only a success whose label of that
 name is the day `business_date_lag_days` before the deadline's local date does, so a backfill or a re-run of
 an old date succeeding during the window does not hide that the day's own run never happened; the missed event
-carries that label too.
+carries that label too, and only a success for that day resolves it (`resolves_missed_day`, applied by the
+ingest).
 
 A day's deadline counts once the whole of its window falls after the moment the service first watched the
 DAG's expectation (`expectation_watches`, kept across restarts: the DAG's oldest stored event, else the moment
@@ -176,6 +177,18 @@ class Check:
             return {}
         day = self.local_date - timedelta(days=self.expectation.business_date_lag_days)
         return {name: day.isoformat()}
+
+
+def resolves_missed_day(
+    business_date_label: str | None, missed: Mapping[str, str], success: Mapping[str, str]
+) -> bool:
+    """Whether a success (its labels) may resolve an open alert of its DAG (the alert's labels) that its
+    fingerprint closes. A missed day of an expectation with `business_date_label` is resolved only by a
+    success for that business date: a backfill of an old date must not say it is over. Any other, by any."""
+    if business_date_label is None or missed.get(SOURCE_LABEL) != EXPECTATION_LABEL:
+        return True
+    expected = missed.get(business_date_label)
+    return expected is None or success.get(business_date_label) == expected
 
 
 def deadline_on(expectation: Expectation, day: date) -> datetime:

@@ -28,7 +28,7 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -38,6 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from alerting_service import metrics
 from alerting_service.config import DEFAULT_INGEST_QUEUE_MAX, AlertingConfig
+from alerting_service.expectations import resolves_missed_day
 from alerting_service.labels import event_labels
 from alerting_service.models import DeliveryKind, EventType, Integration, new_id
 from alerting_service.resolution import fingerprint, is_firing, resolved_fingerprints
@@ -159,6 +160,7 @@ class Ingestor:
         self._sessions = sessions
         self._router = Router(config.root_route)
         self._integrations = {receiver.name: receiver.integration for receiver in config.receivers}
+        self._business_date_labels = {e.dag_id: e.business_date_label for e in config.expectations}
         self._batch_max = batch_max
         self._queue_max = queue_max
         self._silence_refresh_seconds = silence_refresh_seconds
@@ -351,13 +353,21 @@ class Ingestor:
         if is_firing(event.type):
             kind = DeliveryKind.FIRING
             firing = [FiringTarget(r, i, settled=False) for r, i in targets.items()]
-            open_by_fingerprint[own_fingerprint].append(OpenAlert(event_id, own_fingerprint, firing))
+            open_by_fingerprint[own_fingerprint].append(
+                OpenAlert(event_id, own_fingerprint, firing, event.labels)
+            )
         else:
             # A success is a resolved notice: to where it is routed, and to where the alerts it closes went.
             kind = DeliveryKind.RESOLVED
             closes = resolved_fingerprints(event.type, dag_id=event.dag_id, own_fingerprint=own_fingerprint)
+            business_date_label = self._business_date_labels.get(event.dag_id)
             behind_a_firing = _close(
-                closes, event_id, open_by_fingerprint, plan, None if muted_by else targets
+                closes,
+                event_id,
+                open_by_fingerprint,
+                plan,
+                None if muted_by else targets,
+                lambda alert: resolves_missed_day(business_date_label, alert.labels, event.labels),
             )
         event_row = _event_row(submission, event_id, own_fingerprint, muted_by)
         plan.event_rows.append(event_row)
@@ -391,18 +401,26 @@ def _close(
     open_by_fingerprint: defaultdict[str, list[OpenAlert]],
     plan: _BatchPlan,
     targets: dict[str, Integration] | None,
+    resolves: Callable[[OpenAlert], bool],
 ) -> set[str]:
-    """Record the open alerts of these fingerprints as resolved by `success_id`, and add the receivers their
-    firing notices went to to `targets` (None when the success is muted: it notifies nobody). Answers those
-    receivers still to get a firing notice: a resolved notice must not arrive before it, so it waits."""
+    """Record the open alerts of these fingerprints that the success `resolves` as resolved by `success_id`,
+    and add the receivers their firing notices went to to `targets` (None when the success is muted: it
+    notifies nobody). Answers those receivers still to get a firing notice: a resolved notice must not arrive
+    before it, so it waits."""
     behind_a_firing: set[str] = set()
     for closed in fingerprints:
+        still_open: list[OpenAlert] = []
         for alert in open_by_fingerprint.pop(closed, []):
+            if not resolves(alert):
+                still_open.append(alert)
+                continue
             plan.resolved[alert.id] = success_id
             for target in alert.targets if targets is not None else ():
                 targets.setdefault(target.receiver, Integration(target.integration))
                 if not target.settled:
                     behind_a_firing.add(target.receiver)
+        if still_open:
+            open_by_fingerprint[closed] = still_open
     return behind_a_firing
 
 

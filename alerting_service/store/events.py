@@ -48,6 +48,7 @@ class OpenAlert:
     id: str
     fingerprint: str
     targets: list[FiringTarget]
+    labels: dict[str, str]
 
 
 def find_keys(connection: Connection, keys: Collection[str]) -> dict[str, StoredKey]:
@@ -105,7 +106,7 @@ def open_alerts(connection: Connection, fingerprints: Collection[str]) -> list[O
     if not fingerprints:
         return []
     events = connection.execute(
-        select(Event.id, Event.fingerprint)
+        select(Event.id, Event.fingerprint, Event.labels)
         .where(
             Event.fingerprint.in_(fingerprints),
             Event.resolved_by.is_(None),
@@ -113,7 +114,7 @@ def open_alerts(connection: Connection, fingerprints: Collection[str]) -> list[O
         )
         .order_by(Event.received_at)
     )
-    alerts = {event_id: OpenAlert(event_id, fp, []) for event_id, fp in events}
+    alerts = {event_id: OpenAlert(event_id, fp, [], labels) for event_id, fp, labels in events}
     if alerts:
         targets = connection.execute(
             select(Delivery.event_id, Delivery.receiver, Delivery.integration, Delivery.status).where(

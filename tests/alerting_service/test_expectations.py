@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from datetime import UTC, datetime, time
 from typing import Any
 
@@ -351,20 +352,30 @@ async def test_the_first_window_watched_whole_is_judged_after_a_restart(session_
 
 
 @pytest.fixture
-async def ingestor(session_factory: Any, database: Database) -> AsyncIterator[Ingestor]:
+async def ingestor(database: Database) -> AsyncIterator[Ingestor]:
+    async with running_ingestor(database, AlertingConfig()) as ingestor:
+        yield ingestor
+
+
+@pytest.fixture
+async def ingestor_of_the_day(database: Database) -> AsyncIterator[Ingestor]:
+    """The ingest of a service whose expectation of PIPELINE has a business_date_label."""
+    async with running_ingestor(database, AlertingConfig(expectations=[PIPELINE_OF_THE_DAY])) as ingestor:
+        yield ingestor
+
+
+@contextlib.asynccontextmanager
+async def running_ingestor(database: Database, config: AlertingConfig) -> AsyncGenerator[Ingestor]:
     writer = Writer(database.settings)
     ingestor = Ingestor(
-        writer,
-        session_factory,
-        AlertingConfig(),
-        batch_max=16,
-        silence_refresh_seconds=60,
-        handoff=NoHandoff(),
+        writer, database.sessions, config, batch_max=16, silence_refresh_seconds=60, handoff=NoHandoff()
     )
     await ingestor.start()
-    yield ingestor
-    await ingestor.stop()
-    writer.close()
+    try:
+        yield ingestor
+    finally:
+        await ingestor.stop()
+        writer.close()
 
 
 async def stored(session_factory: Any, event_id: str) -> Event:
@@ -414,6 +425,50 @@ async def test_the_next_successful_run_resolves_the_missed_day(
     )
 
     assert (await stored(session_factory, missed.id)).resolved_by == success.id
+
+
+def success_for(business_date: str) -> dict[str, Any]:
+    return {
+        "idempotency_key": f"batch_pipeline_dag/backfill__{business_date}/-/-1/1/dag_run_success",
+        "type": "dag_run_success",
+        "dag_id": "batch_pipeline_dag",
+        "run_id": f"backfill__{business_date}",
+        "labels": {"business_date": business_date},
+    }
+
+
+async def test_with_a_business_date_label_a_success_for_an_old_date_leaves_the_missed_day_open(
+    session_factory: Any, ingestor_of_the_day: Ingestor
+) -> None:
+    record = record_through(ingestor_of_the_day)
+    missed = await record(missed_event(latest_passed_check(PIPELINE_OF_THE_DAY, utc("2026-01-14T04:01:00"))))
+
+    await record(success_for("2025-12-01"))
+
+    assert (await stored(session_factory, missed.id)).resolved_by is None
+
+
+async def test_with_a_business_date_label_the_success_for_the_missed_day_resolves_it(
+    session_factory: Any, ingestor_of_the_day: Ingestor
+) -> None:
+    record = record_through(ingestor_of_the_day)
+    missed = await record(missed_event(latest_passed_check(PIPELINE_OF_THE_DAY, utc("2026-01-14T04:01:00"))))
+
+    success = await record(success_for("2026-01-13"))
+
+    assert (await stored(session_factory, missed.id)).resolved_by == success.id
+
+
+async def test_with_a_business_date_label_an_old_dates_success_in_the_same_batch_leaves_it_open(
+    session_factory: Any, ingestor_of_the_day: Ingestor
+) -> None:
+    # Queued together, the two are planned in one transaction: the missed day is open only in the batch.
+    record = record_through(ingestor_of_the_day)
+    check = latest_passed_check(PIPELINE_OF_THE_DAY, utc("2026-01-14T04:01:00"))
+
+    missed, _ = await asyncio.gather(record(missed_event(check)), record(success_for("2025-12-01")))
+
+    assert (await stored(session_factory, missed.id)).resolved_by is None
 
 
 @pytest.mark.parametrize("succeed_by", ["04:00+02:00", "04:00Z"])
