@@ -6,7 +6,7 @@ passed with no `dag_run_success` event for the DAG since the window started (`wi
 deadline, 24 by default so a run that started the evening before still counts), the watcher records one
 `deadline_missed` event through the same ingest path as the API, so it is routed, silenced and delivered like
 any other. It has no run_id, which makes its fingerprint `dag:<dag_id>` (see resolution.py): the next
-`dag_run_success` of the DAG resolves it.
+`dag_run_success` of the DAG resolves it (with `business_date_label`, one for that day or a later one).
 
 Its idempotency key `expectation/<dag_id>/<local date>` makes it fire once per day, also across restarts and
 with several service processes running the watcher.
@@ -14,8 +14,8 @@ with several service processes running the watcher.
 Any success of the DAG counts unless `business_date_label` is set: then only a success whose label of that
 name is the day `business_date_lag_days` before the deadline's local date does, so a backfill or a re-run of
 an old date succeeding during the window does not hide that the day's own run never happened; the missed event
-carries that label too, and only a success for that day resolves it (`resolves_missed_day`, applied by the
-ingest).
+carries that label too, and only a success for that day or a later one resolves it (`resolves_missed_day`,
+applied by the ingest).
 
 A day's deadline counts once the whole of its window falls after the moment the service first watched the
 DAG's expectation (`expectation_watches`, kept across restarts: the DAG's oldest stored event, else the moment
@@ -184,11 +184,21 @@ def resolves_missed_day(
 ) -> bool:
     """Whether a success (its labels) may resolve an open alert of its DAG (the alert's labels) that its
     fingerprint closes. A missed day of an expectation with `business_date_label` is resolved only by a
-    success for that business date: a backfill of an old date must not say it is over. Any other, by any."""
+    success for that business date or a later one: a backfill of an older date must not say it is over,
+    while the next day's run does (also when the day's own success was stored just before the missed day,
+    between the watcher's check and its record). Any other alert, by any success."""
     if business_date_label is None or missed.get(SOURCE_LABEL) != EXPECTATION_LABEL:
         return True
-    expected = missed.get(business_date_label)
-    return expected is None or success.get(business_date_label) == expected
+    expected = _as_date(missed.get(business_date_label))
+    processed = _as_date(success.get(business_date_label))
+    return expected is None or (processed is not None and processed >= expected)
+
+
+def _as_date(label: str | None) -> date | None:
+    try:
+        return date.fromisoformat(label) if label is not None else None
+    except ValueError:
+        return None
 
 
 def deadline_on(expectation: Expectation, day: date) -> datetime:

@@ -5,7 +5,9 @@ Every event has a fingerprint: the key of the alert it opens (a failure, retry o
 - Task events: `task:<dag_id>/<run_id>/<task_id>/<map_index>`. A task_success closes the open task_failure
   and task_retry of the same task instance.
 - Run events: `run:<dag_id>/<run_id>`. A dag_run_success closes the open dag_run_failure and
-  deadline_missed of the same run, and also any open alert fingerprinted `dag:<dag_id>`.
+  deadline_missed of the same run, and also any open alert fingerprinted `dag:<dag_id>` (a dead man's
+  switch's missed day with `business_date_label` only if it processed that day or a later one: see
+  expectations.resolves_missed_day).
 - A run event without a run_id (e.g. a dead man's switch: "no run succeeded by 04:00") is about the DAG itself
   and is fingerprinted `dag:<dag_id>`.
 """

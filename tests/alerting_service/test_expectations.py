@@ -459,6 +459,29 @@ async def test_with_a_business_date_label_the_success_for_the_missed_day_resolve
     assert (await stored(session_factory, missed.id)).resolved_by == success.id
 
 
+async def test_with_a_business_date_label_the_next_days_success_resolves_the_missed_day(
+    session_factory: Any, ingestor_of_the_day: Ingestor
+) -> None:
+    # Also what ends a missed day whose own success was stored between the watcher's check and its record.
+    record = record_through(ingestor_of_the_day)
+    missed = await record(missed_event(latest_passed_check(PIPELINE_OF_THE_DAY, utc("2026-01-14T04:01:00"))))
+
+    success = await record(success_for("2026-01-14"))
+
+    assert (await stored(session_factory, missed.id)).resolved_by == success.id
+
+
+async def test_with_a_business_date_label_a_success_without_a_date_leaves_the_missed_day_open(
+    session_factory: Any, ingestor_of_the_day: Ingestor
+) -> None:
+    record = record_through(ingestor_of_the_day)
+    missed = await record(missed_event(latest_passed_check(PIPELINE_OF_THE_DAY, utc("2026-01-14T04:01:00"))))
+
+    await record(success_for("2026-01-14") | {"labels": {"business_date": "yesterday"}})
+
+    assert (await stored(session_factory, missed.id)).resolved_by is None
+
+
 async def test_with_a_business_date_label_an_old_dates_success_in_the_same_batch_leaves_it_open(
     session_factory: Any, ingestor_of_the_day: Ingestor
 ) -> None:
