@@ -502,7 +502,7 @@ class Settings(BaseSettings):
     def _a_directory_if_it_exists(cls, data_dir: Path) -> Path:
         # Created at start when missing; an existing file there failed the start with a traceback.
         if data_dir.exists() and not data_dir.is_dir():
-            raise ValueError(f"{data_dir} is a file, not a directory")
+            raise ValueError(f"{data_dir} is not a directory")
         return data_dir
 
     @field_validator("database_url")

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from contextlib import closing
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -154,19 +155,21 @@ def standalone(alert_stack: AlertStack, tmp_path_factory: pytest.TempPathFactory
 
 
 @pytest.fixture(scope="module")
-def slow_run(standalone: Standalone) -> Standalone:
-    """One run of `alert_slow_run`, triggered once for the tests of this module, whichever of them runs."""
+def missed_deadline(alert_stack: AlertStack, standalone: Standalone) -> dict[str, Any]:
+    """The `deadline_missed` event of one run of `alert_slow_run`, triggered once for the tests of this module
+    whichever of them runs: the run is past its deadline and still running."""
     standalone.until_serialized(DAG_ID)
     standalone.airflow("dags", "trigger", DAG_ID)
-    return standalone
-
-
-def test_a_run_past_its_deadline_raises_deadline_missed(
-    alert_stack: AlertStack, slow_run: Standalone
-) -> None:
     (missed,) = eventually(
         lambda: alert_stack.events(dag_id=DAG_ID, type="deadline_missed"), within=120, interval=0.25
     )
+    return missed
+
+
+def test_a_run_past_its_deadline_raises_deadline_missed(
+    alert_stack: AlertStack, missed_deadline: dict[str, Any]
+) -> None:
+    missed = missed_deadline
 
     assert missed["run_id"].startswith("manual__")
     assert (missed["severity"], missed["labels"]) == ("critical", {"team": "data-engineering"})
@@ -178,15 +181,15 @@ def test_a_run_past_its_deadline_raises_deadline_missed(
 
 
 def test_the_dag_processor_reports_the_runs_success_with_the_date_it_processed(
-    alert_stack: AlertStack, slow_run: Standalone
+    alert_stack: AlertStack, standalone: Standalone, missed_deadline: dict[str, Any]
 ) -> None:
     # The event that feeds the dead man's switch: DAG-level callbacks run in the dag-processor, which
-    # `airflow dags test` does not exercise.
-    slow_run.release_runs()
+    # `airflow dags test` does not exercise. Released once past its deadline (missed_deadline), the run ends.
+    standalone.release_runs()
 
     (success,) = eventually(
         lambda: alert_stack.events(dag_id=DAG_ID, type="dag_run_success"), within=120, interval=0.25
     )
 
-    day_before_the_trigger = (slow_run.run_after().date() - timedelta(days=1)).isoformat()
+    day_before_the_trigger = (standalone.run_after().date() - timedelta(days=1)).isoformat()
     assert success["labels"] == {"team": "data-engineering", "business_date": day_before_the_trigger}

@@ -495,7 +495,7 @@ def test_an_expectation_window_plus_a_day_within_the_retention_is_accepted(tmp_p
         ("ALERTING_API_KEYS_FILE", "/nonexistent/keys", "ALERTING_API_KEYS_FILE: cannot read"),
         ("ALERTING_RETENTION", "1d", "ALERTING_RETENTION: must be at least 2d"),
         ("ALERTING_RETENTION", "99999999d", "ALERTING_RETENTION: must be at most 36500d"),
-        ("ALERTING_DATA_DIR", "/etc/hostname", "ALERTING_DATA_DIR: /etc/hostname is a file, not a directory"),
+        ("ALERTING_DATA_DIR", "/dev/null", "ALERTING_DATA_DIR: /dev/null is not a directory"),
     ],
 )
 def test_a_bad_environment_variable_is_named(
