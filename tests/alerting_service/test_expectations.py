@@ -427,6 +427,9 @@ async def test_the_next_successful_run_resolves_the_missed_day(
     assert (await stored(session_factory, missed.id)).resolved_by == success.id
 
 
+MISSED_DAY = latest_passed_check(PIPELINE_OF_THE_DAY, utc("2026-01-14T04:01:00"))  # business date 2026-01-13
+
+
 def success_for(business_date: str) -> dict[str, Any]:
     return {
         "idempotency_key": f"batch_pipeline_dag/backfill__{business_date}/-/-1/1/dag_run_success",
@@ -437,49 +440,26 @@ def success_for(business_date: str) -> dict[str, Any]:
     }
 
 
-async def test_with_a_business_date_label_a_success_for_an_old_date_leaves_the_missed_day_open(
-    session_factory: Any, ingestor_of_the_day: Ingestor
+@pytest.mark.parametrize(
+    ("processed", "resolves"),
+    [
+        ("2025-12-01", False),  # a backfill of an older date
+        ("2026-01-13", True),  # the missed day, re-run
+        # The next day's run: also what ends a missed day whose own success was stored between the watcher's
+        # check and its record.
+        ("2026-01-14", True),
+        ("yesterday", False),  # no date
+    ],
+)
+async def test_with_a_business_date_label_a_success_resolves_the_missed_day_if_it_processed_it_or_a_later_one(
+    session_factory: Any, ingestor_of_the_day: Ingestor, processed: str, resolves: bool
 ) -> None:
     record = record_through(ingestor_of_the_day)
-    missed = await record(missed_event(latest_passed_check(PIPELINE_OF_THE_DAY, utc("2026-01-14T04:01:00"))))
+    missed = await record(missed_event(MISSED_DAY))
 
-    await record(success_for("2025-12-01"))
+    success = await record(success_for(processed))
 
-    assert (await stored(session_factory, missed.id)).resolved_by is None
-
-
-async def test_with_a_business_date_label_the_success_for_the_missed_day_resolves_it(
-    session_factory: Any, ingestor_of_the_day: Ingestor
-) -> None:
-    record = record_through(ingestor_of_the_day)
-    missed = await record(missed_event(latest_passed_check(PIPELINE_OF_THE_DAY, utc("2026-01-14T04:01:00"))))
-
-    success = await record(success_for("2026-01-13"))
-
-    assert (await stored(session_factory, missed.id)).resolved_by == success.id
-
-
-async def test_with_a_business_date_label_the_next_days_success_resolves_the_missed_day(
-    session_factory: Any, ingestor_of_the_day: Ingestor
-) -> None:
-    # Also what ends a missed day whose own success was stored between the watcher's check and its record.
-    record = record_through(ingestor_of_the_day)
-    missed = await record(missed_event(latest_passed_check(PIPELINE_OF_THE_DAY, utc("2026-01-14T04:01:00"))))
-
-    success = await record(success_for("2026-01-14"))
-
-    assert (await stored(session_factory, missed.id)).resolved_by == success.id
-
-
-async def test_with_a_business_date_label_a_success_without_a_date_leaves_the_missed_day_open(
-    session_factory: Any, ingestor_of_the_day: Ingestor
-) -> None:
-    record = record_through(ingestor_of_the_day)
-    missed = await record(missed_event(latest_passed_check(PIPELINE_OF_THE_DAY, utc("2026-01-14T04:01:00"))))
-
-    await record(success_for("2026-01-14") | {"labels": {"business_date": "yesterday"}})
-
-    assert (await stored(session_factory, missed.id)).resolved_by is None
+    assert (await stored(session_factory, missed.id)).resolved_by == (success.id if resolves else None)
 
 
 async def test_with_a_business_date_label_an_old_dates_success_in_the_same_batch_leaves_it_open(
@@ -487,9 +467,8 @@ async def test_with_a_business_date_label_an_old_dates_success_in_the_same_batch
 ) -> None:
     # Queued together, the two are planned in one transaction: the missed day is open only in the batch.
     record = record_through(ingestor_of_the_day)
-    check = latest_passed_check(PIPELINE_OF_THE_DAY, utc("2026-01-14T04:01:00"))
 
-    missed, _ = await asyncio.gather(record(missed_event(check)), record(success_for("2025-12-01")))
+    missed, _ = await asyncio.gather(record(missed_event(MISSED_DAY)), record(success_for("2025-12-01")))
 
     assert (await stored(session_factory, missed.id)).resolved_by is None
 
