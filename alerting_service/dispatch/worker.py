@@ -478,11 +478,14 @@ class Dispatcher:
     def _within_their_leases(self, batch: list[_Pending]) -> list[_Pending]:
         now = _now()
         kept = [pending for pending in batch if pending.outcome.lease_until > now]
-        if len(kept) < len(batch):
+        expired = [pending for pending in batch if pending.outcome.lease_until <= now]
+        if expired:
             log.warning(
                 "outcomes not recorded before their leases expired: their deliveries will be sent again",
-                extra={"deliveries": len(batch) - len(kept)},
+                extra={"deliveries": len(expired)},
             )
+            # A 410 given up with them was never recorded: the resend asks the receiver again.
+            self._settle_disabling(expired)
         return kept
 
     async def _flush(self, batch: list[_Pending]) -> bool:
@@ -498,10 +501,7 @@ class Dispatcher:
         if self._flush_failing:
             self._flush_failing = False
             log.info("outcomes are recorded again")
-        for pending in batch:
-            # Recorded: from now on the database's word on the receiver holds.
-            if pending.outcome.disable_receiver is not None:
-                self._disabling.pop(pending.outcome.disable_receiver, None)
+        self._settle_disabling(batch)  # recorded: from now on the database's word on the receiver holds
         if released:  # resolved notices whose firing ones just settled: due now
             self._wake.set()
         for pending in batch:
@@ -513,6 +513,12 @@ class Dispatcher:
                     extra={"delivery_id": pending.outcome.delivery_id},
                 )
         return True
+
+    def _settle_disabling(self, batch: list[_Pending]) -> None:
+        """Stop holding back locally the receivers these outcomes disable (their 410 until it is recorded)."""
+        for pending in batch:
+            if pending.outcome.disable_receiver is not None:
+                self._disabling.pop(pending.outcome.disable_receiver, None)
 
     def _log_flush_failure(self, batch: list[_Pending], exc: Exception) -> None:
         """Once per outage while it retries (a flush is tried every poll interval); each time at the stop,

@@ -415,11 +415,12 @@ async def sent_across_an_outage(
     webhook: Receiver,
     tuning: DispatchTuning,
     during_outage: Callable[[], Awaitable[object]],
+    first_status: int = 200,
 ) -> Delivery:
-    """One delivery whose send the receiver holds until the database goes down (`connections_refused`);
-    `during_outage` runs before it comes back. The delivery once it is sent."""
+    """One delivery whose send (answered `first_status`, later ones 200) the receiver holds until the database
+    goes down (`connections_refused`); `during_outage` runs before it comes back. The delivery once sent."""
     hang = threading.Event()
-    http_receiver.script("/hook", Reply(hold=hang))
+    http_receiver.script("/hook", Reply(first_status, hold=hang))
     try:
         async with dispatching(database, webhook, tuning=tuning):
             [delivery_id] = await database.add_event(webhook)
@@ -472,6 +473,22 @@ async def test_an_outcome_not_recorded_within_its_lease_is_given_up_and_its_deli
 
     assert delivery.attempts == 2
     assert "outcomes not recorded before their leases expired" in caplog.text
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("database", ["postgresql"], indirect=True)
+async def test_a_410_given_up_with_its_outcome_leaves_the_receiver_enabled_for_the_resend(
+    database: Database, http_receiver: HttpReceiver
+) -> None:
+    # The disabling was never recorded: held back in this process alone, the receiver got nothing more.
+    webhook = http_receiver.receiver("/hook", timeout_seconds=0.25)  # a send deadline of 1 s
+    tuning = dataclasses.replace(FAST, lease_margin=timedelta(milliseconds=200))  # a lease of 1.2 s
+
+    delivery = await sent_across_an_outage(
+        database, http_receiver, webhook, tuning, lambda: asyncio.sleep(1.6), first_status=410
+    )
+
+    assert (delivery.attempts, len(http_receiver.received("/hook"))) == (2, 2)
 
 
 async def test_an_smtp_reply_in_latin1_is_recorded_and_holds_up_no_other_outcome(
