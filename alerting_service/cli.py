@@ -1,7 +1,8 @@
 """`alerting-service serve | worker | check-config`.
 
 Every setting comes from the `ALERTING_*` environment (see config.py); `--config` overrides
-ALERTING_CONFIG_FILE. A configuration error exits with 78 (EX_CONFIG) and a message naming the key.
+ALERTING_CONFIG_FILE. A configuration error exits with 78 (EX_CONFIG) and a message naming the key; so does
+a database whose tables another version of the service made.
 """
 # ruff: file-ignore[print] - printing is this module's interface
 
@@ -31,6 +32,7 @@ from alerting_service.config import (
     load_alerting_config,
     load_settings,
 )
+from alerting_service.db import SchemaMismatch
 from alerting_service.dispatch.worker import run_worker
 from alerting_service.logs import configure_logging
 from alerting_service.metrics import MULTIPROCESS_DIR_VARIABLE
@@ -83,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"configuration error:\n{error}", file=sys.stderr)
         return EX_CONFIG
+    except SchemaMismatch as error:
+        print(f"database error:\n{error}", file=sys.stderr)
+        return EX_CONFIG
 
 
 def _serve(settings: Settings, arguments: argparse.Namespace) -> int:
@@ -95,10 +100,10 @@ def _serve(settings: Settings, arguments: argparse.Namespace) -> int:
         "log_level": settings.log_level.lower(),
         "timeout_graceful_shutdown": 30,
     }
+    asyncio.run(prepare_shared_state(settings))
     if arguments.processes == 1:
         uvicorn.run(create_app(settings, freeze_heap_once_started=True), **options)
         return 0
-    asyncio.run(prepare_shared_state(settings))
     if settings.config_file is not None:  # the processes load their settings anew, `--config` included
         os.environ[f"{ENV_PREFIX}CONFIG_FILE"] = str(settings.config_file)
     with _metrics_shared_between_processes():

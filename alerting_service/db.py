@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Table, event, text
+from sqlalchemy import Table, event, inspect, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
@@ -107,12 +107,46 @@ def create_schema(connection: Connection) -> None:
     if connection.dialect.name == "postgresql":
         connection.execute(text(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK_KEY})"))
     Base.metadata.create_all(connection)
+    # Before the indexes: one on a column the table lacks would fail with the database's own words.
+    refuse_tables_of_another_version(connection)
     # create_all adds only missing tables: a database an earlier version made gets the new indexes here.
     for table in Base.metadata.sorted_tables:
         for index in table.indexes:
             index.create(connection, checkfirst=True)
     for name in RETIRED_INDEXES:
         connection.execute(text(f"DROP INDEX IF EXISTS {name}"))
+
+
+class SchemaMismatch(Exception):
+    """The database's tables have columns other than this version writes: another version made them."""
+
+
+def refuse_tables_of_another_version(connection: Connection) -> None:
+    """Refuse at start a table this version cannot write, rather than answer every event 503 later. This
+    version does not migrate tables (create_all leaves an existing one as it is): the way out is a new
+    database, named in the message."""
+    inspector = inspect(connection)
+    problems = []
+    for table in Base.metadata.sorted_tables:
+        found = {column["name"]: column for column in inspector.get_columns(table.name)}
+        missing = [column.name for column in table.columns if column.name not in found]
+        # A column of a later version this one leaves NULL is harmless unless the table refuses the NULL.
+        refusing_null = [
+            name
+            for name, column in found.items()
+            if name not in table.columns and not column["nullable"] and column["default"] is None
+        ]
+        if missing:
+            problems.append(f"table {table.name}: no column {', '.join(missing)}")
+        if refusing_null:
+            problems.append(f"table {table.name}: column {', '.join(refusing_null)} unknown to this version")
+    if problems:
+        raise SchemaMismatch(
+            "the database was made by another version of the service, whose tables this one cannot write:\n"
+            + "\n".join(problems)
+            + "\nThis version does not migrate a database: point ALERTING_DATABASE_URL (ALERTING_DATA_DIR on"
+            " the embedded default) at a new one; the old one keeps its events and unsent deliveries."
+        )
 
 
 async def is_reachable(engine: AsyncEngine) -> bool:

@@ -69,9 +69,10 @@ APP_FACTORY = "alerting_service.api.app:create_app_from_environment"
 
 
 async def prepare_shared_state(settings: Settings) -> None:
-    """What the processes of `serve --processes N` share, done once before they start: the configuration
-    checked (an error stops the server, not each process in turn), the API keys generated on a first start
-    (a process reading the file another is still writing would find no key), the schema created."""
+    """What `serve` does once before its processes start: the configuration checked (an error stops the
+    server, not each process in turn), the API keys generated on a first start (a process reading the file
+    another is still writing would find no key), the schema created, or refused if another version made it
+    (exit 78 rather than uvicorn's startup failure and a traceback)."""
     load_alerting_config(settings)
     load_key_ring(settings)
     writer = Writer(settings)

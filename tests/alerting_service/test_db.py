@@ -14,7 +14,7 @@ from sqlalchemy import Connection, inspect, text
 from sqlalchemy.engine import make_url
 
 from alerting_service.config import load_settings
-from alerting_service.db import create_engine, create_schema
+from alerting_service.db import SchemaMismatch, create_engine, create_schema
 from alerting_service.store.writer import Writer, sync_url
 from tests.alerting_service.delivery_fixtures import database_url
 
@@ -105,6 +105,55 @@ async def test_a_database_made_by_an_earlier_version_gets_the_current_indexes(
             writer.close()
     assert "ix_deliveries_status_receiver_next_attempt_at" in indexes
     assert "ix_deliveries_status_next_attempt_at" not in indexes
+
+
+def _without_the_log_url_column(connection: Connection) -> None:
+    connection.execute(text("ALTER TABLE events DROP COLUMN log_url"))
+
+
+def _with_a_column_refusing_null(connection: Connection) -> None:
+    connection.execute(text("ALTER TABLE deliveries ADD COLUMN priority INTEGER NOT NULL DEFAULT 0"))
+    connection.execute(text("ALTER TABLE deliveries ALTER COLUMN priority DROP DEFAULT"))
+
+
+def _with_a_column_that_may_stay_null(connection: Connection) -> None:
+    connection.execute(text("ALTER TABLE events ADD COLUMN team VARCHAR(64)"))
+
+
+async def _create_schema_on(url: str, tmp_path: Path, alteration: Callable[[Connection], None]) -> None:
+    """Create the schema, alter it as another version would have, then create the schema again."""
+    writer = Writer(load_settings(database_url=url, data_dir=tmp_path))
+    try:
+        await writer.transaction(create_schema)
+        await writer.transaction(alteration)
+        await writer.transaction(create_schema)
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+async def test_a_table_lacking_a_column_this_version_writes_is_refused_naming_the_column(
+    backend: str, tmp_path: Path
+) -> None:
+    async with database_url(backend, tmp_path) as url:
+        with pytest.raises(SchemaMismatch, match="table events: no column log_url"):
+            await _create_schema_on(url, tmp_path, _without_the_log_url_column)
+
+
+@pytest.mark.postgres
+async def test_a_column_this_version_does_not_know_and_that_refuses_null_is_refused(tmp_path: Path) -> None:
+    # PostgreSQL only: SQLite cannot drop a column's default, and adds no NOT NULL column without one.
+    async with database_url("postgresql", tmp_path) as url:
+        with pytest.raises(SchemaMismatch, match="table deliveries: column priority unknown to this version"):
+            await _create_schema_on(url, tmp_path, _with_a_column_refusing_null)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+async def test_a_column_this_version_does_not_know_but_may_leave_null_is_accepted(
+    backend: str, tmp_path: Path
+) -> None:
+    async with database_url(backend, tmp_path) as url:
+        await _create_schema_on(url, tmp_path, _with_a_column_that_may_stay_null)
 
 
 def until(condition: Callable[[], bool]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable
@@ -14,6 +15,7 @@ import pytest
 import yaml
 from uvicorn.config import STARTUP_FAILURE
 
+from alerting_service.api.app import prepare_shared_state
 from alerting_service.cli import EX_CONFIG, main
 from alerting_service.config import Settings, load_settings
 from tests.alerting_service.conftest import ADMIN, API_KEYS, INGEST, SettingsFactory, environment_of
@@ -110,11 +112,45 @@ def test_serve_with_processes_exits_3_when_its_processes_cannot_start(tmp_path: 
     assert "ALERTING_LOG_LEVEL" in finished.stderr
 
 
+def make_a_database_another_version_made(tmp_path: Path) -> None:
+    settings = embedded_settings(tmp_path)
+    asyncio.run(prepare_shared_state(settings))
+    with sqlite3.connect(settings.data_dir / "alerts.db") as database:
+        database.execute("ALTER TABLE events DROP COLUMN log_url")
+
+
+@pytest.mark.parametrize("processes", ["1", "2"])
+def test_serve_on_a_database_another_version_made_exits_78_naming_the_column(
+    processes: str, tmp_path: Path
+) -> None:
+    make_a_database_another_version_made(tmp_path)
+
+    finished = run_serve(tmp_path, "--processes", processes)
+
+    assert finished.returncode == EX_CONFIG
+    assert "table events: no column log_url" in finished.stderr
+    assert "Traceback" not in finished.stderr
+
+
+def test_a_worker_on_a_database_another_version_made_exits_78_naming_the_column(tmp_path: Path) -> None:
+    make_a_database_another_version_made(tmp_path)
+
+    finished = run_command(tmp_path, "worker")
+
+    assert finished.returncode == EX_CONFIG
+    assert "table events: no column log_url" in finished.stderr
+
+
 def run_serve(tmp_path: Path, *arguments: str, **environment: str) -> subprocess.CompletedProcess[str]:
     """`alerting-service serve` on the embedded default until it exits, with these extra variables."""
+    return run_command(tmp_path, "serve", "--port", str(free_port()), *arguments, **environment)
+
+
+def run_command(tmp_path: Path, *arguments: str, **environment: str) -> subprocess.CompletedProcess[str]:
+    """An `alerting-service` command on the embedded default until it exits, with these extra variables."""
     inherited = {k: v for k, v in os.environ.items() if not k.startswith("ALERTING_")}
     return subprocess.run(
-        [sys.executable, "-m", "alerting_service.cli", "serve", "--port", str(free_port()), *arguments],
+        [sys.executable, "-m", "alerting_service.cli", *arguments],
         env=inherited | environment_of(embedded_settings(tmp_path)) | environment,
         capture_output=True,
         text=True,
