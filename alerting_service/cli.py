@@ -35,9 +35,10 @@ from alerting_service.config import (
 from alerting_service.db import SchemaMismatch
 from alerting_service.dispatch.worker import run_worker
 from alerting_service.logs import configure_logging
-from alerting_service.metrics import MULTIPROCESS_DIR_VARIABLE
+from alerting_service.metrics import MULTIPROCESS_DIR_VARIABLE, serve_worker_metrics
 
 EX_CONFIG = 78
+MAX_PORT = 65_535
 WORKER_START_SECONDS = 30
 
 
@@ -48,7 +49,7 @@ def _parser() -> argparse.ArgumentParser:
         "serve", help="run the HTTP API (and the dispatcher unless ALERTING_RUN_DISPATCHER=false)"
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
-    serve.add_argument("--port", type=int, default=9095, help="port to listen on (default: %(default)s)")
+    serve.add_argument("--port", type=_port, default=9095, help="port to listen on (default: %(default)s)")
     serve.add_argument(
         "--access-log", action="store_true", help="log every request (off: it costs throughput)"
     )
@@ -59,10 +60,25 @@ def _parser() -> argparse.ArgumentParser:
         help="server processes on the one port, each with its own ingest and dispatcher (default 1)",
     )
     worker = commands.add_parser("worker", help="run only the dispatcher, delivering what `serve` accepted")
+    worker.add_argument(
+        "--metrics-port",
+        type=_port,
+        help="serve the worker's own Prometheus metrics (its sends and their failures) on this port (default:"
+        " none)",
+    )
+    worker.add_argument(
+        "--metrics-host", default="127.0.0.1", help="address of --metrics-port (default: %(default)s)"
+    )
     check = commands.add_parser("check-config", help="validate the settings and the YAML, then exit")
     for command in (serve, worker, check):
         command.add_argument("--config", type=Path, help=f"the YAML file (overrides {ENV_PREFIX}CONFIG_FILE)")
     return parser
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= MAX_PORT:
+        raise argparse.ArgumentTypeError(f"expected a port number from 0 to {MAX_PORT}, got {text!r}")
+    return int(text)
 
 
 def _at_least_one(text: str) -> int:
@@ -79,8 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         if arguments.command == "serve":
             return _serve(settings, arguments)
         if arguments.command == "worker":
-            asyncio.run(run_worker(settings))
-            return 0
+            return _work(settings, arguments)
         return _check_config(settings)
     except ConfigError as error:
         print(f"configuration error:\n{error}", file=sys.stderr)
@@ -122,6 +137,22 @@ def _serve(settings: Settings, arguments: argparse.Namespace) -> int:
     # but exits 0 after that with several processes: a service manager must see the failure.
     failed = any(process.exitcode == STARTUP_FAILURE for process in supervisor.processes)
     return STARTUP_FAILURE if failed else 0
+
+
+def _work(settings: Settings, arguments: argparse.Namespace) -> int:
+    if arguments.metrics_port is None:
+        asyncio.run(run_worker(settings))
+        return 0
+    try:
+        stop_metrics = serve_worker_metrics(arguments.metrics_host, arguments.metrics_port)
+    except OSError as error:
+        address = f"{arguments.metrics_host}:{arguments.metrics_port}"
+        raise ConfigError(f"--metrics-port: cannot listen on {address}: {error.strerror}") from None
+    try:
+        asyncio.run(run_worker(settings))
+    finally:
+        stop_metrics()
+    return 0
 
 
 @contextlib.contextmanager

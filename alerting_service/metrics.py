@@ -15,6 +15,7 @@ between runs is then the operator's task (Prometheus' own rule for that director
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from datetime import datetime
 
 from prometheus_client import (
@@ -25,6 +26,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
     multiprocess,
+    start_http_server,
 )
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
@@ -137,3 +139,19 @@ def record_queue_stats(
 def exposition() -> tuple[bytes, str]:
     """The Prometheus text format of every metric, and its content type."""
     return generate_latest(EXPOSED), CONTENT_TYPE_LATEST
+
+
+def serve_worker_metrics(host: str, port: int) -> Callable[[], None]:
+    """A `worker`'s own metrics (its sends, their failures and latency, its process) over HTTP, from a thread
+    of prometheus_client's; without the queue gauges, which only `serve` reads from the database (a worker
+    would show zeros). Raises OSError if the address cannot be bound; returns what stops the server."""
+    for queue_gauge in (delivery_queue_depth, oldest_pending_delivery_age_seconds):
+        REGISTRY.unregister(queue_gauge)
+    server, thread = start_http_server(port, host, registry=EXPOSED)
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+    return stop

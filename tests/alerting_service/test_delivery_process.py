@@ -23,6 +23,7 @@ from tests.alerting_service.delivery_fixtures import (
     database_url,
     delivered_event_ids,
     eventually,
+    free_port,
     post_failure_events,
     service_routing,
 )
@@ -132,12 +133,38 @@ async def test_serve_with_two_processes_delivers_each_event_once_and_counts_ever
     assert exit_code == 0
 
 
+async def test_a_worker_serves_its_own_sends_in_its_metrics(
+    make_settings: SettingsFactory, start_service: StartService, http_receiver: HttpReceiver
+) -> None:
+    settings = make_settings(routing=service_routing(http_receiver.receiver("/hook")), run_dispatcher=False)
+    service = start_service(settings)
+    await service.until_ready()
+    metrics_url = f"http://127.0.0.1:{free_port()}"
+    worker = start_service(settings, "worker", "--metrics-port", metrics_url.rpartition(":")[2])
+    await worker.until_logged("worker started")
+
+    acknowledged = await post_failure_events(service.url, 3)
+    await eventually(
+        lambda: set(acknowledged) <= set(delivered_event_ids(http_receiver.received("/hook"))), within=30
+    )
+
+    async def its_three_sends_counted() -> bool:  # counted once each send has returned: soon after arrival
+        return int(await sample(metrics_url, 'alerting_notifications_total{integration="webhook"}')) == 3
+
+    await eventually(its_three_sends_counted)
+    # The queue is the database's, shown by `serve`: a worker's zeros would contradict it.
+    assert "alerting_delivery_queue_depth" not in await exposition(metrics_url)
+
+
 async def events_received(service_url: str) -> float:
+    return await sample(service_url, 'alerting_events_received_total{type="task_failure"}')
+
+
+async def exposition(url: str) -> str:
     async with httpx.AsyncClient() as client:
-        exposition = (await client.get(f"{service_url}/metrics")).text
-    (sample,) = [
-        line
-        for line in exposition.splitlines()
-        if line.startswith('alerting_events_received_total{type="task_failure"}')
-    ]
-    return float(sample.split()[-1])
+        return (await client.get(f"{url}/metrics")).text
+
+
+async def sample(url: str, series: str) -> float:
+    (line,) = [line for line in (await exposition(url)).splitlines() if line.startswith(f"{series} ")]
+    return float(line.split()[-1])

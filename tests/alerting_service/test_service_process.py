@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -139,6 +140,16 @@ def test_a_worker_on_a_database_another_version_made_exits_78_naming_the_column(
 
     assert finished.returncode == EX_CONFIG
     assert "table events: no column log_url" in finished.stderr
+
+
+def test_a_worker_whose_metrics_port_is_taken_exits_78_naming_the_option(tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+
+        finished = run_command(tmp_path, "worker", "--metrics-port", str(port))
+
+    assert finished.returncode == EX_CONFIG
+    assert f"--metrics-port: cannot listen on 127.0.0.1:{port}: Address already in use" in finished.stderr
 
 
 def run_serve(tmp_path: Path, *arguments: str, **environment: str) -> subprocess.CompletedProcess[str]:
