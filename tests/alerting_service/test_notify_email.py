@@ -260,3 +260,18 @@ async def test_a_retry_or_a_failure_at_the_last_try_names_only_the_try(
     await EmailNotifier().send(notification_for(smtp_server.receiver(), event))
 
     assert f"(try {try_number} of 4)" in smtp_server.mails[0].message["Subject"]
+
+
+async def test_a_resolved_run_says_in_both_parts_that_the_run_succeeded_not_a_task(
+    smtp_server: SmtpServer,
+) -> None:
+    # A run's success also closes a missed deadline or a missed day: neither a task nor a failure.
+    event = failure_event(
+        type="dag_run_success", severity="info", task_id=None, try_number=None, max_tries=None, exception=None
+    )
+    await EmailNotifier().send(notification_for(smtp_server.receiver(), event, kind=DeliveryKind.RESOLVED))
+
+    [mail] = smtp_server.mails
+    sentence = "batch_pipeline_dag has succeeded; its earlier alerts are resolved."
+    assert sentence in mail.part("text/plain")
+    assert sentence in mail.part("text/html")
