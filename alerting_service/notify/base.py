@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from email.utils import parsedate_to_datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol
@@ -18,6 +18,10 @@ from alerting_service.models import DeliveryKind
 
 if TYPE_CHECKING:
     from alerting_service.config import EmailReceiver, WebhookReceiver
+
+
+# The label the pipeline's notifier gives task and run events: the date the run processes (docs/alerts.md).
+BUSINESS_DATE_LABEL = "business_date"
 
 
 class Reason(StrEnum):
@@ -102,6 +106,19 @@ class AlertEvent:
         if self.type == "task_failure" and self.max_tries and self.try_number < self.max_tries:
             text += ", not retried"
         return text
+
+    @property
+    def day(self) -> str | None:
+        """`for 2026-01-14`: the business date the run processes (its `business_date` label), else
+        `logical date 2026-01-15T02:00:00Z`. Without it a re-run of an old date, or the dead man's switch's
+        missed day beside a run's missed deadline, read alike. A label that is no date stays a label."""
+        label = self.labels.get(BUSINESS_DATE_LABEL)
+        if label is not None:
+            try:
+                return f"for {date.fromisoformat(label).isoformat()}"
+            except ValueError:
+                pass
+        return f"logical date {iso_utc(self.logical_date)}" if self.logical_date is not None else None
 
     def as_json(self) -> dict[str, Any]:
         """The event as JSON-ready values (datetimes in ISO 8601 UTC)."""

@@ -7,11 +7,13 @@ service recorded (admin API) and what reached the SMTP server and the webhook re
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from standardwebhooks import Webhook
 
+from alerting_service.notify.base import iso_utc
 from tests.alerting.conftest import ONCALL, AlertStack, DagTest, eventually
 
 pytestmark = pytest.mark.slow
@@ -101,7 +103,10 @@ def test_the_failure_email_names_dag_task_run_try_exception_and_log(
     (mail,) = eventually(lambda: alert_stack.mails_to(ONCALL, containing=failure["id"]))
 
     text = mail.part("text/plain")
-    assert mail.message["Subject"] == "[ERROR] task_failure: alert_scenarios.never_recovers (try 4 of 4)"
+    logical_date = iso_utc(datetime.fromisoformat(failure["logical_date"]).replace(tzinfo=UTC))
+    assert mail.message["Subject"] == (
+        f"[ERROR] task_failure: alert_scenarios.never_recovers logical date {logical_date} (try 4 of 4)"
+    )
     for expected in (
         "DAG:        alert_scenarios",
         "Task:       never_recovers",

@@ -275,3 +275,24 @@ async def test_a_resolved_run_says_in_both_parts_that_the_run_succeeded_not_a_ta
     sentence = "batch_pipeline_dag has succeeded; its earlier alerts are resolved."
     assert sentence in mail.part("text/plain")
     assert sentence in mail.part("text/html")
+
+
+async def test_the_subject_names_the_business_date_the_run_processes(smtp_server: SmtpServer) -> None:
+    # Else a re-run of an old date, or the dead man's switch's missed day beside a run's missed deadline,
+    # read alike.
+    event = failure_event(try_number=4, labels={"business_date": "2026-01-14", "team": "data-engineering"})
+    await EmailNotifier().send(notification_for(smtp_server.receiver(), event))
+
+    assert smtp_server.mails[0].message["Subject"].strip() == (
+        "[CRITICAL] task_failure: batch_pipeline_dag.run_batch_processing for 2026-01-14 (try 4 of 4)"
+    )
+
+
+async def test_without_a_business_date_the_subject_names_the_logical_date(smtp_server: SmtpServer) -> None:
+    # A Deadline Alert: its notifier has no context to compute the business date from.
+    event = failure_event(type="deadline_missed", task_id=None, try_number=None, max_tries=None)
+    await EmailNotifier().send(notification_for(smtp_server.receiver(), event))
+
+    assert smtp_server.mails[0].message["Subject"].strip() == (
+        "[CRITICAL] deadline_missed: batch_pipeline_dag logical date 2026-01-14T02:00:00Z"
+    )
