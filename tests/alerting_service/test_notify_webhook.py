@@ -390,3 +390,42 @@ async def test_a_numeric_host_that_is_no_canonical_ipv4_address_fails_for_good(
         await notifier.send(notification_for(receiver))
 
     assert (caught.value.reason, caught.value.retryable) == (Reason.CLIENT_ERROR, False)
+
+
+async def test_the_slack_headline_names_the_business_date_and_the_try(
+    http_receiver: HttpReceiver, notifier: WebhookNotifier
+) -> None:
+    # Slack shows no labels: the business date was nowhere in the message.
+    event = failure_event(try_number=4, labels={"business_date": "2026-01-14"})
+
+    text = await slack_text_of(event, http_receiver, notifier)
+
+    assert text.splitlines()[0] == (
+        ":rotating_light: *task_failure* (critical) `batch_pipeline_dag.run_batch_processing` for 2026-01-14"
+        " (try 4 of 4)"
+    )
+
+
+async def test_a_missed_day_slack_message_names_its_day_and_has_no_empty_lines(
+    http_receiver: HttpReceiver, notifier: WebhookNotifier
+) -> None:
+    # The dead man's switch's event: no run, no task, no log URL.
+    exception = "no successful run of batch_pipeline_dag for business_date=2026-01-15 since 2026-01-15T04:00Z"
+    event = failure_event(
+        type="deadline_missed",
+        task_id=None,
+        run_id=None,
+        try_number=None,
+        max_tries=None,
+        logical_date=None,
+        log_url=None,
+        exception=exception,
+        labels={"business_date": "2026-01-15", "source": "expectation"},
+    )
+
+    text = await slack_text_of(event, http_receiver, notifier)
+
+    assert text == (
+        ":rotating_light: *deadline_missed* (critical) `batch_pipeline_dag` for 2026-01-15\n"
+        f"```{exception}```"
+    )
