@@ -296,3 +296,11 @@ async def test_without_a_business_date_the_subject_names_the_logical_date(smtp_s
     assert smtp_server.mails[0].message["Subject"].strip() == (
         "[CRITICAL] deadline_missed: batch_pipeline_dag logical date 2026-01-14T02:00:00Z"
     )
+
+
+async def test_the_html_exception_wraps_its_long_lines(smtp_server: SmtpServer) -> None:
+    # A <pre> keeps a 500-character exception on one line: on a phone, a sideways scroll or tiny text.
+    await EmailNotifier().send(notification_for(smtp_server.receiver(), failure_event(exception="E" * 500)))
+
+    html = smtp_server.mails[0].part("text/html")
+    assert f'<pre style="white-space: pre-wrap; overflow-wrap: anywhere">{"E" * 500}</pre>' in html
