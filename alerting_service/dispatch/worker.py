@@ -638,6 +638,7 @@ def _notification(delivery: ClaimedDelivery, receiver: Receiver) -> Notification
             log_url=event["log_url"],
             next_retry_at=event["next_retry_at"],
             labels=dict(event["labels"] or {}),
+            fingerprint=event["fingerprint"],
         ),
     )
 

@@ -95,6 +95,8 @@ class AlertEvent:
     log_url: str | None = None
     next_retry_at: datetime | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
+    # The alert's key (resolution.py): a firing notice and the resolved one that closes it share it.
+    fingerprint: str | None = None
 
     @property
     def tries(self) -> str | None:
@@ -139,6 +141,7 @@ class AlertEvent:
             "log_url": self.log_url,
             "next_retry_at": _iso(self.next_retry_at),
             "labels": dict(self.labels),
+            "fingerprint": self.fingerprint,
         }
 
 

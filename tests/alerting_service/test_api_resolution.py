@@ -166,3 +166,21 @@ async def test_a_resolved_notice_waits_until_the_failure_it_resolves_was_deliver
 
     kinds = [json.loads(receipt.body)["type"] for receipt in http_receiver.received("/hook")]
     assert kinds == ["alert.firing", "alert.firing", "alert.resolved"]
+
+
+async def test_a_resolved_webhook_carries_the_fingerprint_of_the_failure_it_resolves(
+    make_settings: SettingsFactory, database: Database, http_receiver: HttpReceiver
+) -> None:
+    # An incident tool's deduplication key: the firing and the resolved notice must name the same alert.
+    routing = service_routing(http_receiver.receiver("/hook"))
+    async with running_api(make_settings(routing=routing, run_dispatcher=True), database) as api:
+        await post(api, "f", "task_failure", task_id="load")
+        await eventually(lambda: http_receiver.received("/hook"))
+        await post(api, "s", "task_success", task_id="load")
+        await eventually(lambda: len(http_receiver.received("/hook")) == 2)
+
+    bodies = [json.loads(receipt.body) for receipt in http_receiver.received("/hook")]
+    assert [(body["type"], body["data"]["event"]["fingerprint"]) for body in bodies] == [
+        ("alert.firing", f"task:batch/{RUN}/load/-1"),
+        ("alert.resolved", f"task:batch/{RUN}/load/-1"),
+    ]
