@@ -236,13 +236,19 @@ def _http_scheme(connection: Connection) -> str:
 
 def _base_url(connection: Connection, default_scheme: str) -> str:
     """`host` as a URL (its own scheme if it has one) with the `port` field; a port given twice is refused,
-    and so are credentials in `host`: they would be logged with the URL, and an error must not quote them."""
+    and so are credentials, a query or a fragment in `host` (a token in `?api_key=...`): the URL is logged
+    (`BATCH_ML_API_URL=...`), where only the password field is masked, and an error must not quote them."""
     host = connection.host.rstrip("/")
     parts = urlsplit(host if "://" in host else f"{default_scheme}://{host}")
     if "@" in parts.netloc:
         raise ConnectionConfigError(
             f"connection {connection.conn_id!r}: field 'host' holds credentials (user:password@): "
             "put them in the login and password fields"
+        )
+    if parts.query or parts.fragment:
+        raise ConnectionConfigError(
+            f"connection {connection.conn_id!r}: field 'host' holds a query or a fragment (a token?): "
+            "the URL is logged; put a key in the password field"
         )
     if not connection.port:
         return parts.geturl()

@@ -148,6 +148,23 @@ def test_credentials_in_the_host_are_refused_without_quoting_them(port):
 
 
 @pytest.mark.parametrize(
+    "conns",
+    [
+        connections(ml=ml_api(host="https://ml-api/v1?api_key=T0pS3cretT0ken", port=None)),
+        connections(ml=ml_api(host="https://ml-api/v1#T0pS3cretT0ken", port=None)),
+        connections(minio=s3_source(host="https://minio/?X-Amz-Security-Token=T0pS3cretT0ken", port=None)),
+    ],
+    ids=["ml-api-query", "ml-api-fragment", "minio-query"],
+)
+def test_a_query_or_fragment_in_the_host_is_refused_without_quoting_it(conns):
+    # run_batch_processing logs the endpoint URLs (BATCH_ML_API_URL=...), where only passwords are masked.
+    with pytest.raises(ConnectionConfigError, match="field 'host' holds a query or a fragment") as raised:
+        job_environment(conns)
+
+    assert "T0pS3cretT0ken" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
     ("conns", "field"),
     [
         (connections(ml=ml_api(password=ML_KEY + "\n")), "password"),
