@@ -228,7 +228,7 @@ class AlertServiceNotifier(BaseNotifier):
     def _post(self, event: AlertEvent) -> str:
         endpoint = self._endpoint
         response = self._http_client.post(endpoint.events_url, json=event.as_json(), headers=endpoint.headers)
-        return _recorded(response)
+        return _recorded(response, endpoint.api_key)
 
     async def _apost(self, event: AlertEvent) -> str:
         # The triggerer builds a notifier per missed deadline: nothing to cache, and a client per call is
@@ -238,7 +238,7 @@ class AlertServiceNotifier(BaseNotifier):
             timeout=self.timeout, follow_redirects=False, verify=endpoint.uses_tls
         ) as client:
             response = await client.post(endpoint.events_url, json=event.as_json(), headers=endpoint.headers)
-        return _recorded(response)
+        return _recorded(response, endpoint.api_key)
 
     # --- the fallback -----------------------------------------------------------------------------------
 
@@ -338,8 +338,10 @@ def _check_bounds(timeout: float, fallback_timeout: float) -> None:
         )
 
 
-def _recorded(response: httpx.Response) -> str:
-    """What the service said, when it has the event; `AlertServiceUnavailable` when it does not."""
+def _recorded(response: httpx.Response, api_key: str) -> str:
+    """What the service said, when it has the event; `AlertServiceUnavailable` when it does not, quoting the
+    start of the answer without the API key: a proxy or an ingress in front of the service may echo the
+    request's headers, and the reason is logged, unmasked under `dag.test()`."""
     if response.status_code == httpx.codes.ACCEPTED:
         try:
             answer = response.json()
@@ -349,7 +351,9 @@ def _recorded(response: httpx.Response) -> str:
     if response.status_code == httpx.codes.CONFLICT:
         # The key is recorded, with a body that differs (e.g. a retried DAG callback): the alert exists.
         return "already recorded under this key with another body"
-    raise AlertServiceUnavailable(f"HTTP {response.status_code}: {response.text[:_ERROR_DETAIL_LIMIT]}")
+    # Replaced before the cut: a key cut in two would no longer be recognised.
+    answer = response.text.replace(api_key, "***")[:_ERROR_DETAIL_LIMIT]
+    raise AlertServiceUnavailable(f"HTTP {response.status_code}: {answer}")
 
 
 def _call_within(seconds: float, work: Callable[[], T]) -> T:

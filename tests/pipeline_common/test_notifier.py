@@ -248,6 +248,17 @@ def test_the_undelivered_event_is_logged_at_error_without_the_api_key(
     assert API_KEY not in json.dumps(logs)
 
 
+def test_an_answer_that_echoes_the_api_key_is_quoted_without_it(service: HttpReceiver) -> None:
+    # A proxy or ingress in front of the service may echo the request's headers in its error page.
+    service.script("/v1/events", Reply(401, body=f"unauthorized: Authorization: Bearer {API_KEY}".encode()))
+
+    with capture_logs() as logs:
+        notifier()(task_context(state="failed"))
+
+    assert "HTTP 401: unauthorized: Authorization: Bearer ***" in undelivered_reason(logs)
+    assert API_KEY not in json.dumps(logs)
+
+
 def test_an_api_key_with_a_trailing_newline_is_refused_by_name_not_sent(
     monkeypatch: pytest.MonkeyPatch, http_receiver: HttpReceiver
 ) -> None:
