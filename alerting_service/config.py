@@ -214,7 +214,14 @@ class WebhookConfig(_Strict):
             # Stripped for good, not only for the check: a trailing space (a url_file edited by hand) was sent
             # percent-encoded, to a path that does not exist.
             url = SecretStr(url.get_secret_value().strip())
-            parts = urlsplit(url.get_secret_value())
+            try:
+                parts = urlsplit(url.get_secret_value())
+            except ValueError:
+                # urllib's own message quotes the host part, user and password included.
+                raise ValueError(
+                    "must be an http(s) URL; its host part is not one (a bracket left open, or a character"
+                    " such as a full-width '@' or ':' that reads as another)"
+                ) from None
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise ValueError("must be an http(s) URL with a host")
             if not _port_is_valid(parts):

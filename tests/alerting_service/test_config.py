@@ -312,6 +312,23 @@ def test_a_webhook_url_without_a_valid_port_is_refused_naming_the_field_without_
     assert "T0k3n" not in str(raised.value)
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://alerts:T0k3n\uff20x@hooks.bank.example/airflow",  # a full-width @ in the password
+        "https://alerts:T0k3n\u2100@hooks.bank.example/airflow",  # "a/c" in one character
+    ],
+    ids=["full-width-at", "account-of"],
+)
+def test_a_webhook_url_urllib_cannot_split_is_refused_naming_the_field_without_the_url(url: str) -> None:
+    # urllib's own error quotes the host part of the URL, password included.
+    with pytest.raises(ConfigError) as raised:
+        parse({"receivers": [{"name": "w", "webhook": WEBHOOK | {"url": url}}]})
+
+    assert "receivers[0].webhook.url: must be an http(s) URL; its host part is not one" in str(raised.value)
+    assert "T0k3n" not in str(raised.value)
+
+
 def test_check_config_refuses_a_webhook_url_file_with_a_bad_port_naming_the_field_without_the_url(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
