@@ -239,7 +239,13 @@ def _base_url(connection: Connection, default_scheme: str) -> str:
     and so are credentials, a query or a fragment in `host` (a token in `?api_key=...`): the URL is logged
     (`BATCH_ML_API_URL=...`), where only the password field is masked, and an error must not quote them."""
     host = connection.host.rstrip("/")
-    parts = urlsplit(host if "://" in host else f"{default_scheme}://{host}")
+    try:
+        parts = urlsplit(host if "://" in host else f"{default_scheme}://{host}")
+    except ValueError:  # urllib's message quotes the host part, credentials included
+        raise ConnectionConfigError(
+            f"connection {connection.conn_id!r}: field 'host' is no URL or host name (a bracket left open, "
+            "or a character such as a full-width '@' or ':' that reads as another)"
+        ) from None
     if "@" in parts.netloc:
         raise ConnectionConfigError(
             f"connection {connection.conn_id!r}: field 'host' holds credentials (user:password@): "

@@ -150,6 +150,23 @@ def test_credentials_in_the_host_are_refused_without_quoting_them(port):
 @pytest.mark.parametrize(
     "conns",
     [
+        connections(ml=ml_api(host="https://svc:T0pS3cretT0ken\uff20x@ml-api/v1", port=None)),
+        connections(minio=s3_source(host="https://reader:T0pS3cretT0ken\u2100@minio", port=None)),
+    ],
+    ids=["ml-api-full-width-at", "minio-account-of"],
+)
+def test_a_host_urllib_cannot_split_is_refused_without_quoting_it(conns):
+    # urllib's own error quotes the host part, credentials included, and is no ConnectionConfigError: the task
+    # was retried with it, and its alerts carried it.
+    with pytest.raises(ConnectionConfigError, match="field 'host' is no URL or host name") as raised:
+        job_environment(conns)
+
+    assert "T0pS3cretT0ken" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "conns",
+    [
         connections(ml=ml_api(host="https://ml-api/v1?api_key=T0pS3cretT0ken", port=None)),
         connections(ml=ml_api(host="https://ml-api/v1#T0pS3cretT0ken", port=None)),
         connections(minio=s3_source(host="https://minio/?X-Amz-Security-Token=T0pS3cretT0ken", port=None)),
