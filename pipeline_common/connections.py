@@ -119,9 +119,10 @@ def database_url(postgres: Connection) -> str:
         _require(postgres, "host")
         path = Path(postgres.host)
         if not path.is_absolute():
+            # Not quoted: it may be a database URL with its password, pasted with the wrong conn_type.
             raise ConnectionConfigError(
                 f"connection {postgres.conn_id!r} (sqlite): field 'host' must be the absolute path of the "
-                f"SQLite file, got {postgres.host!r}"
+                "SQLite file (for PostgreSQL, use conn_type 'postgres' and put each part in its own field)"
             )
         return f"sqlite:///{path}"
     if postgres.conn_type not in POSTGRES_CONN_TYPES:

@@ -282,6 +282,19 @@ def test_a_relative_sqlite_path_is_refused():
         job_environment(connections(database=sqlite("results.db")))
 
 
+def test_a_database_url_in_a_sqlite_host_is_refused_without_quoting_it():
+    database = Connection(
+        conn_id="postgres_default",
+        conn_type="sqlite",
+        host=f"postgresql://batch:{DB_PASSWORD}@db/transactions",
+    )
+
+    with pytest.raises(ConnectionConfigError, match="field 'host' must be the absolute path") as raised:
+        job_environment(connections(database=database))
+
+    assert DB_PASSWORD not in str(raised.value)
+
+
 def test_an_unsupported_database_type_is_refused():
     with pytest.raises(ConnectionConfigError, match="conn_type 'mysql' is not supported"):
         job_environment(connections(database=postgres(conn_type="mysql")))
