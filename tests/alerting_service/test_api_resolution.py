@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from alerting_service.models import DeliveryStatus
 from tests.alerting_service.conftest import ADMIN, Api, SettingsFactory, running_api
 from tests.alerting_service.delivery_fixtures import (
     Database,
@@ -184,3 +185,21 @@ async def test_a_resolved_webhook_carries_the_fingerprint_of_the_failure_it_reso
         ("alert.firing", f"task:batch/{RUN}/load/-1"),
         ("alert.resolved", f"task:batch/{RUN}/load/-1"),
     ]
+
+
+async def test_a_resolved_notice_to_a_receiver_the_failure_already_reached_is_sent_at_once(
+    make_settings: SettingsFactory, database: Database, http_receiver: HttpReceiver
+) -> None:
+    routing = service_routing(http_receiver.receiver("/hook"))
+    async with running_api(make_settings(routing=routing, run_dispatcher=True), database) as api:
+        failure = await post(api, "f", "task_failure", task_id="load")
+        [firing] = (await api.event(failure))["deliveries"]
+        await database.until_status(firing["id"], DeliveryStatus.SENT)
+
+        await post(api, "s", "task_success", task_id="load")
+
+        # Nothing to wait for: held back as waiting, it would go out only at the next sweep, a minute later.
+        await eventually(lambda: len(http_receiver.received("/hook")) == 2, within=5)
+
+    kinds = [json.loads(receipt.body)["type"] for receipt in http_receiver.received("/hook")]
+    assert kinds == ["alert.firing", "alert.resolved"]
