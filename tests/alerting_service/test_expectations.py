@@ -135,13 +135,24 @@ async def watched(session_factory: async_sessionmaker[AsyncSession]) -> async_se
 async def add_success(
     session_factory: Any, dag_id: str, occurred_at: datetime, labels: dict[str, str] | None = None
 ) -> None:
+    await add_event(session_factory, dag_id, occurred_at, labels, event_type="dag_run_success")
+
+
+async def add_event(
+    session_factory: Any,
+    dag_id: str,
+    occurred_at: datetime,
+    labels: dict[str, str] | None = None,
+    *,
+    event_type: str,
+) -> None:
     async with session_factory() as session, session.begin():
         session.add(
             Event(
                 id=str(uuid.uuid4()),
-                idempotency_key=f"{dag_id}/{occurred_at.isoformat()}/dag_run_success",
+                idempotency_key=f"{dag_id}/{occurred_at.isoformat()}/{event_type}",
                 body_hash="0" * 64,
-                type="dag_run_success",
+                type=event_type,
                 severity="info",
                 dag_id=dag_id,
                 occurred_at=occurred_at,
@@ -200,6 +211,17 @@ async def test_a_success_in_the_window_records_nothing(watched: Any) -> None:
 
 async def test_a_success_of_another_dag_does_not_count(watched: Any) -> None:
     await add_success(watched, "fraud_report_dag", utc("2026-01-14T02:30:00"))
+    recorder = Recorder()
+
+    assert len(await watcher_at("2026-01-14T04:01:00", watched, recorder).check_once()) == 1
+
+
+@pytest.mark.parametrize("event_type", ["dag_run_failure", "task_success", "task_retry"])
+async def test_an_event_of_the_dag_other_than_a_run_success_does_not_count(
+    watched: Any, event_type: str
+) -> None:
+    # A run that failed, or whose tasks succeeded before its worker was killed, did not do the day's work.
+    await add_event(watched, PIPELINE.dag_id, utc("2026-01-14T02:30:00"), event_type=event_type)
     recorder = Recorder()
 
     assert len(await watcher_at("2026-01-14T04:01:00", watched, recorder).check_once()) == 1
