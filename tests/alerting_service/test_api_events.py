@@ -269,6 +269,13 @@ async def test_a_body_declared_over_the_limit_is_a_413_before_it_is_read(api: Ap
     assert (await api.row_counts())["events"] == 0
 
 
+async def test_a_body_of_exactly_the_limit_is_accepted(api: Api) -> None:
+    event = b'{"idempotency_key": "at-the-limit", "type": "task_failure", "dag_id": "d"}'
+    answer = await api.client.post("/v1/events", content=event.ljust(65536), headers=INGEST)
+
+    assert answer.status_code == 202, answer.text
+
+
 async def test_a_streamed_body_over_the_limit_is_a_413(api: Api) -> None:
     async def chunks() -> Any:
         yield b'{"idempotency_key": "big", "type": "task_failure", "dag_id": "d", "exception": "'
