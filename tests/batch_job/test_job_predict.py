@@ -46,13 +46,13 @@ def transactions(count: int) -> list[Transaction]:
     ]
 
 
-def client(url: str, api_key: str | None = None) -> MLApiClient:
+def client(url: str, api_key: str | None = None, backoff_seconds: float = 0.0) -> MLApiClient:
     return MLApiClient(
         predict_url=f"{url}/predict",
         api_key=SecretStr(api_key) if api_key else None,
         timeout_seconds=TIMEOUT_SECONDS,
         max_retries=MAX_RETRIES,
-        backoff_seconds=0.0,
+        backoff_seconds=backoff_seconds,
     )
 
 
@@ -116,6 +116,18 @@ def test_the_wait_before_a_retry_is_at_least_the_retry_after(
     with caplog.at_level(logging.WARNING, logger="batch_job.predict"):
         score(scripted_ml_api.url)
     assert "attempt 1/3 failed (HTTP 503); retrying in 1.0 s" in caplog.text
+
+
+def test_a_retry_after_shorter_than_the_backoff_waits_the_backoff(
+    scripted_ml_api: ScriptedMLApi, caplog: pytest.LogCaptureFixture
+) -> None:
+    # An API answering every try "Retry-After: 0" must not get the retries at once, spending them in no time.
+    scripted_ml_api.script(Status(429, headers={"Retry-After": "0"}))
+    ml_api = client(scripted_ml_api.url, backoff_seconds=0.2)
+    with caplog.at_level(logging.WARNING, logger="batch_job.predict"), ml_api:
+        ml_api.score(transactions(3), 100)
+    [retry] = [record for record in caplog.records if "retrying in" in record.getMessage()]
+    assert retry.args[-1] >= 0.2
 
 
 def test_a_retry_after_longer_than_the_cap_waits_only_the_cap(
