@@ -89,6 +89,18 @@ def test_the_design_documents_example_is_valid() -> None:
             {"receivers": [{"name": "x", "webhook": WEBHOOK | {"secrets": ["not-a-whsec"]}}]},
             "receivers[0].webhook.secrets: secret #1 is not whsec_",
         ),
+        (
+            # 23 bytes: Standard Webhooks keys are 24 to 64 bytes, and a shorter HMAC key is a weaker one.
+            {
+                "receivers": [
+                    {
+                        "name": "x",
+                        "webhook": WEBHOOK | {"secrets": ["whsec_a2tra2tra2tra2tra2tra2tra2tra2s="]},
+                    }
+                ]
+            },
+            "receivers[0].webhook.secrets: secret #1 is not whsec_<base64 of at least 24 bytes>",
+        ),
         ({"route": {"match": {"colour": "red"}}}, "route.match: unknown match key 'colour'"),
         ({"route": {"match": {"type": "task_exploded"}}}, "route.match: match key 'type'"),
         ({"retry": {"horizon": "soon"}}, "retry.horizon: use a duration like 30s, 5m, 2h or 1h30m"),
