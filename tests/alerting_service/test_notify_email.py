@@ -182,6 +182,18 @@ async def test_a_refused_recipient_is_permanent_on_5xx_and_retryable_on_4xx(
     assert (caught.value.reason, caught.value.retryable) == (reason, retryable)
 
 
+async def test_every_recipient_refused_is_retryable_while_one_is_refused_only_for_now(
+    smtp_server: SmtpServer,
+) -> None:
+    # The full mailbox may take the mail later: a retry can reach it, a dead letter never would.
+    smtp_server.handler.rcpt_replies["oncall@bank.example"] = "452 4.2.2 mailbox full"
+    smtp_server.handler.rcpt_replies["gone@bank.example"] = "550 5.1.1 no such user"
+    receiver = smtp_server.receiver(to=["oncall@bank.example", "gone@bank.example"])
+    with pytest.raises(DeliveryError) as caught:
+        await EmailNotifier().send(notification_for(receiver))
+    assert (caught.value.reason, caught.value.retryable) == (Reason.SERVER_ERROR, True)
+
+
 async def test_one_refused_recipient_among_several_still_delivers_to_the_others(
     smtp_server: SmtpServer,
 ) -> None:
