@@ -439,8 +439,8 @@ class Database:
                 Event(
                     idempotency_key=f"test/{event_id}",
                     body_hash="0" * 64,
-                    fingerprint=f"{event.dag_id}/{event.task_id}",
-                    **dataclasses.asdict(event),
+                    **dataclasses.asdict(event)
+                    | {"fingerprint": event.fingerprint or f"{event.dag_id}/{event.task_id}"},
                 )
             )
             await session.flush()
