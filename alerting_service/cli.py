@@ -23,7 +23,13 @@ import uvicorn
 from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors import Multiprocess
 
-from alerting_service.api.app import APP_FACTORY, create_app, prepare_shared_state
+from alerting_service.api.app import (
+    APP_FACTORY,
+    DATABASE_UNAVAILABLE,
+    create_app,
+    database_problem,
+    prepare_shared_state,
+)
 from alerting_service.auth import configured_keys
 from alerting_service.config import (
     ENV_PREFIX,
@@ -115,7 +121,12 @@ def _serve(settings: Settings, arguments: argparse.Namespace) -> int:
         "log_level": settings.log_level.lower(),
         "timeout_graceful_shutdown": 30,
     }
-    asyncio.run(prepare_shared_state(settings))
+    try:
+        asyncio.run(prepare_shared_state(settings))
+    except DATABASE_UNAVAILABLE as error:
+        # As when uvicorn fails to start an app: one line and its exit code, not a traceback and 1.
+        print(f"database unavailable: {database_problem(error)}", file=sys.stderr)
+        return STARTUP_FAILURE
     if arguments.processes == 1:
         uvicorn.run(create_app(settings, freeze_heap_once_started=True), **options)
         return 0

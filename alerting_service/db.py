@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Table, event, inspect, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.engine.interfaces import ReflectedColumn
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from alerting_service.models import Base
@@ -117,6 +118,12 @@ def create_schema(connection: Connection) -> None:
         connection.execute(text(f"DROP INDEX IF EXISTS {name}"))
 
 
+def _refuses_null(column: ReflectedColumn) -> bool:
+    """NOT NULL with nothing the database fills it with (a default, an identity, a generated value)."""
+    filled = column.get("default") is not None or column.get("identity") or column.get("computed")
+    return not column["nullable"] and not filled
+
+
 class SchemaMismatch(Exception):
     """The database's tables have columns other than this version writes: another version made them."""
 
@@ -130,16 +137,19 @@ def refuse_tables_of_another_version(connection: Connection) -> None:
     for table in Base.metadata.sorted_tables:
         found = {column["name"]: column for column in inspector.get_columns(table.name)}
         missing = [column.name for column in table.columns if column.name not in found]
-        # A column of a later version this one leaves NULL is harmless unless the table refuses the NULL.
+        # A column this version leaves NULL (one it does not know, or one it knows as optional) is harmless
+        # unless the table refuses the NULL.
         refusing_null = [
             name
             for name, column in found.items()
-            if name not in table.columns and not column["nullable"] and column["default"] is None
+            if (name not in table.columns or table.columns[name].nullable) and _refuses_null(column)
         ]
         if missing:
             problems.append(f"table {table.name}: no column {', '.join(missing)}")
         if refusing_null:
-            problems.append(f"table {table.name}: column {', '.join(refusing_null)} unknown to this version")
+            problems.append(
+                f"table {table.name}: column {', '.join(refusing_null)} refuses the NULL this version leaves"
+            )
     if problems:
         raise SchemaMismatch(
             "the database was made by another version of the service, whose tables this one cannot write:\n"

@@ -22,6 +22,7 @@ Connections (nothing is looked up when the DAG file is parsed):
 from __future__ import annotations
 
 import asyncio
+import html
 import json
 import threading
 from collections.abc import Callable, Mapping
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import quote
 
 import httpx
 from airflow.sdk import AsyncCallback, BaseHook, BaseNotifier, DeadlineAlert, DeadlineReference
@@ -352,8 +354,17 @@ def _recorded(response: httpx.Response, api_key: str) -> str:
         # The key is recorded, with a body that differs (e.g. a retried DAG callback): the alert exists.
         return "already recorded under this key with another body"
     # Replaced before the cut: a key cut in two would no longer be recognised.
-    answer = response.text.replace(api_key, "***")[:_ERROR_DETAIL_LIMIT]
+    answer = _without(response.text, api_key)[:_ERROR_DETAIL_LIMIT]
     raise AlertServiceUnavailable(f"HTTP {response.status_code}: {answer}")
+
+
+def _without(text: str, secret: str) -> str:
+    """`text` with `secret` replaced by `***`, also as an echo may have escaped it (JSON, HTML, URL)."""
+    as_json = json.dumps(secret)[1:-1]
+    forms = {secret, as_json, as_json.replace("/", "\\/"), html.escape(secret), quote(secret, safe="")}
+    for form in sorted(forms, key=len, reverse=True):
+        text = text.replace(form, "***")
+    return text
 
 
 def _call_within(seconds: float, work: Callable[[], T]) -> T:

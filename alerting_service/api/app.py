@@ -184,15 +184,15 @@ async def _validation_error(_request: Request, exc: Exception) -> JSONResponse: 
     return JSONResponse({"detail": detail}, status_code=422)
 
 
+def database_problem(exc: Exception) -> str:
+    """`Type: first line` of what the driver said, without SQLAlchemy's wrapper around it."""
+    cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    return f"{type(cause).__name__}: {str(cause).partition(chr(10))[0]}"
+
+
 async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:  # ruff: ignore[unused-async]
     """503 with a JSON body and one log line, not a plain-text 500 and a traceback per request."""
-    cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
-    log.warning(
-        "database unavailable: %s: %s",
-        type(cause).__name__,
-        str(cause).partition("\n")[0],
-        extra={"path": request.url.path},
-    )
+    log.warning("database unavailable: %s", database_problem(exc), extra={"path": request.url.path})
     return JSONResponse(
         {"detail": "the database is unavailable; try again later"},
         status_code=503,

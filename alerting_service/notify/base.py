@@ -95,7 +95,7 @@ class AlertEvent:
     log_url: str | None = None
     next_retry_at: datetime | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
-    # The alert's key (resolution.py): a firing notice and the resolved one that closes it share it.
+    # The alert's key (resolution.py), shared by a task's or run's firing and resolved notices.
     fingerprint: str | None = None
 
     @property

@@ -116,6 +116,10 @@ def _with_a_column_refusing_null(connection: Connection) -> None:
     connection.execute(text("ALTER TABLE deliveries ALTER COLUMN priority DROP DEFAULT"))
 
 
+def _with_a_generated_column(connection: Connection) -> None:
+    connection.execute(text("ALTER TABLE deliveries ADD COLUMN ordinal BIGINT GENERATED ALWAYS AS IDENTITY"))
+
+
 def _with_a_column_that_may_stay_null(connection: Connection) -> None:
     connection.execute(text("ALTER TABLE events ADD COLUMN team VARCHAR(64)"))
 
@@ -140,20 +144,42 @@ async def test_a_table_lacking_a_column_this_version_writes_is_refused_naming_th
             await _create_schema_on(url, tmp_path, _without_the_log_url_column)
 
 
+def _with_an_optional_column_refusing_null(connection: Connection) -> None:
+    connection.execute(text("ALTER TABLE events ALTER COLUMN task_id SET NOT NULL"))
+
+
+# PostgreSQL only: SQLite cannot drop a column's default or make a column NOT NULL after the fact.
 @pytest.mark.postgres
-async def test_a_column_this_version_does_not_know_and_that_refuses_null_is_refused(tmp_path: Path) -> None:
-    # PostgreSQL only: SQLite cannot drop a column's default, and adds no NOT NULL column without one.
+@pytest.mark.parametrize(
+    ("alteration", "problem"),
+    [
+        (_with_a_column_refusing_null, "table deliveries: column priority refuses the NULL"),
+        (_with_an_optional_column_refusing_null, "table events: column task_id refuses the NULL"),
+    ],
+    ids=["unknown-column", "optional-column"],
+)
+async def test_a_column_refusing_the_null_this_version_leaves_is_refused(
+    tmp_path: Path, alteration: Callable[[Connection], None], problem: str
+) -> None:
     async with database_url("postgresql", tmp_path) as url:
-        with pytest.raises(SchemaMismatch, match="table deliveries: column priority unknown to this version"):
-            await _create_schema_on(url, tmp_path, _with_a_column_refusing_null)
+        with pytest.raises(SchemaMismatch, match=problem):
+            await _create_schema_on(url, tmp_path, alteration)
 
 
-@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-async def test_a_column_this_version_does_not_know_but_may_leave_null_is_accepted(
-    backend: str, tmp_path: Path
+@pytest.mark.parametrize(
+    ("backend", "alteration"),
+    [
+        ("sqlite", _with_a_column_that_may_stay_null),
+        pytest.param("postgresql", _with_a_column_that_may_stay_null, marks=pytest.mark.postgres),
+        pytest.param("postgresql", _with_a_generated_column, marks=pytest.mark.postgres),
+    ],
+    ids=["sqlite-nullable", "postgresql-nullable", "postgresql-identity"],
+)
+async def test_a_column_this_version_does_not_know_but_that_takes_no_value_from_it_is_accepted(
+    backend: str, alteration: Callable[[Connection], None], tmp_path: Path
 ) -> None:
     async with database_url(backend, tmp_path) as url:
-        await _create_schema_on(url, tmp_path, _with_a_column_that_may_stay_null)
+        await _create_schema_on(url, tmp_path, alteration)
 
 
 def until(condition: Callable[[], bool]) -> None:

@@ -142,6 +142,17 @@ def test_a_worker_on_a_database_another_version_made_exits_78_naming_the_column(
     assert "table events: no column log_url" in finished.stderr
 
 
+@pytest.mark.parametrize("processes", ["1", "2"])
+def test_serve_with_its_database_down_exits_3_saying_so_in_one_line(processes: str, tmp_path: Path) -> None:
+    nothing_listens = f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/alerts"
+
+    finished = run_serve(tmp_path, "--processes", processes, ALERTING_DATABASE_URL=nothing_listens)
+
+    assert finished.returncode == STARTUP_FAILURE
+    assert "database unavailable: OperationalError: connection to server at" in finished.stderr
+    assert "Traceback" not in finished.stderr
+
+
 def test_a_worker_whose_metrics_port_is_taken_exits_78_naming_the_option(tmp_path: Path) -> None:
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]

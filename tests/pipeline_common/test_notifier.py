@@ -259,6 +259,26 @@ def test_an_answer_that_echoes_the_api_key_is_quoted_without_it(service: HttpRec
     assert API_KEY not in json.dumps(logs)
 
 
+SPECIAL_KEY = "ingest/key+7c1f&0d9e="
+
+
+@pytest.mark.parametrize(
+    "echo",
+    ["ingest\\/key+7c1f&0d9e=", "ingest/key+7c1f&amp;0d9e=", "ingest%2Fkey%2B7c1f%260d9e%3D"],
+    ids=["json-escaped", "html-escaped", "percent-encoded"],
+)
+def test_an_answer_that_echoes_the_api_key_escaped_is_quoted_without_it(
+    monkeypatch: pytest.MonkeyPatch, http_receiver: HttpReceiver, echo: str
+) -> None:
+    set_alert_service(monkeypatch, http_receiver.port, password=SPECIAL_KEY)
+    http_receiver.script("/v1/events", Reply(401, body=f'{{"authorization": "Bearer {echo}"}}'.encode()))
+
+    with capture_logs() as logs:
+        notifier()(task_context(state="failed"))
+
+    assert 'HTTP 401: {"authorization": "Bearer ***"}' in undelivered_reason(logs)
+
+
 def test_an_api_key_with_a_trailing_newline_is_refused_by_name_not_sent(
     monkeypatch: pytest.MonkeyPatch, http_receiver: HttpReceiver
 ) -> None:
