@@ -39,9 +39,9 @@ of that run with its downstream task, the UI's default (cleared alone, `run_batc
 -e 2026-01-15T02:00:00+00:00 -y`. A bare date is midnight, before that run: `-s 2026-01-15 -e 2026-01-15`
 clears nothing and says nothing. Without `-s`/`-e` it clears that task in every run of the DAG.
 
-**Alerts** of the tasks and the run name the date the run processes in their label `business_date` (the
-logical date is the next day for a scheduled run). They are resolved per run: the success of a cleared run
-resolves its failure alerts; a new run of the same date does not.
+**Alerts** of the tasks, the run and its missed deadline name the date the run processes in their label
+`business_date` (the logical date is the next day for a scheduled run). They are resolved per run: the success
+of a cleared run resolves its failure alerts; a new run of the same date does not.
 
 **Re-run a failed run.** Fix the cause, then *Clear* the failed task of that run: it keeps its run id, so its
 success resolves its alerts.
@@ -78,7 +78,7 @@ See docs/dags.md.
     default_args=default_args(SETTINGS, ALERTS),
     on_failure_callback=ALERTS,
     on_success_callback=ALERTS,
-    deadline=run_deadline(SETTINGS),
+    deadline=run_deadline(SETTINGS, context_labels=business_date_label),
     params={
         RUN_DATE_PARAM: Param(
             None,

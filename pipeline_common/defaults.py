@@ -7,17 +7,13 @@ that has not finished in time (Deadline Alert).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from airflow.sdk import DeadlineAlert, ExceptionRetryPolicy, RetryAction, RetryRule
 
 from pipeline_common.errors import RetryCannotHelp
-from pipeline_common.notifiers import AlertServiceNotifier, missed_run_deadline
+from pipeline_common.notifiers import AlertServiceNotifier, ContextLabels, missed_run_deadline
 from pipeline_common.settings import PipelineSettings
-
-if TYPE_CHECKING:
-    from airflow.sdk.definitions.context import Context
 
 OWNER = "data-engineering"
 RETRIES = 3
@@ -53,7 +49,7 @@ def default_args(settings: PipelineSettings, alerts: AlertServiceNotifier) -> di
 
 
 def alert_notifier(
-    context_labels: Callable[[Context], Mapping[str, str]] | None = None,
+    context_labels: ContextLabels | None = None,
 ) -> AlertServiceNotifier:
     """The pipeline's notifier; as a DAG's on_success_callback it also resolves the run's alerts and feeds
     the service's dead man's switch (a day without dag_run_success is an alert). `context_labels`: see
@@ -61,7 +57,11 @@ def alert_notifier(
     return AlertServiceNotifier(labels=ALERT_LABELS, context_labels=context_labels)
 
 
-def run_deadline(settings: PipelineSettings) -> DeadlineAlert | None:
+def run_deadline(
+    settings: PipelineSettings, context_labels: ContextLabels | None = None
+) -> DeadlineAlert | None:
+    """The pipeline's Deadline Alert, with the labels of its other alerts (`context_labels`: see
+    missed_run_deadline); None when turned off."""
     if settings.run_deadline is None:
         return None
-    return missed_run_deadline(settings.run_deadline, labels=ALERT_LABELS)
+    return missed_run_deadline(settings.run_deadline, labels=ALERT_LABELS, context_labels=context_labels)

@@ -37,6 +37,7 @@ from airflow.sdk import AsyncCallback, BaseHook, BaseNotifier, DeadlineAlert, De
 from airflow.sdk._shared.secrets_masker import redact
 from airflow.sdk.configuration import conf
 from airflow.sdk.exceptions import AirflowNotFoundException
+from airflow.sdk.module_loading import import_string, qualname
 
 from pipeline_common.alert_events import (
     AlertEvent,
@@ -55,6 +56,7 @@ if TYPE_CHECKING:
     from airflow.sdk.definitions.context import Context
 
 T = TypeVar("T")
+ContextLabels = Callable[["Context"], Mapping[str, str]]
 
 DEFAULT_CONN_ID = "alert_service_default"
 DEFAULT_SMTP_CONN_ID = "smtp_default"
@@ -110,7 +112,7 @@ class AlertServiceNotifier(BaseNotifier):
     As a task or DAG callback: `on_failure_callback=AlertServiceNotifier(labels={"team": "data"})`; the event
     type comes from the context (retry, failure, success, DAG run failure/success) unless `event_type`
     is given; `context_labels(context)` adds labels worked out from the callback's context (the business
-    date a run processes, say).
+    date a run processes, say): a function, or its import path (a Deadline Alert's kwargs are JSON).
     As a Deadline Alert: `missed_run_deadline(timedelta(minutes=90))` (runs `async_notify` in the triggerer).
     """
 
@@ -127,7 +129,7 @@ class AlertServiceNotifier(BaseNotifier):
         smtp_conn_id: str = DEFAULT_SMTP_CONN_ID,
         fallback_to: str | list[str] | None = None,
         fallback_timeout: float = DEFAULT_FALLBACK_TIMEOUT_SECONDS,
-        context_labels: Callable[[Context], Mapping[str, str]] | None = None,
+        context_labels: ContextLabels | str | None = None,
         context: Context | None = None,
     ) -> None:
         # `context`: how the triggerer hands a Deadline Alert's context to the notifier class it instantiates.
@@ -212,7 +214,8 @@ class AlertServiceNotifier(BaseNotifier):
         if self.context_labels is None:
             return {}
         try:
-            return self.context_labels(context)
+            labeller = self.context_labels
+            return (import_string(labeller) if isinstance(labeller, str) else labeller)(context)
         except Exception:
             self.log.exception("Labels from the callback context failed; the alert goes without them")
             return {}
@@ -315,12 +318,16 @@ class AlertServiceNotifier(BaseNotifier):
         return recipients
 
 
-def missed_run_deadline(interval: timedelta, **notifier_kwargs: Any) -> DeadlineAlert:
+def missed_run_deadline(
+    interval: timedelta, *, context_labels: ContextLabels | None = None, **notifier_kwargs: Any
+) -> DeadlineAlert:
     """A Deadline Alert: `deadline_missed` when a run has not finished `interval` after it was queued.
 
     The triggerer imports the notifier class by its path and instantiates it with these kwargs, which must
-    therefore be JSON-serialisable.
+    therefore be JSON-serialisable: `context_labels`, a module-level function, goes as its import path.
     """
+    if context_labels is not None:
+        notifier_kwargs["context_labels"] = _import_path(context_labels)
     return DeadlineAlert(
         reference=DeadlineReference.DAGRUN_QUEUED_AT,
         interval=interval,
@@ -328,6 +335,19 @@ def missed_run_deadline(interval: timedelta, **notifier_kwargs: Any) -> Deadline
             AlertServiceNotifier, kwargs={"event_type": EventType.DEADLINE_MISSED.value, **notifier_kwargs}
         ),
     )
+
+
+def _import_path(function: ContextLabels) -> str:
+    """Where the triggerer finds `function` again; refused when it cannot (a lambda, a nested function), so
+    that the DAG fails to parse rather than every missed deadline losing its labels."""
+    path = qualname(function)
+    try:
+        found = import_string(path)
+    except ImportError:
+        found = None
+    if found is not function:
+        raise ValueError(f"context_labels of a Deadline Alert must be a module-level function, not {path}")
+    return path
 
 
 def _check_bounds(timeout: float, fallback_timeout: float) -> None:

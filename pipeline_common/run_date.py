@@ -37,10 +37,17 @@ def parse_run_date(value: str) -> date:
 def business_date_label(context: Mapping[str, Any]) -> dict[str, str]:
     """The label `business_date` of the pipeline's alerts: the date the run processes, which the operator
     needs to re-run it and which the event's logical date (the next day, for a scheduled run) is not. Empty
-    when the context has no run (a DAG callback given only the run's id)."""
-    if context.get("dag_run") is None:
+    when the context has no run (a DAG callback given only the run's id).
+
+    Also for a Deadline Alert, whose context (the triggerer's) holds the run as the REST API shows it: JSON,
+    with its `conf` where a task's context has the merged `params`."""
+    dag_run = context.get("dag_run")
+    if dag_run is None:
         return {}
-    day, _ = business_date_of_run(context)
+    if isinstance(dag_run, Mapping):
+        day, _ = _business_date_of_run_as_json(dag_run)
+    else:
+        day, _ = business_date_of_run(context)
     return {BUSINESS_DATE_LABEL: day.isoformat()}
 
 
@@ -50,6 +57,15 @@ def business_date_of_run(context: Mapping[str, Any]) -> tuple[date, str]:
         logical_date=context.get("logical_date"),
         run_after=context["dag_run"].run_after,
         run_date_param=run_date_param_of(context),
+    )
+
+
+def _business_date_of_run_as_json(dag_run: Mapping[str, Any]) -> tuple[date, str]:
+    logical_date = dag_run.get("logical_date")
+    return business_date_and_rule(
+        logical_date=datetime.fromisoformat(logical_date) if logical_date else None,
+        run_after=datetime.fromisoformat(dag_run["run_after"]),
+        run_date_param=(dag_run.get("conf") or {}).get(RUN_DATE_PARAM),
     )
 
 

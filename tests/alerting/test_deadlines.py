@@ -167,12 +167,14 @@ def missed_deadline(alert_stack: AlertStack, standalone: Standalone) -> dict[str
 
 
 def test_a_run_past_its_deadline_raises_deadline_missed(
-    alert_stack: AlertStack, missed_deadline: dict[str, Any]
+    alert_stack: AlertStack, standalone: Standalone, missed_deadline: dict[str, Any]
 ) -> None:
     missed = missed_deadline
 
     assert missed["run_id"].startswith("manual__")
-    assert (missed["severity"], missed["labels"]) == ("critical", {"team": "data-engineering"})
+    day_before_the_trigger = (standalone.run_after().date() - timedelta(days=1)).isoformat()
+    assert missed["severity"] == "critical"
+    assert missed["labels"] == {"team": "data-engineering", "business_date": day_before_the_trigger}
     assert "had not finished by" in missed["exception"]
     assert (
         missed["log_url"] == f"http://airflow.bank.example:8080/dags/{DAG_ID}/runs/{quote(missed['run_id'])}"

@@ -126,6 +126,13 @@ def test_the_pipelines_alerts_carry_the_business_date_its_run_processes(dags):
     assert {notifier.context_labels for notifier in notifiers} == {business_date_label}
 
 
+def test_the_pipelines_missed_deadline_carries_the_business_date_too(dags):
+    # The triggerer instantiates the notifier from JSON kwargs: the function goes as its import path.
+    (deadline,) = dags[PRODUCER].deadline
+    kwargs = deadline.callback.kwargs
+    assert kwargs["context_labels"] == "pipeline_common.run_date.business_date_label"
+
+
 def test_the_batch_job_reads_the_incoming_prefix_and_emits_scored_transactions(dags):
     task = dags[PRODUCER].task_dict["run_batch_processing"]
     assert task.inlets == [INCOMING_TRANSACTIONS]

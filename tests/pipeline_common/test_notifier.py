@@ -24,6 +24,7 @@ from pipeline_common.notifiers import (
     AlertServiceUnavailable,
     missed_run_deadline,
 )
+from pipeline_common.run_date import business_date_label
 from tests.alerting_service.delivery_fixtures import (  # ruff: ignore[unused-import]
     HttpReceiver,
     Reply,
@@ -499,6 +500,23 @@ class TestAsDeadlineAlert:
             "critical",
             {"team": "data"},
         )
+
+    async def test_a_missed_deadline_carries_the_labels_worked_out_from_its_context(
+        self, service: HttpReceiver
+    ) -> None:
+        service.script("/v1/events", Reply(202))
+        context = deadline_context()
+        context["dag_run"] |= {"logical_date": "2026-01-15T02:00:00Z", "run_after": "2026-01-15T02:00:00Z"}
+        alert = missed_run_deadline(timedelta(minutes=90), context_labels=business_date_label)
+
+        await AlertServiceNotifier(**json.loads(json.dumps(alert.callback.kwargs)), context=context)
+
+        (body,) = posted_bodies(service)
+        assert body["labels"] == {"business_date": "2026-01-14"}
+
+    def test_a_deadline_alerts_context_labels_the_triggerer_cannot_import_are_refused(self) -> None:
+        with pytest.raises(ValueError, match="module-level function"):
+            missed_run_deadline(timedelta(minutes=90), context_labels=lambda context: {})
 
     async def test_a_backfill_runs_missed_deadline_pages_nobody(
         self, service: HttpReceiver, monkeypatch: pytest.MonkeyPatch, smtp_server: SmtpServer

@@ -132,8 +132,39 @@ def test_a_backfill_run_processes_the_day_before_its_logical_date(embedded_conne
             {"business_date": "2025-12-31"},
         ),
         ({"dag": object(), "run_id": "r", "reason": "task_failure"}, {}),
+        (
+            {
+                "dag_run": {
+                    "logical_date": "2026-01-15T02:00:00Z",
+                    "run_after": "2026-01-15T02:00:00Z",
+                    "conf": {},
+                }
+            },
+            {"business_date": "2026-01-14"},
+        ),
+        (
+            {
+                "dag_run": {
+                    "logical_date": None,
+                    "run_after": "2026-03-10T09:30:00Z",
+                    "conf": {"run_date": "2025-12-31"},
+                }
+            },
+            {"business_date": "2025-12-31"},
+        ),
+        (
+            {"dag_run": {"logical_date": None, "run_after": "2026-03-10T09:30:00Z", "conf": None}},
+            {"business_date": "2026-03-09"},
+        ),
     ],
-    ids=["scheduled-run", "run-date-param", "no-run-in-the-context"],
+    ids=[
+        "scheduled-run",
+        "run-date-param",
+        "no-run-in-the-context",
+        "deadline-alert-scheduled-run",
+        "deadline-alert-run-date-in-conf",
+        "deadline-alert-manual-run",
+    ],
 )
 def test_the_alerts_business_date_label_is_the_date_the_run_processes(context, label):
     assert business_date_label(context) == label

@@ -104,7 +104,7 @@ def alert_outage() -> None:
 @alerting_dag(
     "alert_slow_run",
     notifier=new_notifier(context_labels=business_date_label),
-    deadline=missed_run_deadline(timedelta(seconds=2), labels=LABELS),
+    deadline=missed_run_deadline(timedelta(seconds=2), labels=LABELS, context_labels=business_date_label),
 )
 def alert_slow_run() -> None:
     @task
