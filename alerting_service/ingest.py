@@ -118,6 +118,14 @@ class NoHandoff:
 
 
 @dataclass(slots=True)
+class _Closed:
+    """What a success closed: the alerts' fingerprints, and the receivers still to get their firing notice."""
+
+    fingerprints: set[str] = field(default_factory=set)
+    behind_a_firing: set[str] = field(default_factory=set)
+
+
+@dataclass(slots=True)
 class _BatchPlan:
     """What one transaction writes, and each submission's answer once it is committed."""
 
@@ -349,7 +357,7 @@ class Ingestor:
         )  # fmt: skip
         muted_by = self._silences.is_muted(labels, submission.received_at)
         targets = {} if muted_by else {name: self._integrations[name] for name in self._router.match(labels)}
-        behind_a_firing: set[str] = set()
+        closed = _Closed()
         if is_firing(event.type):
             kind = DeliveryKind.FIRING
             firing = [FiringTarget(r, i, settled=False) for r, i in targets.items()]
@@ -361,7 +369,7 @@ class Ingestor:
             kind = DeliveryKind.RESOLVED
             closes = resolved_fingerprints(event.type, dag_id=event.dag_id, own_fingerprint=own_fingerprint)
             business_date_label = self._business_date_labels.get(event.dag_id)
-            behind_a_firing = _close(
+            closed = _close(
                 closes,
                 event_id,
                 open_by_fingerprint,
@@ -371,8 +379,10 @@ class Ingestor:
             )
         event_row = _event_row(submission, event_id, own_fingerprint, muted_by)
         plan.event_rows.append(event_row)
+        resolves = tuple(sorted(closed.fingerprints))
         for receiver, integration in targets.items():
-            _add_delivery(plan, event_row, receiver, integration, kind, waiting=receiver in behind_a_firing)
+            waiting = receiver in closed.behind_a_firing
+            _add_delivery(plan, event_row, receiver, integration, kind, waiting=waiting, resolves=resolves)
         plan.stored_types.append((event.type, muted_by is not None))
         return Accepted(event_id, duplicate=False)
 
@@ -402,26 +412,27 @@ def _close(
     plan: _BatchPlan,
     targets: dict[str, Integration] | None,
     resolves: Callable[[OpenAlert], bool],
-) -> set[str]:
+) -> _Closed:
     """Record the open alerts of these fingerprints that the success `resolves` as resolved by `success_id`,
     and add the receivers their firing notices went to to `targets` (None when the success is muted: it
-    notifies nobody). Answers those receivers still to get a firing notice: a resolved notice must not arrive
-    before it, so it waits."""
-    behind_a_firing: set[str] = set()
-    for closed in fingerprints:
+    notifies nobody). Answers which fingerprints it closed, and the receivers still to get a firing notice:
+    a resolved notice must not arrive before it, so it waits."""
+    closed = _Closed()
+    for closing_key in fingerprints:
         still_open: list[OpenAlert] = []
-        for alert in open_by_fingerprint.pop(closed, []):
+        for alert in open_by_fingerprint.pop(closing_key, []):
             if not resolves(alert):
                 still_open.append(alert)
                 continue
             plan.resolved[alert.id] = success_id
+            closed.fingerprints.add(closing_key)
             for target in alert.targets if targets is not None else ():
                 targets.setdefault(target.receiver, Integration(target.integration))
                 if not target.settled:
-                    behind_a_firing.add(target.receiver)
+                    closed.behind_a_firing.add(target.receiver)
         if still_open:
-            open_by_fingerprint[closed] = still_open
-    return behind_a_firing
+            open_by_fingerprint[closing_key] = still_open
+    return closed
 
 
 def _add_delivery(
@@ -432,6 +443,7 @@ def _add_delivery(
     kind: DeliveryKind,
     *,
     waiting: bool,
+    resolves: tuple[str, ...],
 ) -> None:
     """Created waiting for a firing notice, else claimed if a send slot is reserved for its receiver, else
     pending."""
@@ -458,6 +470,7 @@ def _add_delivery(
                 webhook_id=row["webhook_id"],
                 lease_until=row["lease_until"],
                 event=event_row,
+                resolves=resolves,
             )
         )
 

@@ -640,6 +640,7 @@ def _notification(delivery: ClaimedDelivery, receiver: Receiver) -> Notification
             labels=dict(event["labels"] or {}),
             fingerprint=event["fingerprint"],
         ),
+        resolves=delivery.resolves,
     )
 
 

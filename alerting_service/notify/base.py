@@ -154,6 +154,8 @@ class Notification:
     kind: DeliveryKind
     event: AlertEvent
     receiver: EmailReceiver | WebhookReceiver
+    # A resolved notice's: the fingerprints of the alerts it closes (a run's success may close a `dag:` one).
+    resolves: tuple[str, ...] = ()
 
 
 class Notifier(Protocol):

@@ -270,6 +270,7 @@ def standard_body(notification: Notification) -> dict[str, Any]:
             "receiver": notification.receiver.name,
             "kind": notification.kind.value,
             "event": event,
+            "resolves": list(notification.resolves),
         },
     }
 

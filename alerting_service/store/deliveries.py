@@ -33,7 +33,7 @@ from __future__ import annotations
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -210,6 +210,8 @@ class ClaimedDelivery:
     webhook_id: str
     lease_until: datetime
     event: Mapping[str, Any]
+    # A resolved notice's: the fingerprints of the alerts its success closed, sorted (the same on every try).
+    resolves: tuple[str, ...] = ()
 
 
 _DELIVERY_COLUMNS = (
@@ -253,10 +255,31 @@ def claim_batch(
     )
     width = len(_DELIVERY_COLUMNS)
     claimed = []
-    for row in rows:
+    for row in rows.all():
         event = {column.key: value for column, value in zip(event_columns, row[width:], strict=True)}
         claimed.append(ClaimedDelivery(*row[:width], event=event))
-    return claimed
+    return _with_the_alerts_they_close(connection, claimed)
+
+
+def _with_the_alerts_they_close(
+    connection: Connection, claimed: list[ClaimedDelivery]
+) -> list[ClaimedDelivery]:
+    """Each resolved notice with what its success closed, read back where the ingest had it in hand."""
+    successes = {delivery.event["id"] for delivery in claimed if delivery.kind == DeliveryKind.RESOLVED}
+    if not successes:
+        return claimed
+    closed: defaultdict[str, set[str]] = defaultdict(set)
+    rows = connection.execute(
+        select(Event.resolved_by, Event.fingerprint).where(Event.resolved_by.in_(successes))
+    )
+    for success_id, fingerprint in rows:
+        closed[success_id].add(fingerprint)
+    return [
+        replace(delivery, resolves=tuple(sorted(closed[delivery.event["id"]])))
+        if delivery.event["id"] in closed
+        else delivery
+        for delivery in claimed
+    ]
 
 
 def _claim_due(

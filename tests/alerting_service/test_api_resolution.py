@@ -187,6 +187,46 @@ async def test_a_resolved_webhook_carries_the_fingerprint_of_the_failure_it_reso
     ]
 
 
+async def test_a_resolved_webhook_names_every_alert_it_closes_the_dags_own_included(
+    make_settings: SettingsFactory, database: Database, http_receiver: HttpReceiver
+) -> None:
+    # The dead man's switch's missed day is keyed dag:<dag_id>, not by the run whose success closes it: an
+    # incident tool closes it only if the resolved notice names it.
+    hook = http_receiver.receiver("/hook")
+    routing = service_routing(hook) | {"route": {"receivers": [hook.name]}}
+    async with running_api(make_settings(routing=routing, run_dispatcher=True), database) as api:
+        await post(api, "missed-day", "deadline_missed", run_id=None)
+        await post(api, "run-failed", "dag_run_failure")
+        await eventually(lambda: len(http_receiver.received("/hook")) == 2)
+        await post(api, "ok", "dag_run_success")
+        await eventually(lambda: len(http_receiver.received("/hook")) == 3)
+
+    bodies = [json.loads(receipt.body) for receipt in http_receiver.received("/hook")]
+    assert [(body["type"], body["data"]["resolves"]) for body in bodies] == [
+        ("alert.firing", []),
+        ("alert.firing", []),
+        ("alert.resolved", ["dag:batch", f"run:batch/{RUN}"]),
+    ]
+
+
+async def test_a_retried_resolved_webhook_names_the_same_closed_alerts(
+    make_settings: SettingsFactory, database: Database, http_receiver: HttpReceiver
+) -> None:
+    # The first try is sent from what the ingest had in hand, a retry from what it reads back: one body.
+    routing = service_routing(http_receiver.receiver("/hook"))
+    routing["route"] = {"receivers": ["incident-webhook"]}
+    async with running_api(make_settings(routing=routing, run_dispatcher=True), database) as api:
+        await post(api, "f", "task_failure", task_id="load")
+        await eventually(lambda: http_receiver.received("/hook"))
+        http_receiver.script("/hook", Reply(503))
+        await post(api, "s", "task_success", task_id="load")
+        await eventually(lambda: len(http_receiver.received("/hook")) == 3)
+
+    first_try, retry = (receipt.body for receipt in http_receiver.received("/hook")[1:])
+    assert json.loads(first_try)["data"]["resolves"] == [f"task:batch/{RUN}/load/-1"]
+    assert retry == first_try
+
+
 async def test_a_resolved_notice_to_a_receiver_the_failure_already_reached_is_sent_at_once(
     make_settings: SettingsFactory, database: Database, http_receiver: HttpReceiver
 ) -> None:
