@@ -22,6 +22,9 @@ from batch_job.errors import ConfigError
 ENV_PREFIX = "BATCH_"
 POSTGRES_DRIVER = "postgresql+psycopg2"
 SQLITE_DRIVER = "sqlite"
+# psycopg2 takes each query parameter of the URL as a connection keyword, these with a secret (`dsn` may hold
+# `password=...`); the URL is logged and quoted in errors with its query, where only its password is hidden.
+SECRET_DATABASE_URL_PARAMETERS = frozenset({"password", "sslpassword", "dsn"})
 
 
 @dataclass(frozen=True)
@@ -150,7 +153,7 @@ def _parse_database_url(raw: str) -> URL:
         raise ValueError(
             "is not a SQLAlchemy URL (postgresql+psycopg2://user@host:5432/db or sqlite:////abs/path.db)"
         ) from None
-    if url.password is not None:
+    if url.password is not None or SECRET_DATABASE_URL_PARAMETERS & url.query.keys():
         raise ValueError("must not contain a password: put it in BATCH_DATABASE_PASSWORD")
     if url.drivername in ("postgresql", POSTGRES_DRIVER):
         if not url.database:

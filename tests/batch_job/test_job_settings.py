@@ -103,6 +103,25 @@ def test_a_database_url_with_a_password_is_refused_without_echoing_it(
     assert SECRET not in message
 
 
+@pytest.mark.parametrize("parameter", ["password", "sslpassword", "dsn"])
+def test_a_database_url_with_a_password_in_its_query_is_refused_without_echoing_it(
+    job_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, parameter: str
+) -> None:
+    # psycopg2 takes every query parameter as a connection keyword, but the job logs the URL with its query.
+    url = f"postgresql+psycopg2://app@db:5432/transactions?sslmode=require&{parameter}={SECRET}"
+    message = refusal_of(monkeypatch, "BATCH_DATABASE_URL", url)
+    assert "BATCH_DATABASE_URL: must not contain a password" in message
+    assert SECRET not in message
+
+
+def test_a_database_url_with_connection_options_in_its_query_is_accepted(
+    job_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = "postgresql+psycopg2://app@db:5432/transactions?sslmode=verify-full"
+    monkeypatch.setenv("BATCH_DATABASE_URL", url)
+    assert load_settings().database_url == url
+
+
 def test_a_relative_sqlite_path_is_refused(job_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BATCH_DATABASE_URL", "sqlite:///results.db")
     with pytest.raises(ConfigError, match="BATCH_DATABASE_URL: a SQLite URL needs an absolute file path"):
