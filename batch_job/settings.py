@@ -149,13 +149,16 @@ class JobSettings(BaseSettings):
 def _parse_database_url(raw: str) -> URL:
     try:
         url = make_url(raw)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError, a port that is no number, quotes it: it may be a secret
         raise ValueError(
             "is not a SQLAlchemy URL (postgresql+psycopg2://user@host:5432/db or sqlite:////abs/path.db)"
         ) from None
     if url.password is not None or SECRET_DATABASE_URL_PARAMETERS & url.query.keys():
         raise ValueError("must not contain a password: put it in BATCH_DATABASE_PASSWORD")
     if url.drivername in ("postgresql", POSTGRES_DRIVER):
+        if url.port is not None and not 0 < url.port < 2**16:
+            # libpq's "invalid port number" has no SQLSTATE: the job would retry it as a transient failure.
+            raise ValueError(f"the port {url.port} is not from 1 to 65535")
         if not url.database:
             raise ValueError("names no database: postgresql+psycopg2://user@host:5432/db")
         return url.set(drivername=POSTGRES_DRIVER)

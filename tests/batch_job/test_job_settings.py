@@ -122,6 +122,26 @@ def test_a_database_url_with_connection_options_in_its_query_is_accepted(
     assert load_settings().database_url == url
 
 
+def test_a_database_url_with_a_port_that_is_no_number_is_refused_without_echoing_it(
+    job_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The password typed where the port goes (an '@' and a ':' swapped).
+    message = refusal_of(
+        monkeypatch, "BATCH_DATABASE_URL", f"postgresql+psycopg2://app@db:{SECRET}/transactions"
+    )
+    assert "BATCH_DATABASE_URL: is not a SQLAlchemy URL" in message
+    assert SECRET not in message
+
+
+def test_a_database_url_with_a_port_out_of_range_is_refused(
+    job_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    message = refusal_of(
+        monkeypatch, "BATCH_DATABASE_URL", "postgresql+psycopg2://app@db:543200/transactions"
+    )
+    assert "BATCH_DATABASE_URL: the port 543200 is not from 1 to 65535" in message
+
+
 def test_a_relative_sqlite_path_is_refused(job_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BATCH_DATABASE_URL", "sqlite:///results.db")
     with pytest.raises(ConfigError, match="BATCH_DATABASE_URL: a SQLite URL needs an absolute file path"):
