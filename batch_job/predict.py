@@ -1,15 +1,17 @@
 """Predict: score valid transactions with the ML API, `POST <BATCH_ML_API_URL>/predict`, in batches.
 
 Each batch is retried with exponential backoff (plus jitter, and at least the server's `Retry-After`) on
-timeouts, connection errors, HTTP 408, 429 and 5xx, at most `BATCH_ML_MAX_RETRIES` times; if the API is still
-unavailable the job fails with a `TransientError` (exit 1) so the DAG retries it later. Any other 4xx is not
-retried: it is a `ConfigError` (exit 78), since a wrong URL or API key will not fix itself; so is a redirect
-(not followed). The wire format is in `batch_job.ml_contract`.
+timeouts (an answer, body included, not there within `BATCH_ML_TIMEOUT_SECONDS`), connection errors, HTTP 408,
+429 and 5xx, at most `BATCH_ML_MAX_RETRIES` times; if the API is still unavailable the job fails with a
+`TransientError` (exit 1) so the DAG retries it later. Any other 4xx is not retried: it is a `ConfigError`
+(exit 78), since a wrong URL or API key will not fix itself; so is a redirect (not followed). The wire format
+is in `batch_job.ml_contract`.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -73,6 +75,7 @@ class MLApiClient:
         self._predict_url = predict_url
         self._api_key = api_key
         self._max_attempts = max_retries + 1
+        self._timeout_seconds = timeout_seconds
         self._backoff = wait_exponential_jitter(
             multiplier=backoff_seconds, max=MAX_BACKOFF_SECONDS, jitter=backoff_seconds
         )
@@ -123,24 +126,29 @@ class MLApiClient:
             reraise=True,
         )
         try:
-            response = retrying(self._post_once, body)
+            answer = retrying(self._post_once, body)
         except RETRYABLE_ERRORS as exc:
             raise TransientError(
                 f"ML API at {self._predict_url} is unavailable after {self._max_attempts} attempts: "
                 f"{_describe(exc)}"
             ) from exc
         try:
-            return PredictResponse.model_validate_json(response.content)
+            return PredictResponse.model_validate_json(answer)
         except ValidationError as exc:
             raise TransientError(
                 f"ML API at {self._predict_url} answered a body that breaks the contract: "
                 f"{exc.error_count()} errors, first: {exc.errors(include_input=False)[0]['msg']}"
             ) from None
 
-    def _post_once(self, body: bytes) -> httpx.Response:
-        response = self._http.post(
-            self._predict_url, content=body, headers={"Content-Type": "application/json"}
-        )
+    def _post_once(self, body: bytes) -> bytes:
+        """POST one batch; returns the body of the API's answer."""
+        # httpx's timeout bounds each read, not the whole answer: one trickling in a byte at a time (an
+        # overloaded server or proxy) held the job until the task's execution timeout.
+        deadline = time.monotonic() + self._timeout_seconds
+        with self._http.stream(
+            "POST", self._predict_url, content=body, headers={"Content-Type": "application/json"}
+        ) as response:
+            answer = _read_before(response, deadline)
         if response.status_code in RETRYABLE_STATUS_CODES or response.is_server_error:
             raise RetryableResponseError(response.status_code, _retry_after_seconds(response))
         if response.is_redirect:
@@ -158,14 +166,14 @@ class MLApiClient:
             log.error(
                 "ML API answered HTTP %d: %s",
                 response.status_code,
-                self._redacted(response.text)[:MAX_ERROR_BODY_CHARS],
+                self._redacted(answer.decode(errors="replace"))[:MAX_ERROR_BODY_CHARS],
             )
             raise ConfigError(
                 f"ML API at {self._predict_url} refused the request with HTTP {response.status_code} (its "
                 "answer is in the log above); retrying cannot help: check BATCH_ML_API_URL and "
                 "BATCH_ML_API_KEY"
             )
-        return response
+        return answer
 
     def _wait_before_retry(self, state: RetryCallState) -> float:
         backoff = self._backoff(state)
@@ -199,6 +207,16 @@ def _features(transaction: Transaction) -> TransactionFeatures:
         timestamp=transaction.occurred_at,
         country=transaction.country,
     )
+
+
+def _read_before(response: httpx.Response, deadline: float) -> bytes:
+    """The answer's body, or a ReadTimeout (retried as any timeout) once `deadline` has passed."""
+    chunks = []
+    for chunk in response.iter_bytes():
+        if time.monotonic() > deadline:
+            raise httpx.ReadTimeout("the answer did not arrive within the timeout", request=response.request)
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _without_query(url: str) -> str:

@@ -139,6 +139,14 @@ class Delay:
 
 
 @dataclass(frozen=True)
+class Trickle:
+    """Answer correctly, but send the body one byte every `seconds` (each shorter than the client's timeout,
+    all of them together longer), as an overloaded server or proxy may."""
+
+    seconds: float
+
+
+@dataclass(frozen=True)
 class Body:
     """Answer 200 with this raw body."""
 
@@ -158,7 +166,7 @@ class Predict:
     reverse: bool = False
 
 
-Answer = Status | Delay | Body | EchoAuthorization | Predict
+Answer = Status | Delay | Trickle | Body | EchoAuthorization | Predict
 
 
 @dataclass(frozen=True)
@@ -226,8 +234,12 @@ class ScriptedMLApi:
                         self._send(401, f"bad key {self.headers.get('Authorization')}")
                     case Predict(drop_last, reverse):
                         self._send(200, _predictions(body, drop_last=drop_last, reverse=reverse))
+                    case Trickle(seconds):
+                        self._send(200, _predictions(body, drop_last=False, reverse=False), pause=seconds)
 
-            def _send(self, code: int, text: str, headers: Mapping[str, str] | None = None) -> None:
+            def _send(
+                self, code: int, text: str, headers: Mapping[str, str] | None = None, pause: float = 0.0
+            ) -> None:
                 payload = text.encode()
                 self.send_response(code)
                 self.send_header("Content-Type", "application/json")
@@ -235,7 +247,12 @@ class ScriptedMLApi:
                 for name, value in (headers or {}).items():
                     self.send_header(name, value)
                 self.end_headers()
-                self.wfile.write(payload)
+                if not pause:
+                    self.wfile.write(payload)
+                for byte in payload if pause else b"":
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                    time.sleep(pause)
 
             def log_message(self, format: str, *args: object) -> None:
                 pass  # the tests assert on recorded requests, not on access logs

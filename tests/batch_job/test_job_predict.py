@@ -15,6 +15,7 @@ from batch_job_support import (
     Predict,
     ScriptedMLApi,
     Status,
+    Trickle,
     refused_url,
 )
 from pydantic import SecretStr
@@ -153,6 +154,16 @@ def test_timeouts_that_persist_are_transient_after_the_retries(scripted_ml_api: 
     scripted_ml_api.script(*[Delay(TIMEOUT_SECONDS * 2)] * (MAX_RETRIES + 1))
     with pytest.raises(TransientError, match="ReadTimeout"):
         score(scripted_ml_api.url)
+    assert len(scripted_ml_api.requests) == MAX_RETRIES + 1
+
+
+def test_an_answer_trickling_in_for_longer_than_the_timeout_is_a_timeout(
+    scripted_ml_api: ScriptedMLApi,
+) -> None:
+    # Each byte within the timeout: a timeout per read alone waited for the whole answer, however long.
+    scripted_ml_api.script(*[Trickle(TIMEOUT_SECONDS / 3)] * (MAX_RETRIES + 1))
+    with pytest.raises(TransientError, match="ReadTimeout"):
+        score(scripted_ml_api.url, count=1)
     assert len(scripted_ml_api.requests) == MAX_RETRIES + 1
 
 
