@@ -14,7 +14,7 @@ The CSV schema (one header line, comma-separated, RFC 4180 quoting, UTF-8 with a
 
 Surrounding whitespace in values and column names is ignored; extra columns are allowed and ignored.
 
-A problem with a whole file (not UTF-8, not parseable as CSV, no header, a required column missing, a column
+A problem with a whole file (not UTF-8, not parseable as CSV, no header, a required column missing or
 twice) raises `InvalidInputError`: the job exits 65. A problem with one row rejects that row with every reason
 found, and the row is kept as a `RejectedRow`. The first row of a `transaction_id` (in file-then-line order)
 is kept; every later row with that id is rejected as a duplicate, even when the first was itself rejected
@@ -151,7 +151,8 @@ def _header(uri: str, header: list[str] | None) -> list[str]:
     if not header:
         raise InvalidInputError(f"{uri} is empty: expected a header line with {', '.join(REQUIRED_COLUMNS)}")
     columns = [name.strip() for name in header]
-    repeated = sorted({name for name in columns if columns.count(name) > 1})
+    # Only a required column twice is ambiguous; extra columns, however named, are ignored.
+    repeated = sorted({name for name in REQUIRED_COLUMNS if columns.count(name) > 1})
     if repeated:
         raise InvalidInputError(f"{uri} has the column(s) {', '.join(repeated)} more than once")
     missing = [column for column in REQUIRED_COLUMNS if column not in columns]

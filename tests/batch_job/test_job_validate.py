@@ -83,6 +83,13 @@ def test_extra_columns_are_ignored() -> None:
     assert len(result.valid) == 1
 
 
+def test_an_extra_column_repeated_is_ignored() -> None:
+    # A spreadsheet export's stray trailing commas make empty column names: nothing the job reads.
+    text = "".join(f"{line},,\n" for line in csv_text([row(1)]).splitlines())
+    result = validate(text)
+    assert len(result.valid) == 1
+
+
 def test_columns_may_come_in_any_order() -> None:
     result = validate(csv_text([row(1)], columns=list(reversed(REQUIRED_COLUMNS))))
     assert len(result.valid) == 1
