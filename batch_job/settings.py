@@ -8,6 +8,7 @@ are secrets.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -22,6 +23,9 @@ from batch_job.errors import ConfigError
 ENV_PREFIX = "BATCH_"
 POSTGRES_DRIVER = "postgresql+psycopg2"
 SQLITE_DRIVER = "sqlite"
+# What botocore accepts as a bucket name; it refuses any other at the first request, with an error that reads
+# like an unreachable server.
+S3_BUCKET_NAME = re.compile(r"[A-Za-z0-9._-]{1,255}")
 # psycopg2 takes each query parameter of the URL as a connection keyword, these with a secret (`dsn` may hold
 # `password=...`); the URL is logged and quoted in errors with its query, where only its password is hidden.
 SECRET_DATABASE_URL_PARAMETERS = frozenset({"password", "sslpassword", "dsn"})
@@ -60,6 +64,14 @@ def parse_source_uri(uri: str) -> SourceLocation:
     if parts.scheme == "s3":
         if not parts.netloc:
             raise ValueError("an s3:// URI needs a bucket: s3://bucket/prefix")
+        if "@" in parts.netloc or parts.query or parts.fragment:
+            # The URI is named in log lines, errors and the summary: credentials would be printed with it.
+            raise ValueError(
+                "an s3:// URI must not hold credentials, a query or a fragment: s3://bucket/prefix, the keys "
+                "in BATCH_S3_ACCESS_KEY_ID and BATCH_S3_SECRET_ACCESS_KEY"
+            )
+        if not S3_BUCKET_NAME.fullmatch(parts.netloc):
+            raise ValueError("an s3:// URI's bucket name may hold only letters, digits, '.', '-' and '_'")
         return S3Location(bucket=parts.netloc, prefix=parts.path.strip("/"))
     if parts.scheme == "file":
         if parts.netloc or not parts.path.startswith("/"):

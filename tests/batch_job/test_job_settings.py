@@ -83,6 +83,32 @@ def test_an_s3_uri_without_prefix_reads_days_at_the_bucket_root(
     assert load_settings().source.day_uri(dt.date(2026, 1, 14)) == "s3://transactions/2026-01-14/"
 
 
+def test_credentials_in_an_s3_uri_are_refused_without_echoing_them(
+    job_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The source URI is named in log lines, errors and the summary: the secret key would be printed with it.
+    message = refusal_of(monkeypatch, "BATCH_SOURCE_URI", f"s3://AKIAEXAMPLE:{SECRET}@transactions/incoming")
+    assert "BATCH_SOURCE_URI: an s3:// URI must not hold credentials" in message
+    assert SECRET not in message
+
+
+@pytest.mark.parametrize("uri", ["s3://transactions/incoming?versionId=1", "s3://transactions/incoming#x"])
+def test_an_s3_uri_with_a_query_or_fragment_is_refused(
+    job_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, uri: str
+) -> None:
+    # The job would read the prefix without them, silently.
+    message = refusal_of(monkeypatch, "BATCH_SOURCE_URI", uri)
+    assert "BATCH_SOURCE_URI: an s3:// URI must not hold credentials, a query or a fragment" in message
+
+
+def test_an_s3_uri_whose_bucket_no_s3_server_takes_is_refused(
+    job_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # botocore refuses it at the first request with an error the job took for an unreachable server (exit 1).
+    message = refusal_of(monkeypatch, "BATCH_SOURCE_URI", "s3://landing zone/incoming")
+    assert "BATCH_SOURCE_URI: an s3:// URI's bucket name may hold only letters, digits" in message
+
+
 def test_a_file_uri_gives_a_local_directory(job_env: dict[str, str]) -> None:
     assert isinstance(load_settings().source, LocalLocation)
 
