@@ -11,7 +11,8 @@ not moved; it is rejected with that reason instead (the first date loaded keeps 
 `check_database()` connects before the job reads the day. A database refusing the login, the database name
 or a privilege (`CONFIG_SQLSTATES`) is a `ConfigError` (exit 78, not retried), an unavailable one a
 `TransientError`. So is a table the load cannot write because something else made it with another layout
-(`SCHEMA_SQLSTATES`): the job only creates missing tables, it never alters one.
+(`SCHEMA_SQLSTATES`), or, on PostgreSQL, with an `amount` column that would not store every amount exactly:
+the job only creates missing tables, it never alters one.
 
 Tables are created when missing. PostgreSQL (`postgresql+psycopg2`) and SQLite are supported; on PostgreSQL
 concurrent loads take turns on an advisory lock.
@@ -51,6 +52,7 @@ from sqlalchemy import (
     create_engine,
     delete,
     func,
+    inspect,
     select,
     text,
 )
@@ -110,7 +112,8 @@ class _DecimalText(TypeDecorator[Decimal]):
 
 
 # numeric(18,4) on PostgreSQL: amounts below 10^14 with at most 4 decimal places, exactly.
-AMOUNT_TYPE = Numeric(18, 4).with_variant(_DecimalText(), "sqlite")
+AMOUNT_PRECISION, AMOUNT_SCALE = 18, 4
+AMOUNT_TYPE = Numeric(AMOUNT_PRECISION, AMOUNT_SCALE).with_variant(_DecimalText(), "sqlite")
 
 metadata = MetaData()
 
@@ -204,6 +207,7 @@ def load_day(
         _serialise_loads(connection)
         metadata.create_all(connection)
         _warn_if_amounts_are_rounded(connection)
+        _refuse_an_amount_column_that_rounds(connection, engine)
         written = _upsert_scored(
             connection, [_scored_row(row, run_date, load_id, loaded_at) for row in scored]
         )
@@ -278,6 +282,33 @@ def _warn_if_amounts_are_rounded(connection: Connection) -> None:
             scored_transactions.name,
             declared,
         )
+
+
+def _refuse_an_amount_column_that_rounds(connection: Connection, engine: Engine) -> None:
+    """A PostgreSQL table made by hand (a DBA's migration) with fewer decimals or a float type would store the
+    amounts rounded, silently (0.0049 in a numeric(16,2) is 0.00), one with fewer integer digits fail on the
+    largest: a `ConfigError` before any row is written."""
+    if connection.dialect.name != "postgresql":
+        return
+    columns = inspect(connection).get_columns(scored_transactions.name)
+    declared = next((column["type"] for column in columns if column["name"] == "amount"), None)
+    if declared is None or _holds_every_amount_exactly(declared):
+        return  # a missing column fails the upsert, naming it
+    raise ConfigError(
+        f"database {engine.url.render_as_string(hide_password=True)} holds {scored_transactions.name}.amount "
+        f"as {declared} (made with another layout?), which cannot store every amount exactly; it must be "
+        f"numeric({AMOUNT_PRECISION},{AMOUNT_SCALE}) or wider, or numeric without a precision: migrate it, "
+        "or move the table aside for the load to create"
+    )
+
+
+def _holds_every_amount_exactly(declared: Any) -> bool:
+    if not isinstance(declared, Numeric) or isinstance(declared, Float):
+        return False
+    if declared.precision is None:
+        return True  # numeric without a precision holds any decimal exactly
+    scale = declared.scale or 0
+    return scale >= AMOUNT_SCALE and declared.precision - scale >= AMOUNT_PRECISION - AMOUNT_SCALE
 
 
 def _serialise_loads(connection: Connection) -> None:

@@ -20,6 +20,7 @@ from batch_job.load import (
     build_engine,
     check_database,
     load_day,
+    metadata,
     rejected_transactions,
     scored_transactions,
 )
@@ -327,3 +328,35 @@ def _advisory_lock_waiters(engine: Engine) -> int:
     with engine.connect() as connection:
         query = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
         return connection.scalar(text(query)) or 0
+
+
+def made_with_amount_type(database_url: str, amount_type: str) -> Engine:
+    """The load's tables, as a DBA's migration might have made them: `amount` of `amount_type`."""
+    engine = create_engine(database_url)
+    with engine.begin() as connection:
+        metadata.create_all(connection)
+        connection.execute(text(f"ALTER TABLE scored_transactions ALTER COLUMN amount TYPE {amount_type}"))
+    return engine
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("amount_type", ["NUMERIC(16, 2)", "DOUBLE PRECISION", "NUMERIC(14, 4)"])
+def test_a_table_whose_amount_column_cannot_store_every_amount_is_a_config_error(
+    clean_postgres_database: str, amount_type: str
+) -> None:
+    # PostgreSQL stores 0.0049 in a numeric(16,2) as 0.00, silently; 10^10 does not fit in a numeric(14,4).
+    engine = made_with_amount_type(clean_postgres_database, amount_type)
+    with pytest.raises(ConfigError, match=r"\.amount .* cannot store every amount exactly"):
+        load_day(engine, DAY, [scored("T-1", amount="0.0049")], [])
+    engine.dispose()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("amount_type", ["NUMERIC", "NUMERIC(20, 6)"])
+def test_a_table_whose_amount_column_is_wider_stores_amounts_exactly(
+    clean_postgres_database: str, amount_type: str
+) -> None:
+    engine = made_with_amount_type(clean_postgres_database, amount_type)
+    load_day(engine, DAY, [scored("T-1", amount="99999999999999.9999")], [])
+    assert scored_rows(engine)[0][1] == Decimal("99999999999999.9999")
+    engine.dispose()
