@@ -57,7 +57,7 @@ def extract_day(settings: JobSettings) -> DayExtract:
     if isinstance(source, S3Location):
         files = _read_s3_day(settings, source)
     else:
-        files = _read_local_day(source, settings.run_date)
+        files = _read_local_day(source, settings.run_date, settings.complete_marker)
     if not files:
         raise TransientError(
             f"no input: no CSV objects at {day_uri} for run date {settings.run_date.isoformat()} (not "
@@ -66,7 +66,7 @@ def extract_day(settings: JobSettings) -> DayExtract:
     return DayExtract(day_uri=day_uri, files=files)
 
 
-def _read_local_day(source: LocalLocation, run_date: dt.date) -> list[SourceFile]:
+def _read_local_day(source: LocalLocation, run_date: dt.date, marker: str | None) -> list[SourceFile]:
     if not source.directory.is_dir():
         raise ConfigError(f"BATCH_SOURCE_URI: the directory {source.directory} does not exist")
     day_directory = source.day_directory(run_date)
@@ -74,15 +74,19 @@ def _read_local_day(source: LocalLocation, run_date: dt.date) -> list[SourceFile
         return []
     entries = list(day_directory.iterdir())
     paths = sorted(path for path in entries if path.is_file() and _is_csv(path.name))
-    _warn_skipped(source.day_uri(run_date), [_entry_name(path) for path in entries if path not in paths])
+    if paths:
+        _require_marker(source.day_uri(run_date), marker, {path.name for path in entries})
+    skipped = [_entry_name(path) for path in entries if path not in paths and path.name != marker]
+    _warn_skipped(source.day_uri(run_date), skipped)
     return [SourceFile(uri=path.as_uri(), text=_decode(path.as_uri(), path.read_bytes())) for path in paths]
 
 
 def _read_s3_day(settings: JobSettings, source: S3Location) -> list[SourceFile]:
     client = _s3_client(settings)
     day_prefix = source.day_prefix(settings.run_date)
+    day_uri = source.day_uri(settings.run_date)
     try:
-        keys = _list_day_keys(client, source.bucket, day_prefix, source.day_uri(settings.run_date))
+        keys = _list_day_keys(client, source.bucket, day_prefix, day_uri, settings.complete_marker)
         return [
             SourceFile(
                 uri=f"s3://{source.bucket}/{key}", text=_decode(key, _read_object(client, source.bucket, key))
@@ -117,7 +121,9 @@ def _s3_client(settings: JobSettings) -> BaseClient:
     )
 
 
-def _list_day_keys(client: BaseClient, bucket: str, day_prefix: str, day_uri: str) -> list[str]:
+def _list_day_keys(
+    client: BaseClient, bucket: str, day_prefix: str, day_uri: str, marker: str | None
+) -> list[str]:
     # The delimiter keeps the listing to the day's own objects; sub-"directories" come as common prefixes.
     pages = list(
         client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=day_prefix, Delimiter="/")
@@ -126,9 +132,23 @@ def _list_day_keys(client: BaseClient, bucket: str, day_prefix: str, day_uri: st
     keys = [obj["Key"] for page in pages for obj in page.get("Contents", []) if obj["Key"] != day_prefix]
     folders = [common["Prefix"] for page in pages for common in page.get("CommonPrefixes", [])]
     csv_keys = sorted(key for key in keys if _is_csv(key))
-    skipped = [key for key in keys if key not in csv_keys] + folders
+    if csv_keys:
+        _require_marker(day_uri, marker, {key.removeprefix(day_prefix) for key in keys})
+    skipped = [
+        key for key in keys if key not in csv_keys and key.removeprefix(day_prefix) != marker
+    ] + folders
     _warn_skipped(day_uri, [key.removeprefix(day_prefix) for key in skipped])
     return csv_keys
+
+
+def _require_marker(day_uri: str, marker: str | None, names: set[str]) -> None:
+    """A day with CSV objects but not the provider's completeness marker is still being delivered: read now,
+    it would load part of the day and announce it as the whole."""
+    if marker is not None and marker not in names:
+        raise TransientError(
+            f"incomplete input: {day_uri} has CSV objects but no {marker} yet (written once the day's last "
+            "file is delivered); the date's loaded rows are left as they are"
+        )
 
 
 def _is_csv(name: str) -> bool:

@@ -100,12 +100,22 @@ class JobSettings(BaseSettings):
     ml_batch_size: int = Field(default=500, gt=0, le=10_000)
     ml_max_retries: int = Field(default=3, ge=0, le=10)
     ml_retry_backoff_seconds: float = Field(default=1.0, ge=0, le=60)
+    # The object the provider writes once every file of a day is delivered (`_SUCCESS`, say): without it, a
+    # day is read as soon as it has a CSV object, complete or not.
+    complete_marker: str | None = None
 
     @field_validator("source_uri")
     @classmethod
     def _source_uri_is_supported(cls, uri: str) -> str:
         parse_source_uri(uri)
         return uri
+
+    @field_validator("complete_marker")
+    @classmethod
+    def _marker_is_a_file_name(cls, marker: str | None) -> str | None:
+        if marker is not None and (marker in (".", "..") or "/" in marker or marker.strip() != marker):
+            raise ValueError("must be a file name in the day's folder (e.g. _SUCCESS), not a path")
+        return marker
 
     @field_validator("s3_access_key_id", "ml_api_key")
     @classmethod

@@ -153,19 +153,38 @@ def _database_host(postgres: Connection) -> str:
 
 def _source_environment(minio: Connection) -> dict[str, str]:
     extra = connection_extra(minio)
+    completeness = _complete_marker_environment(minio, extra)
     if _is_local_source(minio):
         path = Path(str(extra["path"]))
         if not path.is_absolute():
             raise ConnectionConfigError(
                 f"connection {minio.conn_id!r}: extra 'path' must be an absolute directory, got {str(path)!r}"
             )
-        return {"BATCH_SOURCE_URI": path.as_uri()}
+        return {"BATCH_SOURCE_URI": path.as_uri(), **completeness}
     _require(minio, "host", "login", "password")
     _require_header_safe(minio, "login")  # the access key id; the secret key only signs
     _require_extra(minio, extra, "bucket")
     prefix = str(extra.get("prefix", "")).strip("/")
     source_uri = f"s3://{extra['bucket']}/{prefix}" if prefix else f"s3://{extra['bucket']}"
-    return {"BATCH_SOURCE_URI": source_uri, "BATCH_S3_ENDPOINT_URL": _s3_endpoint(minio, extra)}
+    return {
+        "BATCH_SOURCE_URI": source_uri,
+        "BATCH_S3_ENDPOINT_URL": _s3_endpoint(minio, extra),
+        **completeness,
+    }
+
+
+def _complete_marker_environment(minio: Connection, extra: dict[str, Any]) -> dict[str, str]:
+    """The optional extra `complete_marker`: the file the provider writes in a day's folder once the day is
+    delivered; the job then waits (retries) for it rather than load part of a day."""
+    marker = extra.get("complete_marker")
+    if marker is None:
+        return {}
+    if not isinstance(marker, str) or marker in ("", ".", "..") or "/" in marker or marker.strip() != marker:
+        raise ConnectionConfigError(
+            f"connection {minio.conn_id!r}: extra 'complete_marker' must be a file name such as '_SUCCESS', "
+            f"got {marker!r}"
+        )
+    return {"BATCH_COMPLETE_MARKER": marker}
 
 
 def _s3_endpoint(minio: Connection, extra: dict[str, Any]) -> str:

@@ -162,3 +162,53 @@ def test_an_access_key_the_s3_server_does_not_know_is_a_config_error(
             extract_day(load_settings())
     finally:
         httpx.post(f"{s3_endpoint_url}/moto-api/reset-auth", content=b"inf").raise_for_status()
+
+
+@pytest.fixture
+def completeness_marker(monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("BATCH_COMPLETE_MARKER", "_SUCCESS")
+    return "_SUCCESS"
+
+
+def test_with_a_marker_a_day_whose_marker_is_missing_is_transient(
+    job_env: dict[str, str], landing: Landing, completeness_marker: str
+) -> None:
+    # Its first files have arrived, the rest are still on their way: loaded now, it would be announced whole.
+    landing.write("a.csv", "a")
+    with pytest.raises(
+        TransientError, match=f"{landing.uri}/2026-01-14/ has CSV objects but no _SUCCESS yet"
+    ):
+        extract_day(load_settings())
+
+
+def test_with_a_marker_a_day_with_its_marker_is_read_and_the_marker_is_no_skipped_file(
+    job_env: dict[str, str], landing: Landing, completeness_marker: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    landing.write("a.csv", "a")
+    landing.write(completeness_marker, "")
+
+    extract = extract_day(load_settings())
+
+    assert [f.text for f in extract.files] == ["a"]
+    assert not [message for message in caplog.messages if "skipped" in message]
+
+
+def test_with_a_marker_an_s3_day_whose_marker_is_missing_is_transient(
+    s3_env: S3Bucket, completeness_marker: str
+) -> None:
+    s3_env.put("incoming/2026-01-14/a.csv", "a")
+    s3_env.put("incoming/2026-01-13/_SUCCESS", "")  # another day's
+    with pytest.raises(TransientError, match="has CSV objects but no _SUCCESS yet"):
+        extract_day(load_settings())
+
+
+def test_with_a_marker_an_s3_day_with_its_marker_is_read(
+    s3_env: S3Bucket, completeness_marker: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    s3_env.put("incoming/2026-01-14/a.csv", "a")
+    s3_env.put("incoming/2026-01-14/_SUCCESS", "")
+
+    extract = extract_day(load_settings())
+
+    assert [f.uri for f in extract.files] == [f"{s3_env.uri}/incoming/2026-01-14/a.csv"]
+    assert not [message for message in caplog.messages if "skipped" in message]

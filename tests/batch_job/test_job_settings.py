@@ -271,3 +271,12 @@ def test_a_batch_size_above_what_the_ml_api_takes_is_refused(
     # not a request the client refuses to build at scoring time (exit 1, retried three times in vain).
     message = refusal_of(monkeypatch, "BATCH_ML_BATCH_SIZE", "10001")
     assert "BATCH_ML_BATCH_SIZE: Input should be less than or equal to 10000" in message
+
+
+@pytest.mark.parametrize("marker", ["done/_SUCCESS", "..", "_SUCCESS "])
+def test_a_complete_marker_that_is_no_file_name_is_refused(
+    job_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, marker: str
+) -> None:
+    monkeypatch.setenv("BATCH_COMPLETE_MARKER", marker)
+    with pytest.raises(ConfigError, match=r"BATCH_COMPLETE_MARKER: .*must be a file name"):
+        load_settings()

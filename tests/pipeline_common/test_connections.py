@@ -409,3 +409,25 @@ def test_a_credential_with_a_control_character_inside_is_refused_without_quoting
 def test_a_postgres_connection_of_conn_type_postgresql_passes_its_password():
     conns = connections(database=postgres(conn_type="postgresql"))
     assert secret_job_environment(conns)["BATCH_DATABASE_PASSWORD"] == DB_PASSWORD
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"bucket": "transactions", "complete_marker": "_SUCCESS"},
+        {"path": "/data", "complete_marker": "_SUCCESS"},
+    ],
+    ids=["s3", "local"],
+)
+def test_a_complete_marker_extra_becomes_the_jobs_variable(extra):
+    minio = s3_source(extra=json.dumps(extra))
+    assert job_environment(connections(minio=minio))["BATCH_COMPLETE_MARKER"] == "_SUCCESS"
+
+
+@pytest.mark.parametrize("marker", ["", "done/_SUCCESS", "..", " _SUCCESS", True])
+def test_a_complete_marker_that_is_no_file_name_is_refused_naming_it(marker):
+    minio = s3_source(extra=json.dumps({"bucket": "transactions", "complete_marker": marker}))
+    with pytest.raises(
+        ConnectionConfigError, match=r"'minio_default': extra 'complete_marker' must be a file name"
+    ):
+        job_environment(connections(minio=minio))
