@@ -50,7 +50,7 @@ from alerting_service.store import events as event_store
 from alerting_service.store import silences as silence_store
 from alerting_service.store.deliveries import ClaimedDelivery
 from alerting_service.store.events import FiringTarget, IdempotencyConflict, OpenAlert, StoredKey
-from alerting_service.store.writer import Writer
+from alerting_service.store.writer import DatabaseFileMoved, Writer
 
 log = logging.getLogger(__name__)
 
@@ -318,6 +318,9 @@ class Ingestor:
             raise _KeyAlreadyStored
         delivery_store.insert_deliveries(connection, plan.delivery_rows)
         event_store.mark_resolved(connection, plan.resolved)
+        moved = self._writer.moved_database_file()
+        if moved is not None:
+            raise DatabaseFileMoved(moved)
         return plan
 
     def _plan(

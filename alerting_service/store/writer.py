@@ -17,6 +17,11 @@ with sleeps of up to 100 ms (measured: two `serve` processes polling, ingest p99
 the flock, 95 ms). Schema creation goes through the writer too, so processes starting together never race
 to create the tables.
 
+On SQLite the writer also watches its files: SQLite goes on writing to the database file and WAL it has
+open after they are deleted or replaced at their path (a clean-up freeing disk space, a copy moved into
+place), so what it commits then is lost at the next restart (the database file) or crash (the WAL). Ingest
+asks `moved_database_file` before each commit and refuses the batch rather than acknowledge it.
+
 The async engine (db.py) stays for the admin API's reads and rare writes.
 """
 
@@ -31,7 +36,7 @@ from collections.abc import Callable, Generator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from sqlalchemy import Connection, Engine, create_engine
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL
 
 from alerting_service.config import Settings
@@ -60,6 +65,7 @@ class Writer:
         url = sync_url(database_url(settings))
         self._engine = _create_sync_engine(url)
         self._lock = _SQLiteWriterLock(str(url.database)) if is_sqlite_file(url) else None
+        self._files = _SQLiteFiles(str(url.database), self._engine) if is_sqlite_file(url) else None
         # One thread: transactions run one after another, on one connection.
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="db-writer")
         self._stall_seconds = settings.writer_stall_seconds
@@ -77,9 +83,17 @@ class Writer:
         self._busy_since = time.monotonic()
         try:
             with self._turn(), self._engine.begin() as connection:
-                return fn(connection, *args, **kwargs)
+                result = fn(connection, *args, **kwargs)
+            if self._files is not None:
+                self._files.remember()
+            return result
         finally:
             self._busy_since = None
+
+    def moved_database_file(self) -> str | None:
+        """The SQLite file (the database or its WAL) deleted or replaced at its path since the writer's
+        connection opened it, if any; always None on PostgreSQL."""
+        return self._files.moved() if self._files is not None else None
 
     def stalled_for(self) -> float | None:
         """How long the transaction in hand has run, if longer than `writer_stall_seconds`: another process
@@ -115,6 +129,45 @@ class _SQLiteWriterLock:
 
     def close(self) -> None:
         os.close(self._fd)
+
+
+class DatabaseFileMoved(Exception):
+    """The SQLite file the writer has open is no longer the one at its path: a commit would not last."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(
+            f"{path} was deleted or replaced while the service had it open: events are refused, since what"
+            " is stored in it now would be lost (README, troubleshooting)"
+        )
+
+
+class _SQLiteFiles:
+    """The identity (device, inode) of the database file and its WAL as the writer's connection has them
+    open, compared with what their paths name now. Learnt after a transaction (the WAL of a new database
+    appears with its first commit) and again for each new connection, which opens the files afresh."""
+
+    def __init__(self, database: str, engine: Engine) -> None:
+        self._paths = (database, f"{database}-wal")
+        self._opened: dict[str, tuple[int, int] | None] = {}
+        event.listen(engine, "connect", lambda _connection, _record: self._opened.clear())
+
+    def remember(self) -> None:
+        for path in self._paths:
+            if self._opened.get(path) is None:
+                self._opened[path] = _identity(path)
+
+    def moved(self) -> str | None:
+        # A WAL not there yet (a new database before its first commit) is no file moved.
+        moved = (path for path, opened in self._opened.items() if opened and _identity(path) != opened)
+        return next(moved, None)
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    try:
+        status = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return status.st_dev, status.st_ino
 
 
 # The writer's PostgreSQL sessions: its transactions run whole and never idle, so one idle in a transaction

@@ -266,6 +266,90 @@ async def test_events_stored_again_after_an_outage_say_so(
     assert "events are stored again" in caplog.text
 
 
+@dataclass
+class EmbeddedDatabase:
+    """The app on the embedded default (a SQLite file in its data dir), whose files the test can move."""
+
+    client: httpx.AsyncClient
+    data_dir: Path
+
+    def remove(self, file_name: str, how: str) -> None:
+        """Deleted, or replaced by a copy moved into place (as a restore does)."""
+        path = self.data_dir / file_name
+        if how == "deleted":
+            path.unlink()
+        else:
+            copy = path.with_name(f"{file_name}.copy")
+            copy.write_bytes(path.read_bytes())
+            copy.replace(path)
+
+    async def post_event(self, key: str) -> httpx.Response:
+        body = {"idempotency_key": key, "type": "task_failure", "dag_id": "d"}
+        return await self.client.post("/v1/events", json=body, headers=INGEST)
+
+
+@pytest.fixture
+async def embedded(tmp_path: Path) -> AsyncGenerator[EmbeddedDatabase]:
+    app = create_app(load_settings(data_dir=tmp_path, api_keys=API_KEYS, run_dispatcher=False))
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://t") as client,
+    ):
+        embedded = EmbeddedDatabase(client, tmp_path)
+        assert (await embedded.post_event("before")).status_code == 202
+        yield embedded
+
+
+SQLITE_FILES_MOVED = pytest.mark.parametrize(
+    ("file_name", "how"),
+    [
+        ("alerts.db", "deleted"),
+        ("alerts.db", "replaced"),
+        ("alerts.db-wal", "deleted"),
+        ("alerts.db-wal", "replaced"),
+    ],
+)
+
+
+@SQLITE_FILES_MOVED
+async def test_an_event_is_refused_once_the_sqlite_file_it_would_be_written_to_is_deleted_or_replaced(
+    embedded: EmbeddedDatabase, file_name: str, how: str
+) -> None:
+    """SQLite would go on writing to the file it has open, which the next restart or crash loses."""
+    embedded.remove(file_name, how)
+
+    answer = await embedded.post_event("after")
+
+    assert answer.status_code == 503
+    assert "could not be stored" in answer.json()["detail"]
+
+
+@SQLITE_FILES_MOVED
+async def test_readyz_is_503_saying_events_are_not_stored_once_a_sqlite_file_is_deleted_or_replaced(
+    embedded: EmbeddedDatabase, file_name: str, how: str
+) -> None:
+    embedded.remove(file_name, how)
+
+    answer = await embedded.client.get("/readyz")
+
+    assert (answer.status_code, answer.json()) == (
+        503,
+        {"status": "unavailable", "database": True, "writer": True, "ingest": False},
+    )
+
+
+async def test_a_deleted_sqlite_file_is_named_in_the_log(
+    embedded: EmbeddedDatabase, caplog: pytest.LogCaptureFixture
+) -> None:
+    embedded.remove("alerts.db-wal", "deleted")
+
+    with caplog.at_level(logging.ERROR, logger="alerting_service.ingest"):
+        assert (await embedded.post_event("after")).status_code == 503
+
+    assert f"{embedded.data_dir / 'alerts.db-wal'} was deleted or replaced" in caplog.text
+
+
 @contextlib.asynccontextmanager
 async def writer_held_up(database: Database) -> AsyncGenerator[None]:
     """What another, hung process would hold: the SQLite writer lock, or a PostgreSQL lock on `events`."""

@@ -44,7 +44,7 @@ async def readyz(services: ServicesDep, response: Response) -> Readiness:
             "waits for (the SQLite writer lock, or a PostgreSQL lock)",
             stalled_for,
         )
-    storing = services.ingestor.is_storing
+    storing = services.ingestor.is_storing and services.writer.moved_database_file() is None
     ready = database and stalled_for is None and storing and services.ingestor.is_running
     if not ready:
         response.status_code = 503
