@@ -34,6 +34,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from sqlalchemy import Connection
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from alerting_service import metrics
@@ -249,7 +250,10 @@ class Ingestor:
         except Exception as error:
             if not retrying_alone:
                 self._log_batch_failure(len(batch), error)
-            if len(batch) > 1:
+            # Each event again on its own: one bad event then fails alone, and an event whose transaction
+            # lost its connection (the server restarted, the session was ended) gets a fresh one, as it would
+            # have in a batch of several.
+            if len(batch) > 1 or (not retrying_alone and _connection_lost(error)):
                 for submission in batch:
                     await self._write([submission], retrying_alone=True)
                 return
@@ -492,6 +496,10 @@ def _closed_by(submission: _Submission) -> tuple[str, ...]:
     """The fingerprints of the open alerts this event would close."""
     event = submission.event
     return resolved_fingerprints(event.type, dag_id=event.dag_id, own_fingerprint=_fingerprint(submission))
+
+
+def _connection_lost(error: Exception) -> bool:
+    return isinstance(error, DBAPIError) and error.connection_invalidated
 
 
 def _summary(error: Exception) -> str:

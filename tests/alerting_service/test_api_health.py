@@ -266,6 +266,37 @@ async def test_events_stored_again_after_an_outage_say_so(
     assert "events are stored again" in caplog.text
 
 
+async def _until_the_service_waits_on_a_lock(connection: asyncpg.Connection, database: str) -> int:
+    """The pid of the service's session waiting for a lock in `database`."""
+
+    async def waiting() -> int | None:
+        return await connection.fetchval(
+            "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'", database
+        )
+
+    return await eventually(waiting)
+
+
+@pytest.mark.postgres
+async def test_a_lone_event_whose_transaction_lost_its_connection_is_stored_on_a_fresh_one(
+    droppable: DroppableDatabase,
+) -> None:
+    holder = await asyncpg.connect(f"postgresql://postgres@127.0.0.1:5432/{droppable.name}")
+    try:
+        locking = holder.transaction()
+        await locking.start()
+        await holder.execute("LOCK TABLE events IN EXCLUSIVE MODE")
+        posting = asyncio.create_task(droppable.post_event("lone"))
+        service_session = await _until_the_service_waits_on_a_lock(holder, droppable.name)
+        await holder.execute("SELECT pg_terminate_backend($1)", service_session)
+        await locking.rollback()
+        answer = await posting
+    finally:
+        await holder.close()
+
+    assert answer.status_code == 202
+
+
 @dataclass
 class EmbeddedDatabase:
     """The app on the embedded default (a SQLite file in its data dir), whose files the test can move."""
