@@ -58,6 +58,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 ContextLabels = Callable[["Context"], Mapping[str, str]]
 
+SOCKET_TIMEOUT_MARGIN_SECONDS = 1.0
 DEFAULT_CONN_ID = "alert_service_default"
 DEFAULT_SMTP_CONN_ID = "smtp_default"
 DEFAULT_TIMEOUT_SECONDS = 3.0
@@ -222,13 +223,21 @@ class AlertServiceNotifier(BaseNotifier):
 
     # --- the attempt ------------------------------------------------------------------------------------
 
+    @property
+    def _socket_timeout(self) -> float:
+        # Past the hard deadline (`timeout`), so that the deadline always ends a silent attempt, with the same
+        # words whichever way it goes silent; the socket's only ends the abandoned thread soon after.
+        return self.timeout + SOCKET_TIMEOUT_MARGIN_SECONDS
+
     @cached_property
     def _endpoint(self) -> AlertServiceEndpoint:
         return AlertServiceEndpoint.from_connection(BaseHook.get_connection(self.conn_id))
 
     @cached_property
     def _http_client(self) -> httpx.Client:
-        return httpx.Client(timeout=self.timeout, follow_redirects=False, verify=self._endpoint.uses_tls)
+        return httpx.Client(
+            timeout=self._socket_timeout, follow_redirects=False, verify=self._endpoint.uses_tls
+        )
 
     def _post(self, event: AlertEvent) -> str:
         endpoint = self._endpoint
@@ -240,7 +249,7 @@ class AlertServiceNotifier(BaseNotifier):
         # closed with it. Built after the lookup: plain http loads no CA bundle on the triggerer's loop.
         endpoint = AlertServiceEndpoint.from_connection(await BaseHook.aget_connection(self.conn_id))
         async with httpx.AsyncClient(
-            timeout=self.timeout, follow_redirects=False, verify=endpoint.uses_tls
+            timeout=self._socket_timeout, follow_redirects=False, verify=endpoint.uses_tls
         ) as client:
             response = await client.post(endpoint.events_url, json=event.as_json(), headers=endpoint.headers)
         return _recorded(response, endpoint.api_key)
