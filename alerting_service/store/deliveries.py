@@ -46,6 +46,7 @@ from sqlalchemy import (
     func,
     insert,
     select,
+    text,
     true,
     tuple_,
     update,
@@ -507,6 +508,7 @@ async def _resolve_again_after(session: AsyncSession, firing_ids: Sequence[str],
     )
     if not closers:
         return
+    await _take_turns_resolving_again(session)
     notices: defaultdict[tuple[str, str], dict[str, str]] = defaultdict(dict)
     for notice_id, success_id, receiver, status in await session.execute(
         select(Delivery.id, Delivery.event_id, Delivery.receiver, Delivery.status).where(
@@ -532,6 +534,24 @@ async def _resolve_again_after(session: AsyncSession, firing_ids: Sequence[str],
             waiting=True,
         )
         await session.execute(insert(Delivery.__table__), [row])
+
+
+# A PostgreSQL advisory lock (the one-key form, as db.SCHEMA_LOCK_KEY) shared by every process of the service.
+RESOLVE_AGAIN_LOCK_KEY = 0x72736C7664  # "rslvd"
+
+
+async def _take_turns_resolving_again(session: AsyncSession) -> None:
+    """On PostgreSQL, wait until no other replay is giving resolved alerts their resolved notice again, and
+    keep the others waiting until this transaction ends.
+
+    Two replays of firing notices of one alert (its retry's and its failure's, by two requests at once)
+    would otherwise each read the notices before the other committed, find none waiting, and each add one:
+    the receiver told twice, under two webhook-ids. One lock, not one per alert: a bulk replay may re-resolve
+    thousands of alerts, more than the server's shared lock table holds, and replays are rare. SQLite's
+    writers already take turns.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": RESOLVE_AGAIN_LOCK_KEY})
 
 
 async def _wait_again(session: AsyncSession, pending: Sequence[str]) -> bool:

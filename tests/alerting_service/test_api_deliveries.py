@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator
 from datetime import UTC, datetime, timedelta
 
@@ -312,6 +313,50 @@ async def test_a_resolved_notice_in_flight_is_followed_by_a_new_one_behind_the_r
 
     notices = (await api.event(success))["deliveries"]
     assert sorted(d["status"] for d in notices) == ["in_flight", "waiting"]
+
+
+async def test_firing_notices_of_one_resolved_alert_replayed_at_once_are_followed_by_one_resolved_notice(
+    api: Api,
+) -> None:
+    # A task's retry and its failure open one alert; both notices died, the success's resolved notice was
+    # sent. Replayed by two requests at once, each must not find "no resolved notice waiting" and add one.
+    alerts = [f"load_{n}" for n in range(8)]
+    firing_of: dict[str, list[str]] = {}
+    success_of: dict[str, str] = {}
+    for task in alerts:
+        opened = [
+            (await api.post_event(idempotency_key=f"{kind}/{task}", type=kind, task_id=task)).json()["id"]
+            for kind in ("task_retry", "task_failure")
+        ]
+        firing_of[task] = [(await api.event(event))["deliveries"][0]["id"] for event in opened]
+        success = await api.post_event(idempotency_key=f"s/{task}", type="task_success", task_id=task)
+        success_of[task] = success.json()["id"]
+
+    def firing_died_and_resolved_sent(connection: Connection) -> None:
+        firing = [delivery for task in alerts for delivery in firing_of[task]]
+        connection.execute(update(Delivery).where(Delivery.id.in_(firing)).values(status=DeliveryStatus.DEAD))
+        connection.execute(
+            update(Delivery)
+            .where(Delivery.event_id.in_(success_of.values()))
+            .values(status=DeliveryStatus.SENT)
+        )
+
+    await api.database.write(firing_died_and_resolved_sent)
+
+    replays = await asyncio.gather(
+        *(
+            api.client.post(f"/v1/deliveries/{delivery}/replay", headers=ADMIN)
+            for task in alerts
+            for delivery in firing_of[task]
+        )
+    )
+
+    assert {answer.status_code for answer in replays} == {200}
+    waiting = {
+        task: [d["status"] for d in (await api.event(success_of[task]))["deliveries"]].count("waiting")
+        for task in alerts
+    }
+    assert waiting == dict.fromkeys(alerts, 1)
 
 
 async def test_receivers_are_listed_with_their_destination_state_and_unsent_deliveries(
