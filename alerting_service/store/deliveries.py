@@ -52,7 +52,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import aliased
+from sqlalchemy.orm import Session, aliased
 
 from alerting_service.db import insert_on_conflict
 from alerting_service.models import (
@@ -66,6 +66,7 @@ from alerting_service.models import (
     ReceiverState,
     new_id,
 )
+from alerting_service.store.events import EVENT_LOCK_ORDER
 
 
 def new_delivery_row(
@@ -458,37 +459,65 @@ def _due_again(now: datetime) -> dict[str, Any]:
     return {"status": DeliveryStatus.PENDING, "next_attempt_at": now, "horizon_starts_at": now}
 
 
-async def replay(session: AsyncSession, delivery_id: str, *, now: datetime) -> Delivery | None:
+def replay(connection: Connection, delivery_id: str, *, now: datetime) -> Delivery | None:
     """A dead delivery back to pending (see `_due_again`). None if the delivery is not dead."""
-    replayed = await _replay_where(session, Delivery.id == delivery_id, now)
-    if not replayed:
+    if not _replay_where(connection, Delivery.id == delivery_id, now):
         return None
-    return await session.get(Delivery, delivery_id, populate_existing=True)
+    with Session(connection) as session:
+        return session.get(Delivery, delivery_id)
 
 
-async def replay_dead_letters(
-    session: AsyncSession, receiver: str, *, reason: str | None, now: datetime
-) -> int:
-    """Every dead delivery to `receiver` (given up for `reason`, if given) back to pending; how many."""
-    return len(await _replay_where(session, _matching(None, receiver, reason), now))
+async def dead_letters(session: AsyncSession, receiver: str, *, reason: str | None) -> list[str]:
+    """The ids of the dead deliveries to `receiver` (given up for `reason`, if given), oldest first."""
+    dead = _matching(DeliveryStatus.DEAD, receiver, reason)
+    return list(await session.scalars(select(Delivery.id).where(dead).order_by(Delivery.created_at)))
 
 
-async def _replay_where(session: AsyncSession, where: ColumnElement[bool], now: datetime) -> list[str]:
-    result = await session.execute(
+def replay_dead_letters(connection: Connection, delivery_ids: Sequence[str], *, now: datetime) -> int:
+    """Those of these deliveries still dead back to pending; how many. A few hundred per transaction: the
+    writer's next group commit waits for it."""
+    return len(_replay_where(connection, Delivery.id.in_(delivery_ids), now))
+
+
+def _replay_where(connection: Connection, where: ColumnElement[bool], now: datetime) -> list[str]:
+    """On the writer (store/writer.py), so that a replay and an ingest batch never interleave: see
+    `_take_turns_with_ingest`."""
+    dead = and_(where, Delivery.status == DeliveryStatus.DEAD)
+    _take_turns_with_ingest(connection, dead)
+    result = connection.execute(
         update(Delivery)
-        .where(where, Delivery.status == DeliveryStatus.DEAD)
+        .where(dead)
         .values(_due_again(now))
         .returning(Delivery.id, Delivery.kind)
         .execution_options(synchronize_session=False)
     )
     replayed = result.all()
     firing = [delivery_id for delivery_id, kind in replayed if kind == DeliveryKind.FIRING]
-    for chunk in _chunks(firing):
-        await _resolve_again_after(session, chunk, now)
+    for chunk in chunks(firing):
+        _resolve_again_after(connection, chunk, now)
     return [delivery_id for delivery_id, _ in replayed]
 
 
-async def _resolve_again_after(session: AsyncSession, firing_ids: Sequence[str], now: datetime) -> None:
+def _take_turns_with_ingest(connection: Connection, dead: ColumnElement[bool]) -> None:
+    """Lock the events of the firing notices about to be replayed, as ingest locks the open alerts a success
+    closes (events.open_alerts), in the same order.
+
+    Otherwise a success ingested while its alert's firing notice is replayed reads that notice dead (settled)
+    and sends its resolved notice at once, while the replay reads the alert as still open and does not make
+    the resolved notice wait: the receiver sees the alert fire last, and it stays open there. With the lock,
+    whichever comes second sees what the first committed. PostgreSQL row locks (no shared lock table to
+    outgrow, however many dead letters a bulk replay revives); on SQLite the writer's turns do it.
+    """
+    replayed_events = select(Delivery.event_id).where(dead, Delivery.kind == DeliveryKind.FIRING)
+    connection.execute(
+        select(Event.id)
+        .where(Event.id.in_(replayed_events))
+        .order_by(*EVENT_LOCK_ORDER)
+        .with_for_update(key_share=True)
+    )
+
+
+def _resolve_again_after(connection: Connection, firing_ids: Sequence[str], now: datetime) -> None:
     """Replayed firing notices of alerts already resolved get their resolved notice again, after them.
 
     Otherwise the receiver would see the alert fire last and stay open for good. The resolved notice (to the
@@ -498,19 +527,17 @@ async def _resolve_again_after(session: AsyncSession, firing_ids: Sequence[str],
     """
     firing, closed = aliased(Delivery), aliased(Event)
     closers = set(
-        (
-            await session.execute(
-                select(closed.resolved_by, firing.receiver, firing.integration)
-                .join_from(firing, closed, firing.event_id == closed.id)
-                .where(firing.id.in_(firing_ids), closed.resolved_by.is_not(None))
-            )
+        connection.execute(
+            select(closed.resolved_by, firing.receiver, firing.integration)
+            .join_from(firing, closed, firing.event_id == closed.id)
+            .where(firing.id.in_(firing_ids), closed.resolved_by.is_not(None))
         ).all()
     )
     if not closers:
         return
-    await _take_turns_resolving_again(session)
+    _take_turns_resolving_again(connection)
     notices: defaultdict[tuple[str, str], dict[str, str]] = defaultdict(dict)
-    for notice_id, success_id, receiver, status in await session.execute(
+    for notice_id, success_id, receiver, status in connection.execute(
         select(Delivery.id, Delivery.event_id, Delivery.receiver, Delivery.status).where(
             Delivery.event_id.in_({success_id for success_id, _, _ in closers}),
             Delivery.kind == DeliveryKind.RESOLVED,
@@ -522,7 +549,7 @@ async def _resolve_again_after(session: AsyncSession, firing_ids: Sequence[str],
         if not statuses or DeliveryStatus.WAITING in statuses.values():
             continue
         unsent = [notice_id for notice_id, status in statuses.items() if status == DeliveryStatus.PENDING]
-        if unsent and await _wait_again(session, unsent):
+        if unsent and _wait_again(connection, unsent):
             continue
         # Sent, in flight, dead, or claimed by a dispatcher since it was read as pending.
         row = new_delivery_row(
@@ -533,14 +560,14 @@ async def _resolve_again_after(session: AsyncSession, firing_ids: Sequence[str],
             now=now,
             waiting=True,
         )
-        await session.execute(insert(Delivery.__table__), [row])
+        connection.execute(insert(Delivery.__table__), [row])
 
 
 # A PostgreSQL advisory lock (the one-key form, as db.SCHEMA_LOCK_KEY) shared by every process of the service.
 RESOLVE_AGAIN_LOCK_KEY = 0x72736C7664  # "rslvd"
 
 
-async def _take_turns_resolving_again(session: AsyncSession) -> None:
+def _take_turns_resolving_again(connection: Connection) -> None:
     """On PostgreSQL, wait until no other replay is giving resolved alerts their resolved notice again, and
     keep the others waiting until this transaction ends.
 
@@ -550,13 +577,13 @@ async def _take_turns_resolving_again(session: AsyncSession) -> None:
     thousands of alerts, more than the server's shared lock table holds, and replays are rare. SQLite's
     writers already take turns.
     """
-    if session.get_bind().dialect.name == "postgresql":
-        await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": RESOLVE_AGAIN_LOCK_KEY})
+    if connection.dialect.name == "postgresql":
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": RESOLVE_AGAIN_LOCK_KEY})
 
 
-async def _wait_again(session: AsyncSession, pending: Sequence[str]) -> bool:
+def _wait_again(connection: Connection, pending: Sequence[str]) -> bool:
     """Back to waiting, those still pending; whether any was."""
-    result = await session.execute(
+    result = connection.execute(
         update(Delivery)
         .where(Delivery.id.in_(pending), Delivery.status == DeliveryStatus.PENDING)
         .values(status=DeliveryStatus.WAITING)
@@ -566,7 +593,7 @@ async def _wait_again(session: AsyncSession, pending: Sequence[str]) -> bool:
     return bool(result.all())
 
 
-def _chunks(ids: Sequence[str], size: int = 500) -> list[Sequence[str]]:
+def chunks(ids: Sequence[str], size: int = 500) -> list[Sequence[str]]:
     return [ids[start : start + size] for start in range(0, len(ids), size)]
 
 

@@ -101,8 +101,14 @@ def _int4(unsigned: int) -> int:
     return unsigned - (1 << 32) if unsigned >= 1 << 31 else unsigned
 
 
+# The order events are locked in, by ingest (open_alerts) and by a replay (store/deliveries.py): the same, so
+# that neither ever waits for the other while holding what the other waits for.
+EVENT_LOCK_ORDER = (Event.received_at, Event.id)
+
+
 def open_alerts(connection: Connection, fingerprints: Collection[str]) -> list[OpenAlert]:
-    """Unresolved firing events with these fingerprints, oldest first."""
+    """Unresolved firing events with these fingerprints, oldest first; on PostgreSQL locked until the end of
+    the transaction, as a replay of their firing notices locks them (deliveries._take_turns_with_ingest)."""
     if not fingerprints:
         return []
     events = connection.execute(
@@ -112,7 +118,8 @@ def open_alerts(connection: Connection, fingerprints: Collection[str]) -> list[O
             Event.resolved_by.is_(None),
             Event.type.in_([event_type.value for event_type in FIRING_TYPES]),
         )
-        .order_by(Event.received_at)
+        .order_by(*EVENT_LOCK_ORDER)
+        .with_for_update(key_share=True)
     )
     alerts = {event_id: OpenAlert(event_id, fp, [], labels) for event_id, fp, labels in events}
     if alerts:

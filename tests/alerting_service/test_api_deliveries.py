@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import Connection, update
 
 from alerting_service.models import Delivery, DeliveryStatus
 from alerting_service.store import deliveries as delivery_store
 from tests.alerting_service.conftest import ADMIN, INGEST, Api, SettingsFactory, running_api, samples
-from tests.alerting_service.delivery_fixtures import Database, new_whsec
+from tests.alerting_service.delivery_fixtures import Database, ServiceProcess, new_whsec
 
 LEASE = timedelta(seconds=30)
 ROUTING = {
@@ -357,6 +359,48 @@ async def test_firing_notices_of_one_resolved_alert_replayed_at_once_are_followe
         for task in alerts
     }
     assert waiting == dict.fromkeys(alerts, 1)
+
+
+async def test_a_firing_notice_replayed_as_its_alert_is_resolved_stays_ahead_of_the_resolved_notice(
+    make_settings: SettingsFactory, database: Database, start_service: Callable[..., ServiceProcess]
+) -> None:
+    # The success and the replay arrive at once (the service as a real process, each request on a connection
+    # of its own): whichever is written second must see the first, or the resolved notice is due at once,
+    # beside the replayed firing notice, and the receiver may see the alert fire last.
+    service = start_service(make_settings(routing=ROUTING))
+    await service.until_ready()
+    tasks = [f"load_{n}" for n in range(40)]
+    async with httpx.AsyncClient(
+        base_url=service.url, headers=ADMIN, limits=httpx.Limits(max_keepalive_connections=0)
+    ) as client:
+
+        async def post(kind: str, task: str, delay: float = 0) -> str:
+            await asyncio.sleep(delay)
+            body = {"idempotency_key": f"{kind}/{task}", "type": kind, "dag_id": "dag", "task_id": task}
+            answer = await client.post("/v1/events", json=body, headers=INGEST)
+            return answer.json()["id"]
+
+        async def deliveries(event_id: str) -> list[dict[str, Any]]:
+            return (await client.get(f"/v1/events/{event_id}")).json()["deliveries"]
+
+        failures = await asyncio.gather(*(post("task_failure", task) for task in tasks))
+        firing = [(await deliveries(failure))[0]["id"] for failure in failures]
+        await database.write(_dead_letter, firing)
+
+        replays, successes = await asyncio.gather(
+            asyncio.gather(*(client.post(f"/v1/deliveries/{delivery}/replay") for delivery in firing)),
+            asyncio.gather(*(post("task_success", task, n % 5 / 1000) for n, task in enumerate(tasks))),
+        )
+
+        assert {replay.status_code for replay in replays} == {200}
+        resolved = [[d["status"] for d in await deliveries(success)] for success in successes]
+    assert resolved == [["waiting"]] * len(tasks)
+
+
+def _dead_letter(connection: Connection, delivery_ids: list[str]) -> None:
+    connection.execute(
+        update(Delivery).where(Delivery.id.in_(delivery_ids)).values(status=DeliveryStatus.DEAD)
+    )
 
 
 async def test_receivers_are_listed_with_their_destination_state_and_unsent_deliveries(

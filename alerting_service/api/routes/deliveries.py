@@ -65,11 +65,10 @@ async def replay_delivery(
     if existing is None:
         raise HTTPException(404, f"no delivery {delivery_id!r}")
     await require_sendable(existing.receiver, services, session)
-    replayed = await delivery_store.replay(session, delivery_id, now=datetime.now(UTC))
+    replayed = await services.writer.transaction(delivery_store.replay, delivery_id, now=datetime.now(UTC))
     if replayed is None:
         raise HTTPException(
             409, f"delivery {delivery_id!r} is {existing.status}, only dead ones are replayed"
         )
-    await session.commit()
     services.wake_dispatcher()
     return schemas.delivery_out(replayed)

@@ -99,9 +99,12 @@ async def replay_dead_letters(
 ) -> DeadLettersReplayed:
     _require_configured(name, services)
     await require_sendable(name, services, session)
-    replayed = await delivery_store.replay_dead_letters(session, name, reason=reason, now=datetime.now(UTC))
-    await session.commit()
-    services.wake_dispatcher()
+    replayed = 0
+    for some in delivery_store.chunks(await delivery_store.dead_letters(session, name, reason=reason)):
+        replayed += await services.writer.transaction(
+            delivery_store.replay_dead_letters, some, now=datetime.now(UTC)
+        )
+        services.wake_dispatcher()
     return DeadLettersReplayed(name=name, replayed=replayed)
 
 
