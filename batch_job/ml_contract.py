@@ -37,12 +37,14 @@ class PredictRequest(_Strict):
 
 
 class Prediction(BaseModel):
-    # Not strict: a newer API may add fields, and the job must keep working.
+    # Extra fields allowed: a newer API may add some, and the job must keep working. The values typed
+    # strictly: a score of `true` or `"0.9"`, or an `is_fraud` of `1` or `"no"`, is a broken model server,
+    # not a score to load (lax parsing read `true` as 1.0, the highest fraud score).
     transaction_id: str
-    fraud_score: float = Field(ge=0.0, le=1.0)
-    is_fraud: bool
+    fraud_score: float = Field(ge=0.0, le=1.0, strict=True)
+    is_fraud: bool = Field(strict=True)
 
 
 class PredictResponse(BaseModel):
-    model_version: str
+    model_version: str = Field(min_length=1)  # loaded with every row: which model scored it
     predictions: list[Prediction]

@@ -114,7 +114,7 @@ class JobSettings(BaseSettings):
     @classmethod
     def _marker_is_a_file_name(cls, marker: str | None) -> str | None:
         if marker is not None and (marker in (".", "..") or "/" in marker or marker.strip() != marker):
-            raise ValueError("must be a file name in the day's folder (e.g. _SUCCESS), not a path")
+            raise ValueError("must be a file name in the day's folder (e.g. _SUCCESS): no /, no outer spaces")
         return marker
 
     @field_validator("s3_access_key_id", "ml_api_key")

@@ -290,3 +290,29 @@ def test_an_answer_with_two_predictions_for_one_transaction_is_transient(
     scripted_ml_api.script(answer_of(predictions))
     with pytest.raises(TransientError, match="broke the contract: 3 predictions for 2 transactions"):
         score(scripted_ml_api.url, count=2)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("fraud_score", True),
+        ("fraud_score", "0.9"),
+        ("is_fraud", 1),
+        ("is_fraud", "no"),
+        ("model_version", ""),
+    ],
+    ids=["score-true", "score-text", "is-fraud-1", "is-fraud-text", "no-model-version"],
+)
+def test_an_answer_whose_values_are_not_of_the_contracts_types_is_transient(
+    scripted_ml_api: ScriptedMLApi, field: str, value: object
+) -> None:
+    # Read laxly, `"fraud_score": true` was loaded as 1.0: the highest score, from a broken model server.
+    prediction = {"transaction_id": "T-0", "fraud_score": 0.5, "is_fraud": False}
+    answer: dict[str, object] = {"model_version": "m1", "predictions": [prediction]}
+    if field == "model_version":
+        answer[field] = value
+    else:
+        prediction[field] = value
+    scripted_ml_api.script(Body(json.dumps(answer)))
+    with pytest.raises(TransientError, match="answered a body that breaks the contract"):
+        score(scripted_ml_api.url, count=1)
