@@ -27,7 +27,6 @@ from alerting_service.api.app import (
     APP_FACTORY,
     DATABASE_UNAVAILABLE,
     create_app,
-    database_problem,
     prepare_shared_state,
 )
 from alerting_service.auth import configured_keys
@@ -38,7 +37,7 @@ from alerting_service.config import (
     load_alerting_config,
     load_settings,
 )
-from alerting_service.db import SchemaMismatch
+from alerting_service.db import SchemaMismatch, database_problem
 from alerting_service.dispatch.worker import run_worker
 from alerting_service.logs import configure_logging
 from alerting_service.metrics import MULTIPROCESS_DIR_VARIABLE, serve_worker_metrics

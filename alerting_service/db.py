@@ -19,6 +19,7 @@ from sqlalchemy import Table, event, inspect, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.engine.interfaces import ReflectedColumn
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from alerting_service.models import Base
@@ -166,3 +167,10 @@ async def is_reachable(engine: AsyncEngine) -> bool:
     except Exception:
         return False
     return True
+
+
+def database_problem(exc: Exception) -> str:
+    """`Type: first line` of what the driver said, without SQLAlchemy's wrapper around it (whose statement
+    and parameters follow on the next lines)."""
+    cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    return f"{type(cause).__name__}: {str(cause).partition(chr(10))[0]}"

@@ -36,7 +36,7 @@ from alerting_service.config import (
     load_alerting_config,
     load_settings,
 )
-from alerting_service.db import create_engine, create_schema, create_session_factory
+from alerting_service.db import create_engine, create_schema, create_session_factory, database_problem
 from alerting_service.dispatch.worker import Dispatcher
 from alerting_service.expectations import watching
 from alerting_service.heap import freeze_startup_objects
@@ -182,12 +182,6 @@ async def _validation_error(_request: Request, exc: Exception) -> JSONResponse: 
         {"loc": list(error["loc"]), "msg": error["msg"], "type": error["type"]} for error in exc.errors()
     ]
     return JSONResponse({"detail": detail}, status_code=422)
-
-
-def database_problem(exc: Exception) -> str:
-    """`Type: first line` of what the driver said, without SQLAlchemy's wrapper around it."""
-    cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
-    return f"{type(cause).__name__}: {str(cause).partition(chr(10))[0]}"
 
 
 async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:  # ruff: ignore[unused-async]

@@ -51,7 +51,7 @@ from alerting_service.config import (
     WebhookReceiver,
     load_alerting_config,
 )
-from alerting_service.db import create_schema
+from alerting_service.db import create_schema, database_problem
 from alerting_service.dispatch.retry import Dead, RetryPolicy
 from alerting_service.heap import freeze_startup_objects
 from alerting_service.models import SETTLED_STATUSES, DeliveryKind, DeliveryStatus
@@ -219,7 +219,7 @@ class Dispatcher:
             # Once per error, not once per poll: an outage would fill the log with the same line.
             if type(exc).__name__ != self._claim_failing:
                 self._claim_failing = type(exc).__name__
-                log.error("claiming due deliveries failed", extra={"error": self._claim_failing})
+                log.error("claiming due deliveries failed", extra={"error": database_problem(exc)})
             return False
 
     async def _claim_and_start(self) -> bool:
@@ -303,7 +303,7 @@ class Dispatcher:
         try:
             await self._hand_back(claimed)
         except Exception as exc:  # the database is gone: the leases expire and others claim them again
-            log.error("could not hand back deliveries", extra={"error": type(exc).__name__})
+            log.error("could not hand back deliveries", extra={"error": database_problem(exc)})
 
     # --- sending ----------------------------------------------------------------------------------------
 
@@ -529,7 +529,7 @@ class Dispatcher:
         log.error(
             "could not record the outcomes"
             + (": their deliveries will be sent again" if self._closing else ""),
-            extra={"deliveries": len(batch), "error": type(exc).__name__},
+            extra={"deliveries": len(batch), "error": database_problem(exc)},
         )
 
     def _log_if_changed(self, delivery: ClaimedDelivery, receiver: Receiver, error: DeliveryError) -> None:

@@ -526,6 +526,21 @@ async def test_a_database_outage_logs_one_claim_failure_and_when_claims_work_aga
     assert messages.count("claiming due deliveries works again") == 1
 
 
+@pytest.mark.postgres
+@pytest.mark.parametrize("database", ["postgresql"], indirect=True)
+async def test_a_claim_failure_is_logged_with_what_the_database_said(
+    database: Database, http_receiver: HttpReceiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Not only the error's type: the operator reads why in the dispatcher's own line.
+    with caplog.at_level(logging.ERROR, logger="alerting_service.dispatch"):
+        async with dispatching(database, http_receiver.receiver("/hook")), connections_refused(database):
+            await eventually(lambda: "claiming due deliveries failed" in caplog.text)
+
+    [failed] = [r for r in caplog.records if r.getMessage() == "claiming due deliveries failed"]
+    error_type, _, said = failed.error.partition(": ")
+    assert error_type and said
+
+
 def test_the_lease_outlasts_the_slowest_receivers_send_deadline(http_receiver: HttpReceiver) -> None:
     fast = http_receiver.receiver("/a", name="fast", timeout_seconds=1)
     slow = http_receiver.receiver("/b", name="slow", timeout_seconds=20)
