@@ -17,10 +17,11 @@ with sleeps of up to 100 ms (measured: two `serve` processes polling, ingest p99
 the flock, 95 ms). Schema creation goes through the writer too, so processes starting together never race
 to create the tables.
 
-On SQLite the writer also watches its files: SQLite goes on writing to the database file and WAL it has
-open after they are deleted or replaced at their path (a clean-up freeing disk space, a copy moved into
-place), so what it commits then is lost at the next restart (the database file) or crash (the WAL). Ingest
-asks `moved_database_file` before each commit and refuses the batch rather than acknowledge it.
+On SQLite the writer also watches its files: SQLite goes on writing to the database file, WAL and
+shared-memory index it has open after they are deleted or replaced at their path (a clean-up freeing disk
+space, a copy moved into place), so what it commits then is lost at the next restart (the database file) or
+crash (the WAL), or corrupted by the next process to open it (the index). Ingest asks `moved_database_file`
+before each commit and refuses the batch rather than acknowledge it.
 
 The async engine (db.py) stays for the admin API's reads and rare writes.
 """
@@ -147,7 +148,9 @@ class _SQLiteFiles:
     appears with its first commit) and again for each new connection, which opens the files afresh."""
 
     def __init__(self, database: str, engine: Engine) -> None:
-        self._paths = (database, f"{database}-wal")
+        # The -shm too: a process opening the database after it was deleted would index the WAL anew, beside
+        # this one's index, and the two would corrupt the database.
+        self._paths = (database, f"{database}-wal", f"{database}-shm")
         self._opened: dict[str, tuple[int, int] | None] = {}
         event.listen(engine, "connect", lambda _connection, _record: self._opened.clear())
 
@@ -158,7 +161,9 @@ class _SQLiteFiles:
 
     def moved(self) -> str | None:
         # A WAL not there yet (a new database before its first commit) is no file moved.
-        moved = (path for path, opened in self._opened.items() if opened and _identity(path) != opened)
+        # A copy: the writer thread may add to or clear the dict meanwhile (readyz asks from the event loop).
+        opened_files = tuple(self._opened.items())
+        moved = (path for path, opened in opened_files if opened and _identity(path) != opened)
         return next(moved, None)
 
 

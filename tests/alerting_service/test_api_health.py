@@ -339,6 +339,8 @@ SQLITE_FILES_MOVED = pytest.mark.parametrize(
         ("alerts.db", "replaced"),
         ("alerts.db-wal", "deleted"),
         ("alerts.db-wal", "replaced"),
+        ("alerts.db-shm", "deleted"),
+        ("alerts.db-shm", "replaced"),
     ],
 )
 
