@@ -34,6 +34,7 @@ from urllib.parse import quote
 
 import httpx
 from airflow.sdk import AsyncCallback, BaseHook, BaseNotifier, DeadlineAlert, DeadlineReference
+from airflow.sdk._shared.module_loading.dag_file import UNUSUAL_MODULE_PREFIX
 from airflow.sdk._shared.secrets_masker import redact
 from airflow.sdk.configuration import conf
 from airflow.sdk.exceptions import AirflowNotFoundException
@@ -347,15 +348,19 @@ def missed_run_deadline(
 
 
 def _import_path(function: ContextLabels) -> str:
-    """Where the triggerer finds `function` again; refused when it cannot (a lambda, a nested function), so
+    """Where the triggerer finds `function` again; refused when it cannot (a lambda, a nested function, one
+    defined in a DAG file: the dag-processor loads that file under a name no other process can import), so
     that the DAG fails to parse rather than every missed deadline losing its labels."""
     path = qualname(function)
     try:
         found = import_string(path)
     except ImportError:
         found = None
-    if found is not function:
-        raise ValueError(f"context_labels of a Deadline Alert must be a module-level function, not {path}")
+    if found is not function or path.startswith((UNUSUAL_MODULE_PREFIX, "__main__.")):
+        raise ValueError(
+            f"context_labels of a Deadline Alert must be a module-level function of an importable module "
+            f"(not one in a DAG file), not {path}"
+        )
     return path
 
 

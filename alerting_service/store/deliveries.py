@@ -508,6 +508,8 @@ def _take_turns_with_ingest(connection: Connection, dead: ColumnElement[bool]) -
     whichever comes second sees what the first committed. PostgreSQL row locks (no shared lock table to
     outgrow, however many dead letters a bulk replay revives); on SQLite the writer's turns do it.
     """
+    if connection.dialect.name != "postgresql":
+        return
     replayed_events = select(Delivery.event_id).where(dead, Delivery.kind == DeliveryKind.FIRING)
     connection.execute(
         select(Event.id)
@@ -548,10 +550,12 @@ def _resolve_again_after(connection: Connection, firing_ids: Sequence[str], now:
         statuses = notices[success_id, receiver]
         if not statuses or DeliveryStatus.WAITING in statuses.values():
             continue
-        unsent = [notice_id for notice_id, status in statuses.items() if status == DeliveryStatus.PENDING]
+        # A dead one too, under its webhook-id: a bulk replay reviving it in a later transaction (or a later
+        # replay) would otherwise send it beside a new one, and ahead of its firing notice.
+        unsent = [notice_id for notice_id, status in statuses.items() if status in UNSENT_AND_RESENDABLE]
         if unsent and _wait_again(connection, unsent):
             continue
-        # Sent, in flight, dead, or claimed by a dispatcher since it was read as pending.
+        # Sent, in flight, or claimed by a dispatcher since it was read as pending.
         row = new_delivery_row(
             event_id=success_id,
             receiver=receiver,
@@ -562,6 +566,9 @@ def _resolve_again_after(connection: Connection, firing_ids: Sequence[str], now:
         )
         connection.execute(insert(Delivery.__table__), [row])
 
+
+# The resolved notices a replayed firing notice sends back to waiting rather than adding one.
+UNSENT_AND_RESENDABLE = (DeliveryStatus.PENDING, DeliveryStatus.DEAD)
 
 # A PostgreSQL advisory lock (the one-key form, as db.SCHEMA_LOCK_KEY) shared by every process of the service.
 RESOLVE_AGAIN_LOCK_KEY = 0x72736C7664  # "rslvd"
@@ -581,16 +588,20 @@ def _take_turns_resolving_again(connection: Connection) -> None:
         connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": RESOLVE_AGAIN_LOCK_KEY})
 
 
-def _wait_again(connection: Connection, pending: Sequence[str]) -> bool:
-    """Back to waiting, those still pending; whether any was."""
+def _wait_again(connection: Connection, unsent: Sequence[str]) -> bool:
+    """Back to waiting, those still pending or dead; whether any was."""
     result = connection.execute(
         update(Delivery)
-        .where(Delivery.id.in_(pending), Delivery.status == DeliveryStatus.PENDING)
+        .where(Delivery.id.in_(unsent), Delivery.status.in_(UNSENT_AND_RESENDABLE))
         .values(status=DeliveryStatus.WAITING)
         .returning(Delivery.id)
         .execution_options(synchronize_session=False)
     )
     return bool(result.all())
+
+
+# Dead letters a bulk replay revives per writer transaction: an ingest batch waits for one, never a backlog.
+REPLAY_BATCH = 500
 
 
 def chunks(ids: Sequence[str], size: int = 500) -> list[Sequence[str]]:

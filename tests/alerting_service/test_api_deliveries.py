@@ -319,14 +319,15 @@ async def test_a_resolved_notice_in_flight_is_followed_by_a_new_one_behind_the_r
     assert sorted(d["status"] for d in notices) == ["in_flight", "waiting"]
 
 
+# PostgreSQL only: on SQLite the writers of all processes take turns on one file lock.
+@pytest.mark.postgres
+@pytest.mark.parametrize("database", ["postgresql"], indirect=True)
 async def test_firing_notices_of_one_resolved_alert_replayed_at_once_are_followed_by_one_resolved_notice(
-    api: Api,
+    api: Api, database: Database
 ) -> None:
     # A task's retry and its failure open one alert; both notices died, the success's resolved notice was
     # sent. Replayed at once by two processes' writers, the second must not find "no resolved notice waiting"
     # while the first has not committed the one it adds.
-    if api.database.engine.dialect.name == "sqlite":
-        pytest.skip("on SQLite the writers of all processes take turns on one file lock")
     opened = [
         (await api.post_event(idempotency_key=kind, type=kind, task_id="load")).json()["id"]
         for kind in ("task_retry", "task_failure")
@@ -395,6 +396,34 @@ async def test_a_firing_notice_replayed_as_its_alert_is_resolved_stays_ahead_of_
         assert {replay.status_code for replay in replays} == {200}
         resolved = [[d["status"] for d in await deliveries(success)] for success in successes]
     assert resolved == [["waiting"]] * len(tasks)
+
+
+async def test_a_bulk_replay_over_several_transactions_sends_each_resolved_notice_once_after_its_firing(
+    api: Api,
+) -> None:
+    # 600 dead letters: more than one transaction's 500, so some alerts' firing and resolved notices are
+    # revived by different transactions. The resolved notice was then sent twice, one of them ahead of the
+    # firing notice, which left the alert open at the receiver.
+    tasks = [f"load_{n}" for n in range(delivery_store.REPLAY_BATCH // 2 + 50)]
+    for task in tasks:
+        await api.post_event(idempotency_key=f"f/{task}", type="task_failure", task_id=task)
+    for task in tasks:
+        await api.post_event(idempotency_key=f"s/{task}", type="task_success", task_id=task)
+    await api.database.write(_everything_dead)
+
+    answer = await api.client.post("/v1/receivers/hook/replay", headers=ADMIN)
+
+    assert answer.status_code == 200
+    listed = (await api.client.get("/v1/deliveries", params={"limit": 1000}, headers=ADMIN)).json()["data"]
+    firing = [delivery for delivery in listed if delivery["kind"] == "firing"]
+    resolved = [delivery for delivery in listed if delivery["kind"] == "resolved"]
+    assert {delivery["status"] for delivery in firing} == {"pending"}
+    assert len(resolved) == len(tasks)
+    assert {delivery["status"] for delivery in resolved} == {"waiting"}
+
+
+def _everything_dead(connection: Connection) -> None:
+    connection.execute(update(Delivery).values(status=DeliveryStatus.DEAD, reason="client_error"))
 
 
 def _dead_letter(connection: Connection, delivery_ids: list[str]) -> None:

@@ -7,8 +7,10 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import sys
 import threading
 import time
+import types
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -517,6 +519,22 @@ class TestAsDeadlineAlert:
     def test_a_deadline_alerts_context_labels_the_triggerer_cannot_import_are_refused(self) -> None:
         with pytest.raises(ValueError, match="module-level function"):
             missed_run_deadline(timedelta(minutes=90), context_labels=lambda context: {})
+
+    def test_a_deadline_alerts_context_labels_defined_in_a_dag_file_are_refused(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # Importable in the dag-processor, which loaded the DAG file under this name; not in the triggerer.
+        dag_file = types.ModuleType("unusual_prefix_0123456789abcdef0123456789abcdef01234567_labels_dag")
+
+        def labels(context: Any) -> dict[str, str]:
+            return {}
+
+        labels.__module__, labels.__qualname__ = dag_file.__name__, "labels"
+        dag_file.labels = labels  # type: ignore[attr-defined]
+        monkeypatch.setitem(sys.modules, dag_file.__name__, dag_file)
+
+        with pytest.raises(ValueError, match="not one in a DAG file"):
+            missed_run_deadline(timedelta(minutes=90), context_labels=labels)
 
     async def test_a_backfill_runs_missed_deadline_pages_nobody(
         self, service: HttpReceiver, monkeypatch: pytest.MonkeyPatch, smtp_server: SmtpServer

@@ -100,7 +100,8 @@ async def replay_dead_letters(
     _require_configured(name, services)
     await require_sendable(name, services, session)
     replayed = 0
-    for some in delivery_store.chunks(await delivery_store.dead_letters(session, name, reason=reason)):
+    dead = await delivery_store.dead_letters(session, name, reason=reason)
+    for some in delivery_store.chunks(dead, delivery_store.REPLAY_BATCH):
         replayed += await services.writer.transaction(
             delivery_store.replay_dead_letters, some, now=datetime.now(UTC)
         )
