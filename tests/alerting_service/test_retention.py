@@ -3,15 +3,16 @@ to be sent; on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import Connection, update
+from sqlalchemy import Connection, create_engine, make_url, select, update
 
 from alerting_service.models import Delivery, DeliveryStatus, Event, Silence
 from alerting_service.retention import prune_once
-from alerting_service.store.writer import Writer
+from alerting_service.store.writer import Writer, sync_url
 from tests.alerting_service.conftest import ADMIN, TWO_RECEIVERS, Api, SettingsFactory, running_api, samples
 from tests.alerting_service.delivery_fixtures import Database, eventually
 
@@ -150,3 +151,26 @@ async def test_the_service_applies_its_retention_at_start_and_counts_what_it_del
 
 async def _gone(api: Api, event_id: str) -> bool:
     return not await exists(api, event_id)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("database", ["postgresql"], indirect=True)
+async def test_an_old_event_a_replay_holds_is_left_for_the_next_round_not_waited_for(
+    keeping_everything: Api, writer: Writer, database: Database
+) -> None:
+    # A replay locks the event before its delivery; retention, deleting the deliveries first and the event
+    # then, deadlocked with it (one of the two aborted). It now locks its events first and skips a held one.
+    dead = (DeliveryStatus.DEAD, DeliveryStatus.DEAD)
+    old = await old_event(keeping_everything, "old", *dead, age=RETENTION * 2)
+    engine = create_engine(sync_url(make_url(database.settings.database_url)))
+    replaying = engine.connect()
+    try:
+        replaying.execute(select(Event.id).where(Event.id == old).with_for_update(key_share=True))
+        pruned = await asyncio.wait_for(prune_once(writer, RETENTION, now=datetime.now(UTC)), timeout=10)
+    finally:
+        replaying.rollback()
+        replaying.close()
+        engine.dispose()
+
+    assert pruned.events == 0
+    assert (await prune_once(writer, RETENTION, now=datetime.now(UTC))).events == 1
