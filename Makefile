@@ -35,4 +35,5 @@ bench: sync
 	$(UV) run --frozen python benchmarks/dag_parse.py
 	$(UV) run --frozen python benchmarks/callback_overhead.py
 	$(UV) run --frozen python benchmarks/webhook_clients.py
+	$(UV) run --frozen python benchmarks/batch_job_memory.py
 	$(UV) run --frozen python benchmarks/alerting_service_bench.py

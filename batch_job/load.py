@@ -21,10 +21,11 @@ concurrent loads take turns on an advisory lock.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import logging
 import re
 import uuid
-from collections.abc import Callable, Generator, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
@@ -209,12 +210,12 @@ def load_day(
         _warn_if_amounts_are_rounded(connection)
         _refuse_an_amount_column_that_rounds(connection, engine)
         written = _upsert_scored(
-            connection, [_scored_row(row, run_date, load_id, loaded_at) for row in scored]
+            connection, (_scored_row(row, run_date, load_id, loaded_at) for row in scored)
         )
         owned_elsewhere = _owners_of_ids_not_written(connection, scored, written)
         all_rejected = [*rejected, *_rejections_for_other_dates(scored, owned_elsewhere)]
         _upsert_rejected(
-            connection, [_rejected_row(row, run_date, load_id, loaded_at) for row in all_rejected]
+            connection, (_rejected_row(row, run_date, load_id, loaded_at) for row in all_rejected)
         )
         for table in (scored_transactions, rejected_transactions):
             _delete_rows_of_other_loads(connection, table, run_date, load_id)
@@ -318,7 +319,7 @@ def _serialise_loads(connection: Connection) -> None:
         connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": LOAD_LOCK_KEY})
 
 
-def _upsert_scored(connection: Connection, rows: list[dict[str, Any]]) -> set[str]:
+def _upsert_scored(connection: Connection, rows: Iterable[dict[str, Any]]) -> set[str]:
     """Upsert; returns the ids written. An id of another run date is left alone: see the module docstring."""
     written = _upsert(
         connection,
@@ -330,19 +331,20 @@ def _upsert_scored(connection: Connection, rows: list[dict[str, Any]]) -> set[st
     return {transaction_id for (transaction_id,) in written}
 
 
-def _upsert_rejected(connection: Connection, rows: list[dict[str, Any]]) -> None:
+def _upsert_rejected(connection: Connection, rows: Iterable[dict[str, Any]]) -> None:
     _upsert(connection, rejected_transactions, rows, key=REJECTS_KEY)
 
 
 def _upsert(
     connection: Connection,
     table: Table,
-    rows: list[dict[str, Any]],
+    rows: Iterable[dict[str, Any]],
     *,
     key: tuple[str, ...],
     only_if: Callable[[Any], Any] | None = None,
 ) -> list[tuple[Any, ...]]:
-    """INSERT ... ON CONFLICT (key) DO UPDATE [WHERE only_if]; returns the keys of the rows written."""
+    """INSERT ... ON CONFLICT (key) DO UPDATE [WHERE only_if]; returns the keys of the rows written. `rows`
+    is consumed a statement's worth at a time: a day's rows as dicts at once would double the job's memory."""
     insert = postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
     statement = insert(table)
     updated = {
@@ -445,8 +447,10 @@ def _rejected_row(
     }
 
 
-def _chunks(items: Sequence[T], size: int) -> Iterable[Sequence[T]]:
-    return (items[start : start + size] for start in range(0, len(items), size))
+def _chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    iterator = iter(items)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
 
 
 def _first_line(error: BaseException | None) -> str:

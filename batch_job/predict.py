@@ -39,7 +39,7 @@ RETRYABLE_STATUS_CODES = frozenset({408, 429})
 MAX_ERROR_BODY_CHARS = 200
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ScoredTransaction:
     transaction: Transaction
     fraud_score: float

@@ -27,6 +27,7 @@ import csv
 import datetime as dt
 import io
 import re
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -55,7 +56,7 @@ OTHER_SEPARATORS = (";", "\t", "|")
 MAX_QUOTED_VALUE = 40
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Transaction:
     transaction_id: str
     account_id: str
@@ -69,7 +70,7 @@ class Transaction:
     raw_record: str  # the record's fields as one CSV line, exactly as read
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RejectedRow:
     source_file: str
     line_number: int  # where the record starts; the header is line 1
@@ -88,7 +89,7 @@ class ValidationResult:
         return len(self.valid) + len(self.rejected)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Record:
     source_file: str
     line_number: int
@@ -250,9 +251,10 @@ def _transaction(record: _Record) -> Transaction:
         account_id=values["account_id"],
         merchant_id=values["merchant_id"],
         amount=Decimal(values["amount"]),
-        currency=values["currency"].upper(),
+        # Interned: a few hundred distinct codes among a day's rows, held once rather than once per row.
+        currency=sys.intern(values["currency"].upper()),
         occurred_at=dt.datetime.fromisoformat(values["timestamp"]).astimezone(dt.UTC),
-        country=values["country"].upper(),
+        country=sys.intern(values["country"].upper()),
         source_file=record.source_file,
         line_number=record.line_number,
         raw_record=_csv_line(record.fields),
