@@ -12,8 +12,10 @@ from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
+    Strict,
     field_validator,
     model_validator,
 )
@@ -46,12 +48,22 @@ DEFAULT_SEVERITY = {
     EventType.DAG_RUN_SUCCESS: Severity.INFO,
     EventType.DEADLINE_MISSED: Severity.CRITICAL,
 }
+# A number written as text: pydantic reads one given for a date-time as Unix time.
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
 def _no_nul(value: str) -> str:
     # PostgreSQL text cannot hold NUL; refusing it here keeps both databases accepting the same input.
     if "\x00" in value:
         raise ValueError("must not contain NUL characters")
+    return value
+
+
+def _not_unix_time(value: object) -> object:
+    """Refuse a number, or text that is one: pydantic would read it as Unix time (`until=0.5` was 1970), and a
+    millisecond timestamp by a guess; the contract is ISO 8601 with a zone."""
+    if isinstance(value, int | float) or (isinstance(value, str) and _NUMBER.fullmatch(value.strip())):
+        raise ValueError("must be an ISO 8601 date-time with a zone, e.g. 2026-01-15T02:00:00Z, not a number")
     return value
 
 
@@ -123,7 +135,9 @@ LogUrl = Annotated[
 ]
 # The integer columns are SQL INTEGER: 32 bits on PostgreSQL.
 INT32_MAX = 2**31 - 1
-UTCTimestamp = Annotated[AwareDatetime, AfterValidator(_utc)]
+# Strict(False): past a before-validator the text reaches the date-time parser as a Python str, which strict
+# models refuse; parsed the same way as JSON text, numbers having been refused before.
+UTCTimestamp = Annotated[AwareDatetime, Strict(False), BeforeValidator(_not_unix_time), AfterValidator(_utc)]
 LabelName = Annotated[str, Field(pattern=LABEL_NAME_PATTERN)]
 LabelValue = Annotated[str, Field(max_length=1024), NO_NUL]
 MAX_LABELS = 64
