@@ -272,7 +272,10 @@ class ReceiverEnabled(BaseModel):
 
 class DeadLettersReplayed(BaseModel):
     name: str
-    replayed: int = Field(description="How many dead deliveries went back to pending.")
+    replayed: int = Field(
+        description="How many dead deliveries were revived: back to pending, or to waiting for a resolved "
+        "notice revived behind its alert's replayed firing notice."
+    )
 
 
 class MatcherIn(BaseModel):

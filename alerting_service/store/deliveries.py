@@ -45,6 +45,7 @@ from sqlalchemy import (
     exists,
     func,
     insert,
+    or_,
     select,
     text,
     true,
@@ -98,8 +99,12 @@ def new_delivery_row(
         "next_attempt_at": now,
         "lease_until": lease_until,
         "last_attempt_at": None if lease_until is None else now,
-        "webhook_id": f"msg_{uuid.uuid4().hex}",
+        "webhook_id": new_webhook_id(),
     }
+
+
+def new_webhook_id() -> str:
+    return f"msg_{uuid.uuid4().hex}"
 
 
 def insert_deliveries(connection: Connection, rows: list[dict[str, Any]]) -> None:
@@ -493,9 +498,8 @@ def _replay_where(connection: Connection, where: ColumnElement[bool], now: datet
     )
     replayed = result.all()
     firing = [delivery_id for delivery_id, kind in replayed if kind == DeliveryKind.FIRING]
-    for chunk in chunks(firing):
-        _resolve_again_after(connection, chunk, now)
-    return [delivery_id for delivery_id, _ in replayed]
+    revived = [notice for chunk in chunks(firing) for notice in _resolve_again_after(connection, chunk, now)]
+    return [delivery_id for delivery_id, _ in replayed] + revived
 
 
 def _take_turns_with_ingest(connection: Connection, dead: ColumnElement[bool]) -> None:
@@ -505,27 +509,34 @@ def _take_turns_with_ingest(connection: Connection, dead: ColumnElement[bool]) -
     Otherwise a success ingested while its alert's firing notice is replayed reads that notice dead (settled)
     and sends its resolved notice at once, while the replay reads the alert as still open and does not make
     the resolved notice wait: the receiver sees the alert fire last, and it stays open there. With the lock,
-    whichever comes second sees what the first committed. PostgreSQL row locks (no shared lock table to
+    whichever comes second sees what the first committed. The successes that closed those alerts too, whose
+    resolved notices the replay writes: retention, which skips locked events, would otherwise delete one
+    meanwhile (a deadlock, or a notice of an event gone). PostgreSQL row locks (no shared lock table to
     outgrow, however many dead letters a bulk replay revives); on SQLite the writer's turns do it.
     """
     if connection.dialect.name != "postgresql":
         return
-    replayed_events = select(Delivery.event_id).where(dead, Delivery.kind == DeliveryKind.FIRING)
+    revived_alerts = select(Delivery.event_id).where(dead, Delivery.kind == DeliveryKind.FIRING)
+    their_successes = select(Event.resolved_by).where(
+        Event.id.in_(revived_alerts), Event.resolved_by.is_not(None)
+    )
     connection.execute(
         select(Event.id)
-        .where(Event.id.in_(replayed_events))
+        .where(or_(Event.id.in_(revived_alerts), Event.id.in_(their_successes)))
         .order_by(*EVENT_LOCK_ORDER)
         .with_for_update(key_share=True)
     )
 
 
-def _resolve_again_after(connection: Connection, firing_ids: Sequence[str], now: datetime) -> None:
-    """Replayed firing notices of alerts already resolved get their resolved notice again, after them.
+def _resolve_again_after(connection: Connection, firing_ids: Sequence[str], now: datetime) -> list[str]:
+    """Replayed firing notices of alerts already resolved get their resolved notice again, after them; the
+    dead resolved notices this revives.
 
     Otherwise the receiver would see the alert fire last and stay open for good. The resolved notice (to the
-    same receiver, of the success that closed the alert) waits for the firing one: set back to waiting if
-    not sent yet, or else a new one (new webhook-id: a receiver that dedupes on it would drop a resend).
-    A success that sent no resolved notice there (it was silenced) gets none now either.
+    same receiver, of the success that closed the alert) waits for the firing one: the unsent one set back
+    to waiting (see `_revive_the_latest_unsent`), or else a new one (new webhook-id: a receiver that dedupes
+    on it would drop a resend). A success that sent no resolved notice there (it was silenced) gets none now
+    either.
     """
     firing, closed = aliased(Delivery), aliased(Event)
     closers = set(
@@ -536,24 +547,25 @@ def _resolve_again_after(connection: Connection, firing_ids: Sequence[str], now:
         ).all()
     )
     if not closers:
-        return
+        return []
     _take_turns_resolving_again(connection)
-    notices: defaultdict[tuple[str, str], dict[str, str]] = defaultdict(dict)
-    for notice_id, success_id, receiver, status in connection.execute(
-        select(Delivery.id, Delivery.event_id, Delivery.receiver, Delivery.status).where(
+    notices: defaultdict[tuple[str, str], list[_ResolvedNotice]] = defaultdict(list)
+    for notice_id, success_id, receiver, status, created_at in connection.execute(
+        select(Delivery.id, Delivery.event_id, Delivery.receiver, Delivery.status, Delivery.created_at).where(
             Delivery.event_id.in_({success_id for success_id, _, _ in closers}),
             Delivery.kind == DeliveryKind.RESOLVED,
         )
     ):
-        notices[success_id, receiver][notice_id] = status
+        notices[success_id, receiver].append(_ResolvedNotice(notice_id, DeliveryStatus(status), created_at))
+    revived: list[str] = []
     for success_id, receiver, integration in closers:
-        statuses = notices[success_id, receiver]
-        if not statuses or DeliveryStatus.WAITING in statuses.values():
+        theirs = notices[success_id, receiver]
+        if not theirs or any(notice.status == DeliveryStatus.WAITING for notice in theirs):
             continue
-        # A dead one too, under its webhook-id: a bulk replay reviving it in a later transaction (or a later
-        # replay) would otherwise send it beside a new one, and ahead of its firing notice.
-        unsent = [notice_id for notice_id, status in statuses.items() if status in UNSENT_AND_RESENDABLE]
-        if unsent and _wait_again(connection, unsent):
+        waiting_again = _revive_the_latest_unsent(connection, theirs, now)
+        if waiting_again is not None:
+            if waiting_again.status == DeliveryStatus.DEAD:
+                revived.append(waiting_again.id)
             continue
         # Sent, in flight, or claimed by a dispatcher since it was read as pending.
         row = new_delivery_row(
@@ -565,10 +577,42 @@ def _resolve_again_after(connection: Connection, firing_ids: Sequence[str], now:
             waiting=True,
         )
         connection.execute(insert(Delivery.__table__), [row])
+    return revived
 
 
-# The resolved notices a replayed firing notice sends back to waiting rather than adding one.
-UNSENT_AND_RESENDABLE = (DeliveryStatus.PENDING, DeliveryStatus.DEAD)
+@dataclass(frozen=True, slots=True)
+class _ResolvedNotice:
+    id: str
+    status: DeliveryStatus
+    created_at: datetime
+
+
+def _revive_the_latest_unsent(
+    connection: Connection, notices: Sequence[_ResolvedNotice], now: datetime
+) -> _ResolvedNotice | None:
+    """Back to waiting, the one of these resolved notices still pending, or else the newest dead one (one,
+    however many earlier replays left); the one it was, or None.
+
+    A dead one too: a bulk replay reviving it in a later transaction (or a later replay) would otherwise send
+    it beside a new one, and ahead of its firing notice. It keeps its webhook-id, as any replayed delivery
+    does, and gets a new horizon, as a replayed one does (the queue-age gauge would count its old one).
+    """
+    unsent = [notice for notice in notices if notice.status in (DeliveryStatus.PENDING, DeliveryStatus.DEAD)]
+    if not unsent:
+        return None
+    latest = max(unsent, key=lambda notice: (notice.status == DeliveryStatus.PENDING, notice.created_at))
+    values: dict[str, Any] = {"status": DeliveryStatus.WAITING}
+    if latest.status == DeliveryStatus.DEAD:
+        values["horizon_starts_at"] = now
+    result = connection.execute(
+        update(Delivery)
+        .where(Delivery.id == latest.id, Delivery.status == latest.status)
+        .values(values)
+        .returning(Delivery.id)
+        .execution_options(synchronize_session=False)
+    )
+    return latest if result.all() else None
+
 
 # A PostgreSQL advisory lock (the one-key form, as db.SCHEMA_LOCK_KEY) shared by every process of the service.
 RESOLVE_AGAIN_LOCK_KEY = 0x72736C7664  # "rslvd"
@@ -586,18 +630,6 @@ def _take_turns_resolving_again(connection: Connection) -> None:
     """
     if connection.dialect.name == "postgresql":
         connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": RESOLVE_AGAIN_LOCK_KEY})
-
-
-def _wait_again(connection: Connection, unsent: Sequence[str]) -> bool:
-    """Back to waiting, those still pending or dead; whether any was."""
-    result = connection.execute(
-        update(Delivery)
-        .where(Delivery.id.in_(unsent), Delivery.status.in_(UNSENT_AND_RESENDABLE))
-        .values(status=DeliveryStatus.WAITING)
-        .returning(Delivery.id)
-        .execution_options(synchronize_session=False)
-    )
-    return bool(result.all())
 
 
 # Dead letters a bulk replay revives per writer transaction: an ingest batch waits for one, never a backlog.

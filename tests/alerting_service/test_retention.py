@@ -4,14 +4,16 @@ to be sent; on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator
+import contextlib
+from collections.abc import AsyncGenerator, Generator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import Connection, create_engine, make_url, select, update
+from sqlalchemy import Connection, create_engine, make_url, update
 
 from alerting_service.models import Delivery, DeliveryStatus, Event, Silence
 from alerting_service.retention import prune_once
+from alerting_service.store import deliveries as delivery_store
 from alerting_service.store.writer import Writer, sync_url
 from tests.alerting_service.conftest import ADMIN, TWO_RECEIVERS, Api, SettingsFactory, running_api, samples
 from tests.alerting_service.delivery_fixtures import Database, eventually
@@ -153,6 +155,30 @@ async def _gone(api: Api, event_id: str) -> bool:
     return not await exists(api, event_id)
 
 
+@contextlib.contextmanager
+def replaying(database: Database, delivery_id: str) -> Generator[None]:
+    """A replay of this dead delivery written, its transaction not ended yet (its locks held)."""
+    engine = create_engine(sync_url(make_url(database.settings.database_url)))
+    connection = engine.connect()
+    try:
+        assert delivery_store.replay(connection, delivery_id, now=datetime.now(UTC)) is not None
+        yield
+    finally:
+        connection.rollback()
+        connection.close()
+        engine.dispose()
+
+
+async def prune_within_seconds(writer: Writer) -> int:
+    """How many events a round deleted; fails if it waited (for a lock) more than a few seconds."""
+    pruned = await asyncio.wait_for(prune_once(writer, RETENTION, now=datetime.now(UTC)), timeout=10)
+    return pruned.events
+
+
+def _every_delivery_dead(connection: Connection) -> None:
+    connection.execute(update(Delivery).values(status=DeliveryStatus.DEAD))
+
+
 @pytest.mark.postgres
 @pytest.mark.parametrize("database", ["postgresql"], indirect=True)
 async def test_an_old_event_a_replay_holds_is_left_for_the_next_round_not_waited_for(
@@ -162,15 +188,35 @@ async def test_an_old_event_a_replay_holds_is_left_for_the_next_round_not_waited
     # then, deadlocked with it (one of the two aborted). It now locks its events first and skips a held one.
     dead = (DeliveryStatus.DEAD, DeliveryStatus.DEAD)
     old = await old_event(keeping_everything, "old", *dead, age=RETENTION * 2)
-    engine = create_engine(sync_url(make_url(database.settings.database_url)))
-    replaying = engine.connect()
-    try:
-        replaying.execute(select(Event.id).where(Event.id == old).with_for_update(key_share=True))
-        pruned = await asyncio.wait_for(prune_once(writer, RETENTION, now=datetime.now(UTC)), timeout=10)
-    finally:
-        replaying.rollback()
-        replaying.close()
-        engine.dispose()
+    [hook, _pager] = (await keeping_everything.event(old))["deliveries"]
 
-    assert pruned.events == 0
-    assert (await prune_once(writer, RETENTION, now=datetime.now(UTC))).events == 1
+    with replaying(database, hook["id"]):
+        assert await prune_within_seconds(writer) == 0
+
+    assert await prune_within_seconds(writer) == 1
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("database", ["postgresql"], indirect=True)
+async def test_the_success_of_an_alert_a_replay_revives_is_left_for_the_next_round_not_waited_for(
+    keeping_everything: Api, writer: Writer, database: Database
+) -> None:
+    # The replay sends the success's dead resolved notice back to waiting: retention, deleting that
+    # success's deliveries meanwhile, waited for the replay's row, or deadlocked with it.
+    failure = await old_event(
+        keeping_everything, "f", DeliveryStatus.DEAD, DeliveryStatus.DEAD, age=RETENTION * 2
+    )
+    success = await keeping_everything.post_event(idempotency_key="s", type="task_success")
+    await keeping_everything.database.write(_every_delivery_dead)
+    await keeping_everything.database.write(_received_long_ago, [success.json()["id"]])
+    [hook, _pager] = (await keeping_everything.event(failure))["deliveries"]
+
+    with replaying(database, hook["id"]):
+        assert await prune_within_seconds(writer) == 0
+
+    assert await prune_within_seconds(writer) == 2
+
+
+def _received_long_ago(connection: Connection, event_ids: list[str]) -> None:
+    received_at = datetime.now(UTC) - RETENTION * 2
+    connection.execute(update(Event).where(Event.id.in_(event_ids)).values(received_at=received_at))
