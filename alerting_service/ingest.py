@@ -118,12 +118,16 @@ class NoHandoff:
         """Another process polls the outbox."""
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class _Closed:
-    """What a success closed: the alerts' fingerprints, and the receivers still to get their firing notice."""
+    """What a success closed: the alerts' fingerprints (sorted, as a retry reads them back), and the
+    receivers still to get their firing notice."""
 
-    fingerprints: set[str] = field(default_factory=set)
-    behind_a_firing: set[str] = field(default_factory=set)
+    fingerprints: tuple[str, ...] = ()
+    behind_a_firing: frozenset[str] = frozenset()
+
+
+NOTHING_CLOSED = _Closed()  # a firing event's: shared, nothing built per event on the hot path
 
 
 @dataclass(slots=True)
@@ -364,7 +368,7 @@ class Ingestor:
         )  # fmt: skip
         muted_by = self._silences.is_muted(labels, submission.received_at)
         targets = {} if muted_by else {name: self._integrations[name] for name in self._router.match(labels)}
-        closed = _Closed()
+        closed = NOTHING_CLOSED
         if is_firing(event.type):
             kind = DeliveryKind.FIRING
             firing = [FiringTarget(r, i, settled=False) for r, i in targets.items()]
@@ -386,10 +390,11 @@ class Ingestor:
             )
         event_row = _event_row(submission, event_id, own_fingerprint, muted_by)
         plan.event_rows.append(event_row)
-        resolves = tuple(sorted(closed.fingerprints))
         for receiver, integration in targets.items():
             waiting = receiver in closed.behind_a_firing
-            _add_delivery(plan, event_row, receiver, integration, kind, waiting=waiting, resolves=resolves)
+            _add_delivery(
+                plan, event_row, receiver, integration, kind, waiting=waiting, resolves=closed.fingerprints
+            )
         plan.stored_types.append((event.type, muted_by is not None))
         return Accepted(event_id, duplicate=False)
 
@@ -424,7 +429,8 @@ def _close(
     and add the receivers their firing notices went to to `targets` (None when the success is muted: it
     notifies nobody). Answers which fingerprints it closed, and the receivers still to get a firing notice:
     a resolved notice must not arrive before it, so it waits."""
-    closed = _Closed()
+    closed_keys: set[str] = set()
+    behind_a_firing: set[str] = set()
     for closing_key in fingerprints:
         still_open: list[OpenAlert] = []
         for alert in open_by_fingerprint.pop(closing_key, []):
@@ -432,14 +438,14 @@ def _close(
                 still_open.append(alert)
                 continue
             plan.resolved[alert.id] = success_id
-            closed.fingerprints.add(closing_key)
+            closed_keys.add(closing_key)
             for target in alert.targets if targets is not None else ():
                 targets.setdefault(target.receiver, Integration(target.integration))
                 if not target.settled:
-                    closed.behind_a_firing.add(target.receiver)
+                    behind_a_firing.add(target.receiver)
         if still_open:
             open_by_fingerprint[closing_key] = still_open
-    return closed
+    return _Closed(tuple(sorted(closed_keys)), frozenset(behind_a_firing))
 
 
 def _add_delivery(

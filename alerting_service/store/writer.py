@@ -92,8 +92,8 @@ class Writer:
             self._busy_since = None
 
     def moved_database_file(self) -> str | None:
-        """The SQLite file (the database or its WAL) deleted or replaced at its path since the writer's
-        connection opened it, if any; always None on PostgreSQL."""
+        """The SQLite file (the database, its WAL or its -shm) deleted or replaced at its path since the
+        writer's connection opened it, if any; always None on PostgreSQL."""
         return self._files.moved() if self._files is not None else None
 
     def stalled_for(self) -> float | None:
@@ -143,7 +143,7 @@ class DatabaseFileMoved(Exception):
 
 
 class _SQLiteFiles:
-    """The identity (device, inode) of the database file and its WAL as the writer's connection has them
+    """The identity (device, inode) of the database file, its WAL and -shm as the writer's connection has them
     open, compared with what their paths name now. Learnt after a transaction (the WAL of a new database
     appears with its first commit) and again for each new connection, which opens the files afresh."""
 
